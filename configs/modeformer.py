@@ -1,0 +1,27 @@
+"""ModEFormer model configs: the paper's model, the 3D-SyncNet ablation, and tiny/micro.
+
+Variants are chosen with the string form ``configs/modeformer.py:<variant>``::
+
+  python -m modeformer_jax.summary --config configs/modeformer.py:paper
+  python -m modeformer_jax.summary --config configs/modeformer.py:syncnet3d
+  python -m modeformer_jax.summary --config configs/modeformer.py:tiny
+
+Arguments: ``variant`` (paper | syncnet3d | tiny | micro), ``bf16`` (bfloat16 compute),
+``remat`` (rematerialise every block), e.g. ``configs/modeformer.py:variant=paper,bf16``.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config for ``arg`` (see the module docstring)."""
+  a = common.parse_arg(arg, variant="paper", bf16=False, remat=False)
+  config = ml_collections.ConfigDict()
+  config.variant = a.variant
+  config.model = common.model_config(a.variant)
+  if a.bf16:
+    config.model.dtype = "bfloat16"
+  config.model.remat = a.remat
+  config.seed = 0
+  return config

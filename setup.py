@@ -1,0 +1,31 @@
+"""Packaging for modeformer_jax (ModEFormer lip-sync detection in JAX/Flax)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="modeformer_jax",
+    version="0.1.0",
+    description="ModEFormer: modality-preserving audio-visual sync detection in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["modeformer_jax*", "data_prep*", "configs*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "chex>=0.1.92",
+        "ml-collections>=1.1.0",
+        "grain>=0.2.18",
+        "array-record>=0.8.6",
+        "tensorflow-datasets>=4.9.10",
+        "librosa>=0.11.0",
+        "soundfile>=0.14.0",
+        "av>=18.1.0",
+        "opencv-python-headless>=4.10",
+        "numpy>=2.0",
+        "matplotlib>=3.9",
+        "tqdm>=4.66",
+        "absl-py>=2.1",
+        "tensorboardX>=2.6.2",
+    ],
+    extras_require={"dev": ["pytest>=8.0", "pytest-timeout>=2.3"]},
+)
