@@ -20,7 +20,7 @@ setup(
         "librosa>=0.11.0",
         "soundfile>=0.14.0",
         "av>=18.1.0",
-        "opencv-python-headless>=4.10",
+        "opencv-python-headless>=4.10,<5",  # 5.x wheels dropped the bundled Haar cascades used for face detection
         "numpy>=2.0",
         "matplotlib>=3.9",
         "tqdm>=4.66",

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from modeformer_jax.config_utils import load_config
 from modeformer_jax.models import ModEFormer, count_params
@@ -22,7 +23,7 @@ def param_table(params: Any, depth: int = 3) -> list[tuple[str, int]]:
   rows: dict[str, int] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     keys = [getattr(k, "key", str(k)) for k in path]
-    n = int(jnp.size(leaf)) if hasattr(leaf, "size") else count_params(leaf)
+    n = int(np.prod(leaf.shape))
     for d in range(1, min(depth, len(keys) - 1) + 1):
       name = "/".join(keys[:d])
       rows[name] = rows.get(name, 0) + n

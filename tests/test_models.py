@@ -1,0 +1,160 @@
+"""Model tests: shapes, parameter count, modality independence, determinism, bf16, retrace."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from configs.modeformer import get_config
+from modeformer_jax import models
+from modeformer_jax.models import ModEFormer, ModelConfig, count_params
+
+
+def _model(variant: str, **overrides) -> ModEFormer:
+  cfg = dict(common.MODEL_VARIANTS[variant], **overrides)
+  return ModEFormer(ModelConfig.from_mapping(cfg))
+
+
+def _cnn_feature_shapes(model: ModEFormer, batch: int):
+  """Shapes of the sown CNN features of both towers, computed abstractly."""
+  params = jax.eval_shape(model.init, jax.random.key(0))
+  mel = jax.ShapeDtypeStruct((batch, *model.audio_shape), jnp.float32)
+  frames = jax.ShapeDtypeStruct((batch, *model.video_shape), jnp.float32)
+
+  def run(net, p, x):
+    out, state = net.apply({"params": p}, x, False, mutable=["intermediates"])
+    return out, state["intermediates"]["cnn_features"][0]
+
+  a = jax.eval_shape(lambda p, x: run(model.audio_net, p, x), params["audio"], mel)
+  v = jax.eval_shape(lambda p, x: run(model.video_net, p, x), params["video"], frames)
+  return a, v
+
+
+@pytest.mark.parametrize("variant", ["paper", "syncnet3d", "tiny", "micro"])
+def test_encoder_output_shapes(variant):
+  model = _model(variant)
+  (a_emb, a_feat), (v_emb, v_feat) = _cnn_feature_shapes(model, batch=3)
+  c = model.config.cnn_widths[-1]
+  assert a_feat.shape == (3, 16, c)   # time preserved, frequency pooled
+  assert v_feat.shape == (3, 5, c)    # every frame keeps a feature
+  d = model.config.embed_dim
+  assert a_emb.shape == (3, d) and v_emb.shape == (3, d)
+  if variant == "paper":
+    assert c == 512 and d == 512
+
+
+def test_tiny_forward_real_shapes():
+  model = _model("tiny")
+  params = model.init(jax.random.key(1))
+  mel = jnp.ones((2, 80, 16))
+  frames = jnp.zeros((2, 5, 48, 96, 3), jnp.uint8)
+  a = model.embed_audio(params, mel)
+  v = model.embed_video(params, frames)
+  assert a.shape == v.shape == (2, 96)
+  s = model.sync_score(a, v)
+  assert s.shape == (2,) and bool(jnp.all(jnp.abs(s) <= 1.0 + 1e-5))
+
+
+def test_paper_param_count_within_3_percent():
+  config = get_config("paper")
+  model = ModEFormer(config.model)
+  params = jax.eval_shape(model.init, jax.random.key(0))  # nothing allocated
+  n = count_params(params)
+  assert abs(n - 59.0e6) / 59.0e6 <= 0.03, n
+  # The 3D-SyncNet ablation drops exactly the two transformers.
+  s = count_params(jax.eval_shape(_model("syncnet3d").init, jax.random.key(0)))
+  t = count_params(params["audio"]["transformer"]) + count_params(params["video"]["transformer"])
+  assert s == n - t
+
+
+def test_modalities_are_independent():
+  model = _model("tiny")
+  params = model.init(jax.random.key(0))
+  assert set(params) == {"audio", "video"}
+  ids_a = {id(x) for x in jax.tree.leaves(params["audio"])}
+  assert not ids_a & {id(x) for x in jax.tree.leaves(params["video"])}
+  # Structural: the audio path is a function of the audio half only. Passing a tree with
+  # no video params at all must work, and vice versa.
+  mel = jax.random.normal(jax.random.key(2), (2, 80, 16))
+  frames = jax.random.randint(jax.random.key(3), (2, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
+  a = model.embed_audio({"audio": params["audio"]}, mel)
+  v = model.embed_video({"video": params["video"]}, frames)
+  # Gradient of the audio embedding w.r.t. the video params is exactly zero, and the
+  # jaxpr of embed_audio never reads a video-shaped input.
+  g = jax.grad(lambda p: model.embed_audio(p, mel).sum())(params)
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g["video"]))
+  assert any(float(jnp.abs(x).max()) > 0.0 for x in jax.tree.leaves(g["audio"]))
+  g = jax.grad(lambda p: model.embed_video(p, frames).sum())(params)
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g["audio"]))
+  # Changing the other modality's batch partner changes nothing (no cross-example norm).
+  a2 = model.embed_audio(params, jnp.concatenate([mel[:1], mel[1:] * 5.0]))
+  np.testing.assert_allclose(np.asarray(a2[0]), np.asarray(a[0]), rtol=1e-5, atol=1e-6)
+  assert v.shape == (2, 96)
+
+
+def test_jitted_tiny_forward_is_deterministic():
+  model = _model("tiny")
+  params = model.init(jax.random.key(0))
+  frames = jax.random.randint(jax.random.key(3), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
+  f = jax.jit(model.embed_video)
+  a, b = f(params, frames), f(params, frames)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Same seed, same init.
+  p2 = model.init(jax.random.key(0))
+  assert all(bool(jnp.array_equal(x, y)) for x, y in
+             zip(jax.tree.leaves(params), jax.tree.leaves(p2)))
+
+
+def test_bf16_compute_path_runs():
+  model = _model("tiny", dtype="bfloat16")
+  params = model.init(jax.random.key(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # param_dtype
+  mel = jax.random.normal(jax.random.key(2), (2, 80, 16))
+  emb = jax.jit(model.embed_audio)(params, mel)
+  assert emb.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(emb)))
+  # The convolutions really run in bf16.
+  jaxpr = str(jax.make_jaxpr(model.embed_audio)(params, mel))
+  assert "bf16" in jaxpr
+  ref = _model("tiny").embed_audio(params, mel)
+  cos = np.asarray(models.cosine_similarity(emb, ref))
+  assert np.all(cos > 0.98), cos
+
+
+def test_batchnorm_option_and_remat_train_path():
+  model = _model("tiny", norm="batch", remat=True)
+  variables = model.init_variables(jax.random.key(0), batch=2)
+  assert "batch_stats" in variables
+  mel = jax.random.normal(jax.random.key(2), (4, 80, 16))
+
+  def loss(p):
+    emb, stats = model.apply_audio(p, mel, train=True, rng=jax.random.key(1),
+                                   batch_stats=variables["batch_stats"]["audio"])
+    return jnp.sum(emb ** 2), stats
+
+  (val, stats), g = jax.value_and_grad(loss, has_aux=True)(variables["params"]["audio"])
+  assert np.isfinite(float(val))
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats,
+                         variables["batch_stats"]["audio"])
+  assert any(jax.tree.leaves(changed))
+
+
+def test_no_retrace_on_second_call():
+  model = _model("micro")
+  params = model.init(jax.random.key(0))
+  traces = []
+
+  @jax.jit
+  def embed(p, mel):
+    traces.append(1)
+    return model.embed_audio(p, mel)
+
+  embed(params, jnp.ones((2, 80, 16)))
+  embed(params, jnp.zeros((2, 80, 16)))
+  assert len(traces) == 1
+  embed(params, jnp.zeros((3, 80, 16)))  # a new shape does retrace: the counter works
+  assert len(traces) == 2
+
+
+def test_unknown_model_key_rejected():
+  with pytest.raises(ValueError, match="unknown model config keys"):
+    ModelConfig.from_mapping({"widht": 3})
