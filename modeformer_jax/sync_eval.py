@@ -1,0 +1,411 @@
+"""Lip-sync evaluation: offset score matrices, the LRS2 clip-length protocol, offset detection.
+
+Everything here works on embeddings or score matrices, never on a model, so the ``eval`` and
+``detect`` CLIs stay thin: they embed each clip's video windows and audio windows once and
+hand the embeddings to :func:`batched_offset_scores`.
+
+Conventions (shared by every function):
+
+* A clip of ``T`` video frames has ``P = T - 4`` five-frame window positions.
+  ``video_emb[i]`` embeds frames ``[i, i + 5)``; ``audio_emb[j]`` embeds the audio window
+  that starts at video frame ``j``.
+* A score matrix is ``[P, 2 * max_offset + 1]``; column ``c`` is the offset
+  ``delta = c - max_offset`` and holds ``cos(video_i, audio_{i + delta + audio_shift})``.
+  Audio windows outside the clip are *unavailable* and hold ``-inf``, so they can never win
+  an argmax.
+* Positive offset = audio late: the audio that belongs to video frame ``i`` is found at audio
+  window ``i + k``.
+* Accuracies are fractions in ``[0, 1]``; only the table and plots show percentages.
+
+Protocol (the VocaLiST / LRS2 test protocol that the paper follows): for a clip length
+``K`` in 5, 7, ..., 15 the score row of position ``i`` is the mean of the five-frame score
+rows of positions ``i - h .. i + h``, ``h = (K - 5) // 2``, clipped at the clip's ends.
+A position is correct when the argmax offset of that row is within ``tolerance`` frames of
+zero; a clip's accuracy is the mean over its positions; the reported accuracy is the mean
+over clips, and the pooled mean over all positions is reported beside it.
+
+Unavailable entries under averaging (our decision): each offset column is averaged over the
+rows of the window where that offset is available; if the offset is unavailable in the centre
+row the averaged entry stays ``-inf``. So "offset ``delta`` is available at position ``i``"
+means the same thing for every clip length, and the neighbours never resurrect an audio
+window that does not exist for the centre position.
+
+Ties: a position is correct only when an offset within tolerance scores *strictly* higher
+than every available offset outside it, i.e. a tie counts against the model. Breaking ties
+by "first argmax" instead would hand edge positions to a degenerate model (there the first
+available offset is near zero); with this rule constant scores earn 0 % (except for a clip
+whose only available offsets are all within tolerance). Offset detection, which reports an
+offset rather than a verdict, takes the first (most negative) maximum.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+NUM_FRAMES = 5              # video frames per window (models.NUM_FRAMES)
+MAX_OFFSET = 15             # offsets -15..+15 frames, the literature's standard range
+CLIP_LENGTHS = (5, 7, 9, 11, 13, 15)
+FRAME_MS = 40.0             # 25 fps video
+
+_EPS = 1e-6
+
+
+class ClipTooShortError(ValueError):
+  """A clip has fewer window positions than the evaluation needs."""
+
+
+# ----------------------------------------------------------------------------------------
+# Score matrices.
+# ----------------------------------------------------------------------------------------
+def _check_embeddings(video: Any, audio: Any, batched: bool) -> None:
+  ndim = 3 if batched else 2
+  what = "[N, P, D]" if batched else "[P, D]"
+  if video.ndim != ndim or audio.ndim != ndim:
+    raise ValueError(f"video and audio embeddings must be {what}; got shapes "
+                     f"{tuple(video.shape)} and {tuple(audio.shape)}")
+  if video.shape[-1] != audio.shape[-1]:
+    raise ValueError(f"embedding widths differ: video {video.shape[-1]} vs audio "
+                     f"{audio.shape[-1]}")
+  if batched and video.shape[0] != audio.shape[0]:
+    raise ValueError(f"batch sizes differ: video {video.shape[0]} vs audio {audio.shape[0]}")
+
+
+def _check_offsets(max_offset: int, audio_shift: int) -> None:
+  if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
+    raise ValueError(f"max_offset must be a non-negative int, got {max_offset!r}")
+  if not isinstance(audio_shift, (int, np.integer)):
+    raise ValueError(f"audio_shift must be an int (frames), got {audio_shift!r}")
+
+
+def _unit(x: Array) -> Array:
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+
+
+def _clip_scores(video: Array, audio: Array, video_len: Array, audio_len: Array,
+                 max_offset: int, audio_shift: int) -> Array:
+  """Score matrix of one (possibly padded) clip; rows >= video_len are all -inf."""
+  p, pa = video.shape[0], audio.shape[0]
+  v, a = _unit(video), _unit(audio)
+  # Zero-pad the audio so that every offset is a static slice of length P; the padded rows
+  # are masked out below, so their value (a zero vector) never reaches the output.
+  pad_left = max(0, max_offset - audio_shift)
+  pad_right = max(0, p + max_offset + audio_shift - pa)
+  a_pad = jnp.pad(a, ((pad_left, pad_right), (0, 0)))
+  audio_index = jnp.arange(a_pad.shape[0]) - pad_left
+  available = (audio_index >= 0) & (audio_index < audio_len)
+  row_ok = jnp.arange(p) < video_len
+  columns = []
+  for delta in range(-max_offset, max_offset + 1):
+    start = pad_left + delta + audio_shift
+    window = jax.lax.slice_in_dim(a_pad, start, start + p)
+    # Elementwise product + sum rather than einsum: exact f32 on every backend, and XLA
+    # fuses the 31 reductions into one pass over the video embeddings.
+    score = jnp.sum(v * window, axis=-1)
+    ok = jax.lax.slice_in_dim(available, start, start + p) & row_ok
+    columns.append(jnp.where(ok, score, -jnp.inf))
+  return jnp.stack(columns, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("max_offset", "audio_shift"))
+def offset_scores(video_emb: Array, audio_emb: Array, max_offset: int = MAX_OFFSET,
+                  audio_shift: int = 0) -> Array:
+  """Offset score matrix ``float32 [P, 2*max_offset+1]`` of one clip.
+
+  ``video_emb [P, D]``, ``audio_emb [Pa, D]`` (normally ``Pa == P``); entry ``[i, c]`` is
+  ``cos(video_i, audio_{i + c - max_offset + audio_shift})`` or ``-inf`` where that audio
+  window is outside ``[0, Pa)``. Every offset is a dot product of embeddings computed once.
+  """
+  _check_embeddings(video_emb, audio_emb, batched=False)
+  _check_offsets(max_offset, audio_shift)
+  return _clip_scores(video_emb, audio_emb, video_emb.shape[0], audio_emb.shape[0],
+                      max_offset, audio_shift)
+
+
+@functools.partial(jax.jit, static_argnames=("max_offset", "audio_shift"))
+def batched_offset_scores(video: Array, audio: Array, lengths: Array,
+                          audio_lengths: Array | None = None, *,
+                          max_offset: int = MAX_OFFSET, audio_shift: int = 0) -> Array:
+  """Offset score matrices of ``N`` padded clips: ``float32 [N, Pmax, 2*max_offset+1]``.
+
+  ``video [N, Pmax, D]`` and ``audio [N, Pamax, D]`` are zero- (or garbage-) padded;
+  ``lengths [N]`` are the true window counts (``audio_lengths`` defaults to ``lengths``).
+  Padded rows and columns that reach padded audio are ``-inf``; strip rows with
+  :func:`unpad_scores`. Clips are independent, so sharding ``N`` over a mesh needs nothing
+  more than sharded inputs.
+  """
+  _check_embeddings(video, audio, batched=True)
+  _check_offsets(max_offset, audio_shift)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  audio_lengths = lengths if audio_lengths is None else jnp.asarray(audio_lengths, jnp.int32)
+  if lengths.shape != (video.shape[0],) or audio_lengths.shape != (video.shape[0],):
+    raise ValueError(f"lengths must be [N={video.shape[0]}], got {lengths.shape} and "
+                     f"{audio_lengths.shape}")
+  per_clip = functools.partial(_clip_scores, max_offset=max_offset, audio_shift=audio_shift)
+  return jax.vmap(per_clip)(video, audio, lengths, audio_lengths)
+
+
+def offset_scores_np(video_emb: np.ndarray, audio_emb: np.ndarray,
+                     max_offset: int = MAX_OFFSET, audio_shift: int = 0) -> np.ndarray:
+  """Plain NumPy loop version of :func:`offset_scores`, kept as the reference."""
+  video_emb, audio_emb = np.asarray(video_emb), np.asarray(audio_emb)
+  _check_embeddings(video_emb, audio_emb, batched=False)
+  _check_offsets(max_offset, audio_shift)
+  v = video_emb.astype(np.float64)
+  a = audio_emb.astype(np.float64)
+  v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), _EPS)
+  a /= np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), _EPS)
+  out = np.full((v.shape[0], 2 * max_offset + 1), -np.inf, np.float32)
+  for i in range(v.shape[0]):
+    for c in range(2 * max_offset + 1):
+      j = i + c - max_offset + audio_shift
+      if 0 <= j < a.shape[0]:
+        out[i, c] = v[i] @ a[j]
+  return out
+
+
+def unpad_scores(scores: Any, lengths: Sequence[int]) -> list[np.ndarray]:
+  """Splits batched ``[N, Pmax, C]`` scores into per-clip ``[P_n, C]`` NumPy arrays."""
+  scores = np.asarray(scores)
+  lengths = [int(n) for n in np.asarray(lengths).reshape(-1)]
+  if scores.ndim != 3 or len(lengths) != scores.shape[0]:
+    raise ValueError(f"expected scores [N, Pmax, C] and N lengths, got {scores.shape} and "
+                     f"{len(lengths)} lengths")
+  if any(n < 0 or n > scores.shape[1] for n in lengths):
+    raise ValueError(f"lengths {lengths} outside [0, {scores.shape[1]}]")
+  return [scores[k, :n] for k, n in enumerate(lengths)]
+
+
+# ----------------------------------------------------------------------------------------
+# The clip-length protocol.
+# ----------------------------------------------------------------------------------------
+def _check_scores(scores: Any) -> tuple[np.ndarray, int]:
+  """Returns float64 scores and max_offset; rejects NaN and +inf."""
+  s = np.asarray(scores, dtype=np.float64)
+  if s.ndim != 2 or s.shape[1] % 2 != 1:
+    raise ValueError(f"scores must be [P, 2*max_offset+1] (odd column count), got {s.shape}")
+  if np.isnan(s).any() or np.isposinf(s).any():
+    raise ValueError("scores contain NaN or +inf; only -inf (unavailable) is allowed")
+  return s, (s.shape[1] - 1) // 2
+
+
+def _half_width(clip_length: int) -> int:
+  if (not isinstance(clip_length, (int, np.integer)) or clip_length < NUM_FRAMES
+      or (clip_length - NUM_FRAMES) % 2):
+    raise ValueError(f"clip length must be an odd int >= {NUM_FRAMES}, got {clip_length!r}")
+  return (clip_length - NUM_FRAMES) // 2
+
+
+def average_scores(scores: Any, clip_length: int) -> np.ndarray:
+  """Clip-length-``K`` score rows: each row averaged with its ``(K-5)//2`` neighbours.
+
+  Windows are clipped at the clip's ends; an offset is averaged over the rows where it is
+  available and stays ``-inf`` where it is unavailable in the centre row (module docstring).
+  """
+  s, _ = _check_scores(scores)
+  h = _half_width(clip_length)
+  p = s.shape[0]
+  finite = np.isfinite(s)
+  values = np.where(finite, s, 0.0)
+  total = np.zeros_like(s)
+  count = np.zeros_like(s)
+  # Adding rows i-h..i+h in order (a missing row adds 0.0) keeps the result bit-identical
+  # to a plain loop, so exact ties break the same way as in the reference implementation.
+  for r in range(-h, h + 1):
+    lo, hi = max(0, -r), min(p, p - r)
+    if lo >= hi:
+      continue
+    total[lo:hi] += values[lo + r:hi + r]
+    count[lo:hi] += finite[lo + r:hi + r]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = total / count
+  return np.where(finite, mean, -np.inf)
+
+
+def best_offsets(scores: Any, clip_length: int = NUM_FRAMES) -> np.ndarray:
+  """Per-position argmax offset ``[P]`` (int) after clip-length averaging.
+
+  Rows where no offset is available get ``max_offset + 1`` (outside every tolerance).
+  """
+  avg = average_scores(scores, clip_length)
+  max_offset = (avg.shape[1] - 1) // 2
+  best = np.argmax(avg, axis=1) - max_offset
+  return np.where(np.isfinite(avg).any(axis=1), best, max_offset + 1)
+
+
+def clip_accuracy(scores: Any, clip_length: int, tolerance: int = 1) -> tuple[int, int]:
+  """``(num_correct, num_positions)`` of one clip at clip length ``K``.
+
+  A position is correct when its best offset is within ``tolerance`` frames of zero, ties
+  with an offset outside the tolerance counting as wrong. Raises :class:`ClipTooShortError`
+  for a clip without any window position.
+  """
+  s, max_offset = _check_scores(scores)
+  if s.shape[0] < 1:
+    raise ClipTooShortError(
+        f"clip has no {NUM_FRAMES}-frame window position (fewer than {NUM_FRAMES} frames)")
+  if tolerance < 0:
+    raise ValueError(f"tolerance must be >= 0 frames, got {tolerance}")
+  avg = average_scores(s, clip_length)
+  inside = np.abs(np.arange(-max_offset, max_offset + 1)) <= tolerance
+  best_inside = avg[:, inside].max(axis=1)
+  best_outside = (avg[:, ~inside].max(axis=1) if (~inside).any()
+                  else np.full(s.shape[0], -np.inf))
+  # Strict: ties with a wrong offset count as wrong (module docstring); -inf > -inf is False.
+  correct = best_inside > best_outside
+  return int(np.sum(correct)), int(s.shape[0])
+
+
+def evaluate_scores(score_matrices: Iterable[Any], lengths: Sequence[int] = CLIP_LENGTHS,
+                    tolerance: int = 1, names: Sequence[str] | None = None,
+                    min_positions: int = 1) -> dict[str, Any]:
+  """Runs the protocol over clips; returns accuracies per clip length and per clip.
+
+  Result keys: ``accuracy`` {K: mean over clips}, ``pooled_accuracy`` {K: correct positions /
+  all positions}, ``clips`` (per clip: name, num_positions, correct {K}, accuracy {K}),
+  ``skipped`` (name, num_positions, reason), ``num_clips``, ``num_positions``,
+  ``num_skipped``, ``lengths``, ``tolerance``. Clips with fewer than ``min_positions``
+  window positions are skipped with a logged reason, never silently dropped. With no
+  evaluated clip the accuracies are NaN.
+  """
+  lengths = tuple(int(k) for k in lengths)
+  for k in lengths:
+    _half_width(k)
+  if min_positions < 1:
+    raise ValueError(f"min_positions must be >= 1, got {min_positions}")
+  score_matrices = list(score_matrices)
+  if names is not None and len(names) != len(score_matrices):
+    raise ValueError(f"{len(names)} names for {len(score_matrices)} score matrices")
+  clips, skipped = [], []
+  totals = {k: 0 for k in lengths}
+  for index, scores in enumerate(score_matrices):
+    name = str(names[index]) if names is not None else f"clip_{index}"
+    s, _ = _check_scores(scores)
+    p = s.shape[0]
+    if p < min_positions:
+      reason = (f"{name}: {p} window position(s) ({p + NUM_FRAMES - 1} frames), need at "
+                f"least {min_positions} ({min_positions + NUM_FRAMES - 1} frames)")
+      logging.warning("skipping clip %s", reason)
+      skipped.append({"name": name, "num_positions": p, "reason": reason})
+      continue
+    correct = {k: clip_accuracy(s, k, tolerance)[0] for k in lengths}
+    for k in lengths:
+      totals[k] += correct[k]
+    clips.append({"name": name, "num_positions": p, "correct": correct,
+                  "accuracy": {k: correct[k] / p for k in lengths}})
+  num_positions = sum(c["num_positions"] for c in clips)
+  nan = float("nan")
+  accuracy = {k: (float(np.mean([c["accuracy"][k] for c in clips])) if clips else nan)
+              for k in lengths}
+  pooled = {k: (totals[k] / num_positions if num_positions else nan) for k in lengths}
+  return {"accuracy": accuracy, "pooled_accuracy": pooled, "clips": clips,
+          "skipped": skipped, "num_clips": len(clips), "num_skipped": len(skipped),
+          "num_positions": num_positions, "lengths": list(lengths), "tolerance": tolerance}
+
+
+# ----------------------------------------------------------------------------------------
+# Offset detection.
+# ----------------------------------------------------------------------------------------
+def detect_offset(scores: Any, clip_length: int = NUM_FRAMES,
+                  frame_ms: float = FRAME_MS) -> dict[str, Any]:
+  """Detects a clip's audio offset from its score matrix.
+
+  * ``per_frame_best [P]``: best offset of every position (after ``clip_length`` averaging).
+  * ``histogram [C]``: counts of those offsets, column ``c`` = offset ``c - max_offset``.
+  * ``mean_curve [C]``: each offset's score averaged over the positions where it is
+    available (NaN where it never is).
+  * ``offset_frames``: the largest histogram peak; ties go to the higher ``mean_curve``, then
+    the offset nearest zero. ``offset_ms = offset_frames * frame_ms``; positive = audio late.
+  * ``confidence``: ``mean_curve[offset] - median(mean_curve)``, the similarity form of
+    SyncNet's median-minus-minimum distance margin, taken at the predicted offset so it
+    describes the reported answer (~0: no evidence; larger: a sharper peak).
+  * Also ``curve_offset_frames`` (argmax of ``mean_curve``), ``vote_fraction`` (share of
+    positions voting for the prediction), ``offsets``, ``num_positions``.
+  """
+  s, max_offset = _check_scores(scores)
+  p = s.shape[0]
+  if p < 1:
+    raise ClipTooShortError(
+        f"clip has no {NUM_FRAMES}-frame window position (fewer than {NUM_FRAMES} frames)")
+  avg = average_scores(s, clip_length)
+  finite = np.isfinite(avg)
+  if not finite.any(axis=1).all():
+    bad = int(np.flatnonzero(~finite.any(axis=1))[0])
+    raise ValueError(f"position {bad} has no available audio window in +-{max_offset} "
+                     "frames; is the audio missing or shifted past the clip?")
+  offsets = np.arange(-max_offset, max_offset + 1)
+  best_idx = np.argmax(avg, axis=1)
+  histogram = np.bincount(best_idx, minlength=2 * max_offset + 1)
+  n_avail = finite.sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean_curve = np.where(finite, avg, 0.0).sum(axis=0) / n_avail
+  mean_curve = np.where(n_avail > 0, mean_curve, np.nan)
+  curve_key = np.where(np.isnan(mean_curve), -np.inf, mean_curve)
+  peaks = np.flatnonzero(histogram == histogram.max())
+  # lexsort: last key is primary. Highest curve first, then smallest |offset|.
+  pick = peaks[np.lexsort((np.abs(offsets[peaks]), -curve_key[peaks]))[0]]
+  median = float(np.nanmedian(mean_curve))
+  offset = int(offsets[pick])
+  return {
+      "offset_frames": offset,
+      "offset_ms": offset * float(frame_ms),
+      "confidence": float(mean_curve[pick] - median),
+      "histogram": histogram.astype(np.int64),
+      "mean_curve": mean_curve.astype(np.float64),
+      "per_frame_best": (best_idx - max_offset).astype(np.int64),
+      "offsets": offsets,
+      "curve_offset_frames": int(offsets[np.argmax(curve_key)]),
+      "vote_fraction": float(histogram[pick] / p),
+      "num_positions": int(p),
+      "clip_length": int(clip_length),
+  }
+
+
+def dataset_histogram(results: Sequence[Mapping[str, Any]],
+                      max_offset: int | None = None) -> dict[str, Any]:
+  """Dataset-level offset histogram (the paper's Fig. 4) from :func:`detect_offset` results.
+
+  ``counts``: clips per predicted offset; ``frame_counts``: per-position votes summed over
+  clips; plus ``offsets``, ``num_clips`` and ``mean_offset`` (NaN without clips).
+  """
+  results = list(results)
+  if max_offset is None:
+    max_offset = (len(results[0]["histogram"]) - 1) // 2 if results else MAX_OFFSET
+  width = 2 * max_offset + 1
+  counts = np.zeros(width, np.int64)
+  frame_counts = np.zeros(width, np.int64)
+  for k, r in enumerate(results):
+    hist = np.asarray(r["histogram"])
+    off = int(r["offset_frames"])
+    if hist.shape != (width,) or abs(off) > max_offset:
+      raise ValueError(f"result {k}: histogram of {hist.shape[0]} offsets / offset {off} "
+                       f"does not fit max_offset={max_offset}")
+    counts[off + max_offset] += 1
+    frame_counts += hist
+  offsets = np.arange(-max_offset, max_offset + 1)
+  mean = float((counts * offsets).sum() / len(results)) if results else float("nan")
+  return {"offsets": offsets, "counts": counts, "frame_counts": frame_counts,
+          "num_clips": len(results), "mean_offset": mean}
+
+
+def jsonable(obj: Any) -> Any:
+  """Converts results to JSON-safe values: arrays to lists, NaN/inf to None, keys to str."""
+  if isinstance(obj, Mapping):
+    return {str(k): jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [jsonable(v) for v in obj]
+  if isinstance(obj, (np.ndarray, jax.Array)):
+    return jsonable(np.asarray(obj).tolist())
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
