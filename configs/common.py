@@ -67,3 +67,55 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   # bn_axis_name is None in every variant; declare its type so overrides can set it.
   cfg["bn_axis_name"] = ml_collections.config_dict.placeholder(str)
   return ml_collections.ConfigDict(cfg)
+
+
+def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: int,
+                    stage: int, total_steps: int, clips_per_entry: int = 1) -> ml_collections.ConfigDict:
+  """The full training config shared by the dataset/stage config files.
+
+  Every field has a comment; the dataset files only change what differs.
+  """
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.model = model_config(variant)
+  c.seed = 0                          # params init, data order and dropout all derive from it
+  c.stage = stage                     # 1: one entry per clip; 2: clips_per_entry per clip
+  c.batch_size = batch_size           # GLOBAL batch B (entries), divisible by devices/processes
+  c.num_hard = num_hard               # N_H hard negatives (time-shifted audio) per entry
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = data_dir               # output of `python -m data_prep.prepare`
+  c.data.train_split = "train"
+  c.data.val_split = "val"
+  c.data.min_shift = 2                # |delta| >= 2: never inside the eval's +-1 tolerance
+  c.data.max_shift = 15               # the evaluation searches -15..+15
+  c.data.clips_per_entry = clips_per_entry
+  c.data.brightness = 0.0             # augmentation: max additive brightness (pixel values)
+  c.data.contrast = 0.0               # augmentation: max relative contrast change
+  c.data.max_crop_shift = 0           # augmentation: max lip-crop translation (pixels)
+  c.data.workers = 2                  # grain prefetch processes per host (0 = in-process)
+  c.data.val_clips = 200              # fixed validation subset for the in-training accuracy
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.tau = 0.1                    # InfoNCE temperature
+  c.loss.learn_tau = False            # learn log(1/tau) instead of fixing it
+  # Easy negatives = every other audio window of the global batch. Used in both stages:
+  # the paper's point is one video against B*(1+N_H) audio windows.
+  c.loss.easy_negatives = True
+  c.loss.tolerance = 1                # same-clip windows within +-1 frame are not negatives
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4                   # Adam, as in the paper
+  c.optim.schedule = "constant"       # 'constant' | 'cosine'
+  c.optim.warmup_steps = 0
+  c.optim.total_steps = total_steps   # for the cosine schedule
+  c.optim.grad_clip = 1.0             # global-norm clipping (0 = off)
+  c.optim.weight_decay = 0.0
+
+  c.total_steps = total_steps
+  c.log_every = 50                    # console + TensorBoard scalars
+  c.eval_every = 1000                 # validation sync accuracy on data.val_clips clips
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3              # latest K; the best-by-val-accuracy is kept as well
+  c.init_from = ""                    # checkpoint dir/step to start from (stage 2 <- stage 1)
+  return c
