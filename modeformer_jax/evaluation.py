@@ -1,0 +1,155 @@
+"""Embedding whole clips once and scoring them with the standard sync protocol.
+
+Used by ``python -m modeformer_jax.eval``, by offset detection and by the in-training
+validation. A clip of T frames has P = T - 4 five-frame windows; its P video windows and P
+audio windows are each embedded exactly once (in fixed-size chunks, batched across clips
+and sharded over the devices), and all 31 offsets are then dot products
+(``sync_eval.batched_offset_scores``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from modeformer_jax import features, records, sync_eval
+from modeformer_jax.models import ModEFormer
+
+NUM_FRAMES = 5
+MEL_WINDOW = 16
+
+
+def clip_windows(lips: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """All 5-frame video windows ``[P,5,48,96,3]`` and their mel windows ``[P,80,16]``."""
+  t = lips.shape[0]
+  p = t - NUM_FRAMES + 1
+  if p < 1:
+    raise ValueError(f"clip has {t} frames; at least {NUM_FRAMES} are needed")
+  idx = np.arange(p)[:, None] + np.arange(NUM_FRAMES)[None]
+  video = lips[idx]
+  starts = np.array([features.mel_start(i) for i in range(p)])
+  need = starts[-1] + MEL_WINDOW
+  if mel.shape[1] < need:  # tolerate a short tail: pad with the quietest value
+    mel = np.pad(mel, ((0, 0), (0, need - mel.shape[1])), constant_values=float(mel.min()))
+  audio = mel[:, starts[:, None] + np.arange(MEL_WINDOW)[None]].transpose(1, 0, 2)
+  return video, audio.astype(np.float32)
+
+
+class Embedder:
+  """Jitted, device-sharded embedding of video and audio windows in fixed-size chunks."""
+
+  def __init__(self, model: ModEFormer, params: Any, chunk: int = 256,
+               mesh: jax.sharding.Mesh | None = None):
+    self.model = model
+    devices = jax.devices()
+    self.mesh = mesh or jax.make_mesh((len(devices),), ("data",),
+                                      axis_types=(jax.sharding.AxisType.Auto,))
+    n = self.mesh.devices.size
+    self.chunk = int(math.ceil(chunk / n) * n)
+    self.sharding = NamedSharding(self.mesh, P("data"))
+    rep = NamedSharding(self.mesh, P())
+    self._rep = rep
+    self.set_params(params)
+    self._video = jax.jit(model.embed_video, in_shardings=(rep, self.sharding),
+                          out_shardings=self.sharding)
+    self._audio = jax.jit(model.embed_audio, in_shardings=(rep, self.sharding),
+                          out_shardings=self.sharding)
+
+  def set_params(self, params: Any) -> None:
+    """Swaps in new parameters (e.g. during training) without recompiling."""
+    self.params = jax.device_put(params, self._rep)
+
+  def _run(self, fn, x: np.ndarray) -> np.ndarray:
+    out = []
+    for s in range(0, x.shape[0], self.chunk):
+      part = x[s:s + self.chunk]
+      n = part.shape[0]
+      if n < self.chunk:  # pad to the fixed chunk: one compiled shape, no retrace
+        part = np.concatenate([part, np.repeat(part[-1:], self.chunk - n, axis=0)])
+      out.append(np.asarray(fn(self.params, jax.device_put(part, self.sharding)))[:n])
+    return np.concatenate(out) if out else np.zeros((0, self.model.config.embed_dim))
+
+  def video(self, windows: np.ndarray) -> np.ndarray:
+    return self._run(self._video, windows)
+
+  def audio(self, windows: np.ndarray) -> np.ndarray:
+    return self._run(self._audio, windows)
+
+
+def score_clips(embedder: Embedder, clips: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                *, audio_shift: int = 0, max_offset: int = sync_eval.MAX_OFFSET,
+                group: int = 16) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+  """Yields ``(name, scores [P, 31] or None, skip reason or None)`` per clip.
+
+  ``clips`` yields ``(name, lips [T,48,96,3], mel [80,Tm])``. Clips are grouped so that
+  several short clips share one embedding chunk.
+  """
+  def flush(batch):
+    if not batch:
+      return
+    v = embedder.video(np.concatenate([b[1] for b in batch]))
+    a = embedder.audio(np.concatenate([b[2] for b in batch]))
+    lengths = [b[1].shape[0] for b in batch]
+    pmax = int(math.ceil(max(lengths) / 32) * 32)  # bucketed: few compiled shapes
+    d = v.shape[-1]
+    vp = np.zeros((len(batch), pmax, d), np.float32)
+    ap = np.zeros((len(batch), pmax, d), np.float32)
+    o = 0
+    for i, n in enumerate(lengths):
+      vp[i, :n], ap[i, :n] = v[o:o + n], a[o:o + n]
+      o += n
+    scores = sync_eval.batched_offset_scores(vp, ap, np.array(lengths), max_offset=max_offset,
+                                             audio_shift=audio_shift)
+    for (name, *_), s in zip(batch, sync_eval.unpad_scores(scores, lengths)):
+      yield name, s, None
+
+  pending: list = []
+  for name, lips, mel in clips:
+    try:
+      vw, aw = clip_windows(lips, mel)
+    except ValueError as e:
+      yield name, None, str(e)
+      continue
+    pending.append((name, vw, aw))
+    if len(pending) >= group:
+      yield from flush(pending)
+      pending = []
+  yield from flush(pending)
+
+
+def record_clips(data_dir: str, split: str, max_clips: int | None = None,
+                 indices: Sequence[int] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+  """``(clip_id, lips, mel)`` of a prepared split (all clips, a prefix, or given indices)."""
+  source = records.open_split(data_dir, split)
+  if indices is None:
+    indices = range(len(source) if max_clips is None else min(max_clips, len(source)))
+  for i in indices:
+    rec = records.decode_record(source[int(i)])
+    n = int(rec["num_frames"])
+    yield str(rec["clip_id"]), records.decode_lips(rec, 0, n), records.decode_mel(rec)
+
+
+def evaluate(model: ModEFormer, params: Any, clips: Iterable[tuple[str, np.ndarray, np.ndarray]],
+             *, audio_shift: int = 0, lengths: Sequence[int] = sync_eval.CLIP_LENGTHS,
+             embedder: Embedder | None = None, progress: bool = False,
+             total: int | None = None) -> dict:
+  """Runs the protocol on clips; returns ``sync_eval.evaluate_scores``'s dict + skips."""
+  embedder = embedder or Embedder(model, params)
+  names, mats, skipped = [], [], []
+  it = score_clips(embedder, clips, audio_shift=audio_shift)
+  if progress:
+    from tqdm import tqdm
+    it = tqdm(it, total=total, desc="eval", unit="clip")
+  for name, scores, reason in it:
+    if scores is None:
+      skipped.append({"clip": name, "reason": reason})
+    else:
+      names.append(name)
+      mats.append(scores)
+  result = sync_eval.evaluate_scores(mats, lengths=lengths, names=names)
+  result["skipped"] = list(result.get("skipped", [])) + skipped
+  result["num_skipped"] = len(result["skipped"])
+  return result
