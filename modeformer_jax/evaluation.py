@@ -111,7 +111,7 @@ def score_clips(embedder: Embedder, clips: Iterable[tuple[str, np.ndarray, np.nd
     try:
       vw, aw = clip_windows(lips, mel)
     except ValueError as e:
-      yield name, None, str(e)
+      yield name, None, f"{name}: {e}"
       continue
     pending.append((name, vw, aw))
     if len(pending) >= group:
@@ -145,7 +145,7 @@ def evaluate(model: ModEFormer, params: Any, clips: Iterable[tuple[str, np.ndarr
     it = tqdm(it, total=total, desc="eval", unit="clip")
   for name, scores, reason in it:
     if scores is None:
-      skipped.append({"clip": name, "reason": reason})
+      skipped.append({"name": name, "num_positions": 0, "reason": reason})
     else:
       names.append(name)
       mats.append(scores)
