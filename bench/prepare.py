@@ -1,0 +1,86 @@
+"""Offline preparation throughput and size: video seconds per wall second per core, bytes/hour.
+
+  .venv/bin/python bench/prepare.py                       # 24 synthetic clips, 2 workers
+  .venv/bin/python bench/prepare.py --clips 200 --workers 16
+  .venv/bin/python bench/prepare.py --src ../shared/data/real_clips/vox2_crop --layout folder \\
+      --feature_layout vox2
+
+Prepares the same inputs twice (jpeg, then raw lip codec) with ``data_prep.prepare`` into a
+temporary folder and prints, per codec: seconds of video prepared per wall second, the same
+per worker process ("per core": workers are single-threaded apart from the video decoder),
+and shard bytes on disk per hour of video. Wall time includes starting the worker processes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench.common import machine  # noqa: E402
+from data_prep import prepare as prep, synthetic  # noqa: E402
+from modeformer_jax import records  # noqa: E402
+
+
+def run(src: pathlib.Path, layout: str, out: pathlib.Path, codec: str, workers: int,
+        feature_layout: str | None) -> dict:
+  """One timed preparation; returns its figures."""
+  t0 = time.perf_counter()
+  report = prep.prepare(layout, src, out, workers=workers, lip_codec=codec,
+                        feature_layout=feature_layout, progress=False)
+  wall = time.perf_counter() - t0
+  manifest = records.read_manifest(out)
+  seconds = sum(s["seconds"] for s in manifest["splits"].values())
+  shard_bytes = sum((out / n).stat().st_size for s in manifest["splits"].values()
+                    for n in s["shards"])
+  return {"codec": codec, "clips": report["written"], "skipped": report["skipped"],
+          "video_s": seconds, "wall_s": wall, "video_s_per_s": seconds / wall,
+          "per_core": seconds / wall / max(1, workers),
+          "gb_per_hour": shard_bytes / seconds * 3600 / 1e9}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--clips", type=int, default=24, help="synthetic clips (without --src)")
+  p.add_argument("--seconds", default="3,5", help="synthetic clip length range")
+  p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+  p.add_argument("--src", default=None, help="prepare this dataset root instead")
+  p.add_argument("--layout", default="lrs2")
+  p.add_argument("--feature_layout", default=None)
+  a = p.parse_args()
+  print(f"machine: {machine()}")
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    if a.src is None:
+      lo, hi = (float(v) for v in a.seconds.split(","))
+      src = tmp / "synthetic"
+      # Speakers x clips = a.clips (2 test and 1 val speaker come from it too).
+      per = 4
+      speakers = max(1, -(-a.clips // per))
+      t0 = time.perf_counter()
+      synthetic.generate_dataset(src, num_speakers=max(1, speakers - 3),
+                                 num_test_speakers=min(2, speakers - 1),
+                                 num_val_speakers=min(1, max(0, speakers - 3)),
+                                 clips_per_speaker=per, min_seconds=lo, max_seconds=hi,
+                                 workers=a.workers, progress=False)
+      print(f"generated {speakers * per} synthetic clips in {time.perf_counter() - t0:.1f} s")
+      layout = "lrs2"
+    else:
+      src, layout = pathlib.Path(a.src), a.layout
+    src_bytes = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    print(f"source: {src} ({layout}), {src_bytes / 1e6:.1f} MB of files; workers={a.workers}")
+    print(f"{'codec':6} {'clips':>5} {'video s':>8} {'wall s':>7} {'video s/s':>9} "
+          f"{'per core':>8} {'GB/hour':>8}  skipped")
+    for codec in ("jpeg", "raw"):
+      r = run(src, layout, tmp / f"out_{codec}", codec, a.workers, a.feature_layout)
+      print(f"{codec:6} {r['clips']:5d} {r['video_s']:8.1f} {r['wall_s']:7.1f} "
+            f"{r['video_s_per_s']:9.1f} {r['per_core']:8.1f} {r['gb_per_hour']:8.3f}  "
+            f"{r['skipped'] or '-'}")
+
+
+if __name__ == "__main__":
+  main()

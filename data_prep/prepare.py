@@ -1,0 +1,485 @@
+"""Offline preparation: video files -> lip crops + mel in ArrayRecord shards, resumably.
+
+  python -m data_prep.prepare --layout lrs2 --src demo_out/synthetic --out demo_out/prepared
+  python -m data_prep.prepare --layout lrs3 --src /data/lrs3 --out /data/lrs3_prep --workers 16
+  python -m data_prep.prepare --layout raw --src ~/videos --out /tmp/mine --val_fraction 0.1 \\
+      --group_by '^([^/]+)/'
+  # across machines (shared output folder): task I of T, then anyone may finalize
+  python -m data_prep.prepare ... --num_tasks 4 --task_index 2
+  python -m data_prep.prepare ... --finalize
+
+What it writes in ``--out`` (format: ``modeformer_jax.records``)
+  ``{split}.array_record-{i:05d}-of-{n:05d}``   one msgpack record per clip, in input order
+  ``{shard}.report.json``                       that shard's counts and skipped files
+  ``manifest.json``                             features (mel config, fps, crop), splits, shards
+  ``report.json``                               inputs / written / skipped by kind, with reasons
+  ``prepare_plan.json``                         the inputs and sharding this folder is bound to
+
+Why ArrayRecord written directly rather than a TFDS builder
+  A TFDS ``GeneratorBasedBuilder`` with ``file_format='array_record'`` would give standard
+  shard names and split metadata, but encoding our tensors goes through TFDS's feature
+  connectors, whose code paths pull in TensorFlow, and its distributed mode needs Beam. We
+  write the shards with ``array_record``'s own ``ArrayRecordWriter`` instead: the same shard
+  naming (``{split}.array_record-XXXXX-of-YYYYY``), split metadata in ``manifest.json``, and
+  random access through grain's ``ArrayRecordDataSource`` (``records.open_split``), with
+  fewer moving parts. Writer option ``group_size:1`` makes every record its own chunk, so
+  reading one clip decompresses only that clip.
+
+Determinism and resume
+  Inputs come sorted (``layouts``); each split is cut into shards of contiguous chunks
+  (input ``i`` of ``n`` goes to shard ``floor(i * S / n)`` boundaries). Worker processes
+  (spawned, so a caller that already started JAX threads is safe) extract features, and the
+  results are consumed in input order, so a shard's bytes do not depend on ``--workers``. A
+  shard is written to ``<name>.tmp``, its ``.report.json`` is written, and only then is it
+  renamed to its final name: a final shard file always has its report. A rerun skips
+  finished shards and redoes the unfinished one, so a killed run, started again, ends with
+  the same records as an uninterrupted one; when everything is already there it prints
+  "nothing to do" and touches nothing. ``prepare_plan.json`` pins the inputs and sharding:
+  a rerun with other inputs or options into the same folder is refused rather than mixed.
+  With ``--num_tasks T --task_index I`` task I does the shards whose global index
+  (over splits in order) is ``I mod T``; whichever task finds every shard finished writes
+  ``manifest.json`` and ``report.json`` (or run ``--finalize``). Tasks must share ``--out``.
+
+Bad input
+  A file that yields no clip (``features.FeatureError`` kinds: corrupt, no_video, no_audio,
+  audio_short, too_short, no_face), a listed file that is ``missing``, or any other
+  exception in its extraction (kind ``error``) is skipped and recorded with its path and
+  reason; the counts in ``report.json`` add up to the number of inputs. A worker process
+  that dies outright (a crash inside a decoder) stops the run with the files it held;
+  finished shards are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
+import datetime
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import shlex
+import sys
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import tqdm
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from data_prep import layouts
+from modeformer_jax import features, records
+
+CLIPS_PER_SHARD = 256          # 'auto' sharding target: ~100-200 MB of jpeg records
+PLAN = "prepare_plan.json"
+SKIP_KINDS = features.ERROR_KINDS + ("missing", "error")
+# The features layout (crop window / face detection) each dataset layout uses by default.
+FEATURE_LAYOUTS = {"lrs2": "lrs2", "lrs3": "lrs3", "vox2": "vox2", "folder": "crop",
+                   "raw": "raw"}
+ALIGNMENT_NOTE = ("the audio window of video frame t starts at mel frame round(3.2 t) "
+                  "(= (16 t + 2) // 5); 5 frames t..t+4 pair with 16 mel frames; a clip of T "
+                  "frames stores ceil(3.2 T) mel frames")
+
+
+# ----------------------------------------------------------------------------------------
+# Worker side.
+# ----------------------------------------------------------------------------------------
+
+def _init_worker() -> None:
+  import cv2
+  cv2.setNumThreads(1)   # the pool is the parallelism; more threads just contend
+
+
+def process_item(job: dict) -> dict:
+  """Features + record of one input, or the reason it was skipped (never raises)."""
+  path = job["path"]
+  try:
+    if not os.path.isfile(path):
+      return {"ok": False, "kind": "missing", "reason": "file not found"}
+    clip = features.extract_clip(path, layout=job["feature_layout"],
+                                 min_frames=job["min_frames"],
+                                 crop_box=tuple(job["crop_box"]) if job["crop_box"] else None)
+    rec = records.encode_clip(clip, job["clip_id"], job["speaker"], job["split"],
+                              job["source"], lip_codec=job["lip_codec"])
+    return {"ok": True, "record": rec, "num_frames": int(clip.num_frames),
+            "seconds": clip.num_frames / features.FPS}
+  except features.FeatureError as e:
+    return {"ok": False, "kind": e.kind, "reason": e.reason}
+  except Exception as e:  # noqa: BLE001 -- one odd file must not end a day-long run
+    return {"ok": False, "kind": "error", "reason": f"{type(e).__name__}: {e}"}
+
+
+def _ordered_results(jobs: Sequence[dict], workers: int) -> Iterator[dict]:
+  """``process_item`` over ``jobs`` in order, on ``workers`` processes (<= 1: in-process)."""
+  if workers <= 1:
+    for job in jobs:
+      yield process_item(job)
+    return
+  ctx = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                              initializer=_init_worker) as pool:
+    pending: collections.deque = collections.deque()
+    todo = iter(jobs)
+    # A bounded window keeps memory flat and the workers busy across shard boundaries.
+    for job in todo:
+      pending.append((job, pool.submit(process_item, job)))
+      if len(pending) >= 4 * workers:
+        break
+    while pending:
+      job, fut = pending.popleft()
+      try:
+        result = fut.result()
+      except BrokenProcessPool as e:
+        held = [job["path"]] + [j["path"] for j, _ in pending]
+        raise RuntimeError(f"a worker process died while processing one of {held}; finished "
+                           "shards are kept, rerun to resume") from e
+      nxt = next(todo, None)
+      if nxt is not None:
+        pending.append((nxt, pool.submit(process_item, nxt)))
+      yield result
+
+
+# ----------------------------------------------------------------------------------------
+# Plan: inputs -> splits -> shards.
+# ----------------------------------------------------------------------------------------
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1) + "\n")
+  os.replace(tmp, path)
+
+
+def num_shards(num_items: int, shards_per_split: int | str = "auto") -> int:
+  """Shards for a split of ``num_items`` inputs (at least 1, so every split can be opened)."""
+  if shards_per_split == "auto":
+    return max(1, math.ceil(num_items / CLIPS_PER_SHARD))
+  n = int(shards_per_split)
+  if n < 1:
+    raise ValueError(f"shards_per_split must be >= 1 or 'auto', got {shards_per_split}")
+  return max(1, min(n, num_items))
+
+
+def shard_bounds(num_items: int, shards: int) -> list[tuple[int, int]]:
+  """Contiguous ``[start, stop)`` input ranges of each shard, sizes differing by at most 1."""
+  return [(s * num_items // shards, (s + 1) * num_items // shards) for s in range(shards)]
+
+
+def _inputs_digest(items: Iterable[layouts.Item], src: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  for it in items:
+    h.update(f"{it.split}\t{_relative(it.path, src)}\t{it.clip_id}\t{it.speaker}\n".encode())
+  return h.hexdigest()
+
+
+def _relative(path: str, src: pathlib.Path) -> str:
+  try:
+    return pathlib.Path(path).relative_to(src).as_posix()
+  except ValueError:
+    return pathlib.Path(path).as_posix()
+
+
+def _shard_done(out: pathlib.Path, name: str) -> bool:
+  return (out / name).is_file() and (out / f"{name}.report.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------------------
+
+def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
+            splits: Sequence[str] | str | None = None,
+            shards_per_split: int | str = "auto", workers: int = 1, num_tasks: int = 1,
+            task_index: int = 0, min_frames: int = features.MIN_FRAMES,
+            lip_codec: str = "jpeg", limit: int | None = None,
+            val_fraction: float | None = None, test_fraction: float | None = None,
+            group_by: str | None = None, seed: int = 0, feature_layout: str | None = None,
+            crop_box: Sequence[float] | None = None, name: str | None = None,
+            finalize_only: bool = False, progress: bool = True,
+            command: str | None = None) -> dict:
+  """Prepares (or resumes preparing) ``src`` into shards in ``out``; see the module docstring.
+
+  Args:
+    layout: one of ``layouts.LAYOUTS``.
+    splits: splits to prepare (default: every split the layout finds). A requested split
+      without inputs gets one empty shard.
+    shards_per_split: 'auto' (``CLIPS_PER_SHARD`` inputs per shard) or a number.
+    limit: at most this many inputs per split (the first ones in sorted order).
+    val_fraction, test_fraction, group_by, seed: seeded splits, see ``layouts``.
+    feature_layout: key of ``features.LAYOUT_MODES`` (default ``FEATURE_LAYOUTS[layout]``).
+    crop_box: override of the crop window (top, bottom, left, right) as fractions.
+    finalize_only: write manifest/report from finished shards, process nothing.
+    progress: show the tqdm bar (status lines are printed either way).
+
+  Returns:
+    The ``report.json`` dict once every shard exists (else without the totals), plus
+    ``run``: what this call did (shards written, already done, finalized).
+  """
+  if layout not in layouts.LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; expected one of {layouts.LAYOUTS}")
+  feature_layout = feature_layout or FEATURE_LAYOUTS[layout]
+  if feature_layout not in features.LAYOUT_MODES:
+    raise ValueError(f"unknown feature_layout {feature_layout!r}; expected one of "
+                     f"{sorted(features.LAYOUT_MODES)}")
+  if lip_codec not in records.LIP_CODECS:
+    raise ValueError(f"unknown lip_codec {lip_codec!r}; expected one of {records.LIP_CODECS}")
+  if not 0 <= task_index < num_tasks:
+    raise ValueError(f"need 0 <= task_index < num_tasks, got {task_index}, {num_tasks}")
+  if crop_box is not None:
+    crop_box = [float(v) for v in crop_box]
+    if len(crop_box) != 4:
+      raise ValueError(f"crop_box needs 4 fractions (top, bottom, left, right), got {crop_box}")
+  if isinstance(splits, str):
+    splits = [s for s in splits.split(",") if s]
+  src = pathlib.Path(src).resolve()
+  out = pathlib.Path(out).resolve()
+  log = lambda msg: print(msg, flush=True)  # noqa: E731 -- a few lines, even without the bar
+
+  # Inputs and sharding.
+  items = layouts.list_items(layout, src, val_fraction=val_fraction,
+                             test_fraction=test_fraction, group_by=group_by, seed=seed,
+                             splits=splits)
+  by_split: dict[str, list[layouts.Item]] = {}
+  for it in items:
+    by_split.setdefault(it.split, []).append(it)
+  for s in splits or []:
+    if s not in by_split:
+      log(f"warning: split {s!r} has no inputs in {src}; it gets one empty shard")
+      by_split[s] = []
+  if limit is not None:
+    by_split = {s: v[:int(limit)] for s, v in by_split.items()}
+  split_names = sorted(by_split, key=layouts._split_key)
+  shards = []   # (split, name, items), global order = split order, then shard index
+  for s in split_names:
+    n = num_shards(len(by_split[s]), shards_per_split)
+    for i, (a, b) in enumerate(shard_bounds(len(by_split[s]), n)):
+      shards.append((s, records.shard_name(s, i, n), by_split[s][a:b]))
+
+  plan = {
+      "format_version": records.FORMAT_VERSION, "layout": layout, "source_root": str(src),
+      "feature_layout": feature_layout, "crop_box": crop_box, "min_frames": int(min_frames),
+      "lip_codec": lip_codec, "jpeg_quality": records.JPEG_QUALITY,
+      "splits": {s: {"num_inputs": len(by_split[s]),
+                     "shards": [nm for sp, nm, _ in shards if sp == s],
+                     "inputs_sha256": _inputs_digest(by_split[s], src)} for s in split_names},
+  }
+  out.mkdir(parents=True, exist_ok=True)
+  plan_path = out / PLAN
+  if plan_path.is_file():
+    old = json.loads(plan_path.read_text())
+    if old != plan:
+      diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+      raise ValueError(f"{out} already holds a preparation with other inputs or options "
+                       f"(differs in {diff}); use another --out, or delete {out} to start over")
+  else:
+    _write_json(plan_path, plan)
+
+  mine = [i for i in range(len(shards)) if i % num_tasks == task_index]
+  todo = [i for i in mine if not _shard_done(out, shards[i][1])]
+  written = []
+  if finalize_only:
+    todo = []
+  elif not todo:
+    log(f"nothing to do: all {len(mine)} shards of task {task_index}/{num_tasks} in {out} "
+        "are complete")
+  else:
+    log(f"{len(items)} inputs in {len(shards)} shards; task {task_index}/{num_tasks}: "
+        f"{len(mine) - len(todo)} shards done, {len(todo)} to do, {workers} workers")
+    written = _process_shards(out, src, [shards[i] for i in todo], workers,
+                              dict(feature_layout=feature_layout, min_frames=int(min_frames),
+                                   lip_codec=lip_codec, crop_box=crop_box), progress)
+
+  missing = [nm for _, nm, _ in shards if not _shard_done(out, nm)]
+  run = {"shards_written": written, "shards_already_done": len(mine) - len(todo),
+         "finalized": False, "missing_shards": missing}
+  if missing:
+    if finalize_only:
+      raise FileNotFoundError(f"{out}: cannot finalize, {len(missing)} shards are unfinished: "
+                              f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    log(f"{len(missing)} shards of other tasks are unfinished; the last task to finish (or "
+        "--finalize) writes the manifest")
+    return {"run": run}
+  manifest_path = out / records.MANIFEST
+  if manifest_path.is_file() and (out / records.REPORT).is_file() and not written \
+      and not finalize_only:
+    report = json.loads((out / records.REPORT).read_text())
+  else:
+    if command is None:
+      command = _command_line(layout, src, out, splits, shards_per_split, min_frames,
+                              lip_codec, limit, val_fraction, test_fraction, group_by, seed,
+                              feature_layout, crop_box)
+    report = _finalize(out, src, plan, shards, name or src.name, command)
+    run["finalized"] = True
+    log(f"wrote {manifest_path}: {report['written']} of {report['inputs']} clips; skipped "
+        f"{report['skipped'] or 'none'}")
+  return {**report, "run": run}
+
+
+def _process_shards(out: pathlib.Path, src: pathlib.Path, todo: list, workers: int,
+                    options: dict, progress: bool) -> list[str]:
+  """Writes the shards in ``todo`` (split, name, items); returns their names."""
+  jobs = [dict(options, path=it.path, clip_id=it.clip_id, speaker=it.speaker, split=it.split,
+               source=_relative(it.path, src))
+          for _, _, shard_items in todo for it in shard_items]
+  results = _ordered_results(jobs, workers)
+  bar = tqdm.tqdm(total=len(jobs), unit="clip", disable=not progress, dynamic_ncols=True)
+  t0 = time.perf_counter()
+  video_seconds = 0.0
+  done = []
+  try:
+    for split, name, shard_items in todo:
+      bar.set_description(name)
+      tmp = out / f"{name}.tmp"
+      if tmp.exists():
+        tmp.unlink()   # left by a killed run
+      writer = ArrayRecordWriter(str(tmp), records.WRITER_OPTIONS)
+      stats = {"shard": name, "split": split, "inputs": len(shard_items), "written": 0,
+               "num_frames": 0, "seconds": 0.0, "skipped": []}
+      try:
+        for it in shard_items:
+          r = next(results)
+          if r["ok"]:
+            writer.write(r["record"])
+            stats["written"] += 1
+            stats["num_frames"] += r["num_frames"]
+            stats["seconds"] += r["seconds"]
+            video_seconds += r["seconds"]
+          else:
+            stats["skipped"].append({"path": it.path, "clip_id": it.clip_id,
+                                     "kind": r["kind"], "reason": r["reason"]})
+          bar.update()
+          bar.set_postfix_str(f"{video_seconds / max(time.perf_counter() - t0, 1e-9):.1f} "
+                              "s video/s", refresh=False)
+      finally:
+        writer.close()
+      stats["seconds"] = round(stats["seconds"], 3)
+      stats["bytes"] = tmp.stat().st_size
+      # The report goes first: a shard under its final name always has one.
+      _write_json(out / f"{name}.report.json", stats)
+      os.replace(tmp, out / name)
+      done.append(name)
+  finally:
+    bar.close()
+    results.close()
+  return done
+
+
+def _finalize(out: pathlib.Path, src: pathlib.Path, plan: dict, shards: list, name: str,
+              command: str) -> dict:
+  """Writes manifest.json and report.json from the finished shards' reports."""
+  reports = {nm: json.loads((out / f"{nm}.report.json").read_text()) for _, nm, _ in shards}
+  split_info, split_counts = {}, {}
+  skipped_files = []
+  for split in plan["splits"]:
+    rs = [reports[nm] for nm in plan["splits"][split]["shards"]]
+    kinds = collections.Counter(s["kind"] for r in rs for s in r["skipped"])
+    skipped_files += [dict(s, split=split) for r in rs for s in r["skipped"]]
+    split_info[split] = {
+        "shards": plan["splits"][split]["shards"],
+        "num_clips": sum(r["written"] for r in rs),
+        "num_frames": sum(r["num_frames"] for r in rs),
+        "seconds": round(sum(r["seconds"] for r in rs), 3),
+        "bytes": sum(r["bytes"] for r in rs),
+    }
+    split_counts[split] = {"inputs": sum(r["inputs"] for r in rs),
+                           "written": split_info[split]["num_clips"],
+                           "skipped": dict(sorted(kinds.items()))}
+  total_kinds = collections.Counter()
+  for c in split_counts.values():
+    total_kinds.update(c["skipped"])
+  report = {
+      "inputs": sum(c["inputs"] for c in split_counts.values()),
+      "written": sum(c["written"] for c in split_counts.values()),
+      "skipped": dict(sorted(total_kinds.items())),
+      "skipped_files": skipped_files,
+      "splits": split_counts,
+  }
+  if report["inputs"] != report["written"] + sum(total_kinds.values()):
+    raise AssertionError(f"{out}: shard reports do not add up: {report['splits']}")
+  feats = dict(features.MEL_CONFIG)
+  feats.update({
+      "fps": float(features.FPS), "lip_size": list(features.LIP_SIZE),
+      "lip_codec": plan["lip_codec"], "jpeg_quality": plan["jpeg_quality"],
+      "mel_per_frame": features.MEL_PER_FRAME, "mel_dtype": "float16",
+      "feature_layout": plan["feature_layout"],
+      "lip_crop": features.LAYOUT_MODES[plan["feature_layout"]],
+      "crop_box": plan["crop_box"] or features.CROP_BOXES.get(plan["feature_layout"]),
+      "alignment": ALIGNMENT_NOTE,
+  })
+  manifest = {
+      "format_version": records.FORMAT_VERSION, "dataset": name, "layout": plan["layout"],
+      "source_root": str(src), "features": feats, "splits": split_info,
+      "min_frames": plan["min_frames"],
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "command": command,
+  }
+  _write_json(out / records.REPORT, report)
+  _write_json(out / records.MANIFEST, manifest)   # last: its presence marks a finished set
+  return report
+
+
+def _command_line(layout, src, out, splits, shards_per_split, min_frames, lip_codec, limit,
+                  val_fraction, test_fraction, group_by, seed, feature_layout,
+                  crop_box) -> str:
+  """The CLI call equivalent to a library call, for the manifest."""
+  args = ["python", "-m", "data_prep.prepare", "--layout", layout, "--src", str(src),
+          "--out", str(out), "--shards_per_split", str(shards_per_split),
+          "--min_frames", str(min_frames), "--lip_codec", lip_codec, "--seed", str(seed),
+          "--feature_layout", feature_layout]
+  for flag, v in (("--splits", ",".join(splits) if splits else None), ("--limit", limit),
+                  ("--val_fraction", val_fraction), ("--test_fraction", test_fraction),
+                  ("--group_by", group_by),
+                  ("--crop_box", ",".join(map(str, crop_box)) if crop_box else None)):
+    if v is not None:
+      args += [flag, str(v)]
+  return shlex.join(args)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  """CLI entry point (see the module docstring)."""
+  p = argparse.ArgumentParser(description="Prepare videos into ArrayRecord shards of lip "
+                              "crops and mel spectrograms (resumable).")
+  p.add_argument("--layout", required=True, choices=layouts.LAYOUTS)
+  p.add_argument("--src", required=True, help="dataset root")
+  p.add_argument("--out", required=True, help="output folder (shards, manifest, report)")
+  p.add_argument("--splits", default=None, help="comma-separated, e.g. train,val,test "
+                 "(default: all splits found)")
+  p.add_argument("--shards_per_split", default="auto",
+                 help=f"'auto' ({CLIPS_PER_SHARD} inputs per shard) or a number")
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                 help="worker processes (<= 1: in this process)")
+  p.add_argument("--num_tasks", type=int, default=1, help="machines sharing the work")
+  p.add_argument("--task_index", type=int, default=0)
+  p.add_argument("--finalize", action="store_true",
+                 help="only write manifest/report from finished shards")
+  p.add_argument("--min_frames", type=int, default=features.MIN_FRAMES)
+  p.add_argument("--lip_codec", default="jpeg", choices=records.LIP_CODECS)
+  p.add_argument("--limit", type=int, default=None, help="at most N inputs per split")
+  p.add_argument("--val_fraction", type=float, default=None,
+                 help="seeded val share (lrs3: of trainval ids, default 0.4; vox2/folder)")
+  p.add_argument("--test_fraction", type=float, default=None, help="vox2/folder")
+  p.add_argument("--group_by", default=None,
+                 help="folder/raw: regex on the relative path naming a file's group/speaker")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--feature_layout", default=None, choices=sorted(features.LAYOUT_MODES),
+                 help="crop window / face detection (default: from --layout)")
+  p.add_argument("--crop_box", default=None, help="top,bottom,left,right fractions")
+  p.add_argument("--name", default=None, help="dataset name (default: --src folder name)")
+  p.add_argument("--no_progress", action="store_true")
+  a = p.parse_args(argv)
+  shards = a.shards_per_split if a.shards_per_split == "auto" else int(a.shards_per_split)
+  crop_box = [float(v) for v in a.crop_box.split(",")] if a.crop_box else None
+  argv = sys.argv[1:] if argv is None else argv
+  return prepare(a.layout, a.src, a.out, splits=a.splits, shards_per_split=shards,
+                 workers=a.workers, num_tasks=a.num_tasks, task_index=a.task_index,
+                 min_frames=a.min_frames, lip_codec=a.lip_codec, limit=a.limit,
+                 val_fraction=a.val_fraction, test_fraction=a.test_fraction,
+                 group_by=a.group_by, seed=a.seed, feature_layout=a.feature_layout,
+                 crop_box=crop_box, name=a.name, finalize_only=a.finalize,
+                 progress=not a.no_progress,
+                 command=shlex.join(["python", "-m", "data_prep.prepare", *argv]))
+
+
+if __name__ == "__main__":
+  main()
