@@ -108,7 +108,7 @@ def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: i
   c.optim.lr = 1e-4                   # Adam, as in the paper
   c.optim.schedule = "constant"       # 'constant' | 'cosine'
   c.optim.warmup_steps = 0
-  c.optim.total_steps = total_steps   # for the cosine schedule
+  c.optim.total_steps = 0             # cosine decay length; 0 = the run's total_steps
   c.optim.grad_clip = 1.0             # global-norm clipping (0 = off)
   c.optim.weight_decay = 0.0
 

@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.workers = 8
   if a.runlocal:
     c.model = common.model_config("tiny")
-    c.batch_size, c.total_steps, c.optim.total_steps = 16, 20, 20
+    c.batch_size, c.total_steps = 16, 20
     c.data.workers, c.log_every, c.eval_every, c.checkpoint_every = 0, 5, 10, 10
     c.data.clips_per_entry = min(c.data.clips_per_entry, 2)
   return c

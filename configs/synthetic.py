@@ -6,7 +6,7 @@
       --workdir demo_out/run --config.data.dir=demo_out/prepared
 
 Arguments: ``variant`` (default tiny), ``steps``, ``batch``, ``num_hard``, ``runlocal`` (a
-few-step smoke run), e.g. ``configs/synthetic.py:steps=50,runlocal``.
+few-step smoke run: batch 8, no worker processes), e.g. ``configs/synthetic.py:steps=6,runlocal``.
 """
 import ml_collections
 
@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every, c.eval_every, c.checkpoint_every = 25, 200, 200
   if a.runlocal:
     c.batch_size = 8
-    c.total_steps = c.optim.total_steps = min(a.steps, 6)
+    c.total_steps = a.steps
+    c.optim.schedule, c.optim.warmup_steps = "constant", 0
     c.log_every, c.eval_every, c.checkpoint_every = 2, 3, 3
     c.data.workers = 0
     c.data.val_clips = 4

@@ -60,7 +60,9 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any,
   """Saves state, iterator and config together (asynchronously)."""
   meta = {"step": int(step), "model": dict(ModelConfig.from_mapping(config.model).to_dict()),
           "config": json.loads(config.to_json_best_effort())}
-  args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+  # Replicated state is written from a host copy: saving the device arrays makes orbax
+  # compile a slicing program per parameter shape (minutes on small CPU runs).
+  args = ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(state)),
                             data=_data_args(iterator, restore=False),
                             meta=ocp.args.JsonSave(meta))
   mngr.save(int(step), args=args, metrics=dict(metrics) if metrics else None)

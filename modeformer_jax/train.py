@@ -103,7 +103,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.batch_size % len(devices):
     raise ValueError(f"batch_size {config.batch_size} does not divide by {len(devices)} devices")
   model = ModEFormer(config.model)
-  tx, schedule = train_step.make_optimizer(config.optim)
+  optim = dict(config.optim.to_dict())
+  optim["total_steps"] = optim.get("total_steps") or config.total_steps
+  tx, schedule = train_step.make_optimizer(optim)
 
   # ---------------------------------------------------------------- input
   spec = input_pipeline.spec_from_config(config)
@@ -114,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---------------------------------------------------------------- state and restore
   rng = jax.random.key(config.seed)
-  init_fn = lambda r: train_step.create_train_state(model, tx, r)  # noqa: E731
+  init_fn = lambda r: train_step.create_train_state(model, tx, r, config.loss)  # noqa: E731
   abstract = jax.eval_shape(init_fn, rng)
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),

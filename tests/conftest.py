@@ -17,6 +17,16 @@ if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
 import pathlib  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+# Several tests build the same jitted train/eval programs (one per train_and_evaluate call);
+# XLA's persistent cache lets the second build skip the compile. Keyed on the program, so a
+# stale entry can never be used for a different program.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(tempfile.gettempdir(), "modeformer_jax_test_xla_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import pytest  # noqa: E402
 
@@ -44,3 +54,23 @@ def grid_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"{path} not present")
   return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> pathlib.Path:
+  """A small synthetic LRS2-layout dataset (4 train, 2 test, 1 val speakers; 2 s clips)."""
+  from data_prep import synthetic
+  out = tmp_path_factory.mktemp("synthetic")
+  synthetic.generate_dataset(out, num_speakers=4, num_test_speakers=2, num_val_speakers=1,
+                             clips_per_speaker=2, min_seconds=2.0, max_seconds=2.4, seed=0,
+                             workers=2, progress=False)
+  return out
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(synthetic_dir, tmp_path_factory) -> pathlib.Path:
+  """``synthetic_dir`` prepared into ArrayRecord shards."""
+  from data_prep import prepare
+  out = tmp_path_factory.mktemp("prepared")
+  prepare.prepare("lrs2", str(synthetic_dir), str(out), workers=2, progress=False)
+  return out
