@@ -1,0 +1,87 @@
+"""Throughput of the full contrastive train step, and FLOP/s against a matmul peak.
+
+  python bench/train_step.py                       # tiny (B=32) and paper (B=8), N_H=2
+  python bench/train_step.py --variants paper --batch 16 --num_hard 11 --dtype bfloat16
+
+One step = ``train_step.make_train_step`` on a mesh of all local devices: embed B videos
+and B*(1+N_H) mel windows, InfoNCE against every gathered audio window (easy negatives
+on), gradients, global-norm clipping and an Adam update, with the state donated. FLOPs
+come from XLA's cost analysis of the compiled step; the peak is a large f32 matmul timed
+in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from bench.common import compiled_flops, machine, matmul_peak  # noqa: E402
+from configs import common  # noqa: E402
+from modeformer_jax import train_step as ts  # noqa: E402
+from modeformer_jax.models import ModEFormer, ModelConfig, count_params  # noqa: E402
+
+
+def bench_variant(variant: str, batch: int, num_hard: int, dtype: str, remat: bool,
+                  min_seconds: float) -> dict:
+  """Compiles the step once, then times donated steps until ``min_seconds`` have passed."""
+  model = ModEFormer(ModelConfig.from_mapping(dict(common.MODEL_VARIANTS[variant],
+                                                   dtype=dtype, remat=remat)))
+  mesh = ts.make_mesh()
+  tx, _ = ts.make_optimizer({"lr": 1e-4, "grad_clip": 1.0})
+  loss_cfg = {"tau": 0.1, "easy_negatives": True, "tolerance": 1}
+  rep = NamedSharding(mesh, P())
+  state = jax.jit(lambda r: ts.create_train_state(model, tx, r), out_shardings=rep)(
+      jax.random.key(0))
+  batch = jax.device_put(ts.random_batch(batch, num_hard, seed=1),
+                         NamedSharding(mesh, P(ts.AXIS)))
+  rng = jax.random.key(2)
+  t0 = time.perf_counter()
+  step = ts.make_train_step(model, tx, mesh, loss_cfg).lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+  flops = compiled_flops(step)
+  state, m = step(state, batch, rng)   # warm-up
+  jax.block_until_ready(m)
+  n, start = 0, time.perf_counter()
+  while n < 2 or time.perf_counter() - start < min_seconds:
+    state, m = step(state, batch, rng)
+    jax.block_until_ready(m)
+    n += 1
+  sec = (time.perf_counter() - start) / n
+  return dict(params=count_params(state["params"]), sec=sec, compile_s=compile_s,
+              samples_per_s=batch["video"].shape[0] / sec, flops=flops,
+              flops_per_s=flops / sec, loss=float(m["loss"]))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--variants", default="tiny,paper")
+  parser.add_argument("--batch", type=int, default=0, help="global batch; 0 = tiny 32, paper 8")
+  parser.add_argument("--num_hard", type=int, default=2)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--min_seconds", type=float, default=5.0)
+  args = parser.parse_args()
+  print("machine:", machine())
+  peak = matmul_peak()
+  print(f"matmul peak (2048^2 f32): {peak / 1e9:.1f} GFLOP/s")
+  print(f"train step: N_H={args.num_hard}, easy negatives, dtype={args.dtype}, "
+        f"remat={args.remat}, {len(jax.devices())} device(s)")
+  print(f"{'variant':<8}{'params':>9}{'batch':>7}{'windows':>9}{'step s':>9}{'samples/s':>11}"
+        f"{'GFLOP/step':>12}{'GFLOP/s':>10}{'of peak':>9}{'compile s':>11}")
+  for v in args.variants.split(","):
+    b = args.batch or (32 if v in ("tiny", "micro") else 8)
+    r = bench_variant(v, b, args.num_hard, args.dtype, args.remat, args.min_seconds)
+    print(f"{v:<8}{r['params'] / 1e6:>8.2f}M{b:>7}{b * (1 + args.num_hard):>9}"
+          f"{r['sec']:>9.3f}{r['samples_per_s']:>11.1f}{r['flops'] / 1e9:>12.2f}"
+          f"{r['flops_per_s'] / 1e9:>10.1f}{100 * r['flops_per_s'] / peak:>8.1f}%"
+          f"{r['compile_s']:>11.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

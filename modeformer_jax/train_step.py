@@ -1,0 +1,262 @@
+"""The sharded contrastive train step: optimizer, train state and one jitted update.
+
+Layout: a 1-D mesh with axis ``'data'`` over every device of every process. The batch is
+sharded on ``'data'``; params and optimizer state are replicated. Inside ``jax.shard_map``
+each device embeds only its local videos and audio windows; in the easy-negative mode the
+AUDIO embeddings (plus their clip ids and start frames) are all-gathered, never the
+inputs, and each device scores its ``B/n`` videos against all ``B*A`` windows (the cheap
+form: local rows x global columns). Each device differentiates its share of the global
+loss; the all-gather transposes to a reduce-scatter, so the gradient that reaches each
+audio embedding includes every device's logits, and one ``psum`` of the per-device
+gradients gives the exact single-device gradient.
+
+State is a plain dict: ``{'params', 'opt_state', 'step'}`` plus ``'batch_stats'`` when the
+model uses BatchNorm. ``params`` is the model's ``{'audio', 'video'}`` tree, plus
+``'log_tau'`` when the temperature is learned.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from modeformer_jax import losses
+from modeformer_jax.models import MEL_FRAMES, NUM_MEL, ModEFormer
+
+PyTree = Any
+AXIS = "data"
+BATCH_KEYS = ("video", "audio", "clip", "video_time", "audio_time")
+
+
+# ------------------------------------------------------------------ optimizer
+def make_schedule(optim_cfg: Mapping[str, Any]) -> optax.Schedule:
+  """Learning rate per step: linear warmup from 0, then constant or cosine decay to 0."""
+  lr = float(optim_cfg.get("lr", 1e-4))
+  kind = optim_cfg.get("schedule", "constant")
+  warmup = int(optim_cfg.get("warmup_steps", 0))
+  if warmup < 0:
+    raise ValueError(f"optim.warmup_steps must be >= 0, got {warmup}")
+  if kind == "constant":
+    main = optax.constant_schedule(lr)
+  elif kind == "cosine":
+    total = int(optim_cfg.get("total_steps", 0))
+    if total <= warmup:
+      raise ValueError(f"cosine schedule needs optim.total_steps ({total}) > "
+                       f"optim.warmup_steps ({warmup})")
+    main = optax.cosine_decay_schedule(lr, decay_steps=total - warmup, alpha=0.0)
+  else:
+    raise ValueError(f"unknown optim.schedule {kind!r}; expected 'constant' or 'cosine'")
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(optim_cfg: Mapping[str, Any]) -> tuple[optax.GradientTransformation,
+                                                          optax.Schedule]:
+  """Adam (AdamW when ``weight_decay`` > 0) with optional global-norm clipping.
+
+  Returns ``(tx, schedule)``; the schedule is returned for logging the learning rate.
+  Weight decay only touches matrices/kernels (ndim >= 2), never norms, biases or tau.
+  """
+  schedule = make_schedule(optim_cfg)
+  clip = float(optim_cfg.get("grad_clip", 0.0) or 0.0)
+  wd = float(optim_cfg.get("weight_decay", 0.0) or 0.0)
+  parts = []
+  if clip > 0:
+    parts.append(optax.clip_by_global_norm(clip))
+  if wd > 0:
+    mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)  # noqa: E731
+    parts.append(optax.adamw(schedule, weight_decay=wd, mask=mask))
+  else:
+    parts.append(optax.adam(schedule))
+  return optax.chain(*parts), schedule
+
+
+def create_train_state(model: ModEFormer, tx: optax.GradientTransformation, rng: jax.Array,
+                       loss_cfg: Mapping[str, Any] | None = None) -> dict[str, PyTree]:
+  """Fresh state; pass ``loss_cfg`` so a learned temperature gets its ``log_tau`` param."""
+  variables = model.init_variables(rng)
+  params = dict(variables["params"])
+  if loss_cfg is not None and loss_cfg.get("learn_tau", False):
+    params["log_tau"] = jnp.asarray(math.log(float(loss_cfg.get("tau", 0.1))), jnp.float32)
+  state = {"params": params, "opt_state": tx.init(params),
+           "step": jnp.zeros((), jnp.int32)}
+  if "batch_stats" in variables:
+    state["batch_stats"] = variables["batch_stats"]
+  return state
+
+
+# ------------------------------------------------------------------ mesh helpers
+def make_mesh(devices: list | None = None) -> Mesh:
+  """1-D ``'data'`` mesh over ``devices`` (default: all devices of all processes)."""
+  devices = list(devices if devices is not None else jax.devices())
+  return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, process_count: int | None = None) -> None:
+  """Raises a clear error unless the global batch splits evenly over devices and hosts."""
+  n = mesh.shape[AXIS]
+  pc = jax.process_count() if process_count is None else process_count
+  if batch_size <= 0 or batch_size % n:
+    raise ValueError(f"global batch_size {batch_size} must be a positive multiple of the "
+                     f"{n} devices on the '{AXIS}' mesh axis")
+  if batch_size % pc:
+    raise ValueError(f"global batch_size {batch_size} must divide by the {pc} processes")
+
+
+def _check_batch(batch: Mapping[str, Any], n_dev: int) -> tuple[int, int]:
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f"batch is missing {missing}; expected keys {list(BATCH_KEYS)}")
+  b, a = batch["audio"].shape[:2]
+  want = {"video": (b, 5, 48, 96), "audio": (b, a, NUM_MEL, MEL_FRAMES), "clip": (b,),
+          "video_time": (b,), "audio_time": (b, a)}
+  for k, shape in want.items():
+    if tuple(batch[k].shape[:len(shape)]) != shape or batch[k].ndim != len(shape) + (
+        k == "video"):
+      raise ValueError(f"batch[{k!r}] has shape {tuple(batch[k].shape)}; expected "
+                       f"{shape}{' + (C,)' if k == 'video' else ''}")
+  if b % n_dev:
+    raise ValueError(f"global batch {b} does not divide by the {n_dev} devices of the "
+                     f"'{AXIS}' mesh axis")
+  return b, a
+
+
+# ------------------------------------------------------------------ loss and gradient
+def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
+                 train: bool = True, with_logits: bool = False) -> Callable:
+  """Unjitted ``(params, batch_stats, batch, rng) -> (grads, metrics, batch_stats[, logits])``.
+
+  ``rng`` is the step's key; each device folds in its mesh index for dropout. Gradients
+  and metrics are global (summed over devices, then divided by the global batch) and
+  replicated. ``with_logits`` also returns the masked logits, sharded on ``'data'``, so
+  tests can see each device's ``[B/n, B*A]`` block.
+  """
+  easy = bool(loss_cfg.get("easy_negatives", True))
+  tol = int(loss_cfg.get("tolerance", 1))
+  n_dev = mesh.shape[AXIS]
+
+  def body(params, batch_stats, video, audio, clip, vtime, atime, rng):
+    b, a = audio.shape[:2]
+    idx = jax.lax.axis_index(AXIS)
+    rv, ra = jax.random.split(jax.random.fold_in(rng, idx))
+    stats = batch_stats or {}
+
+    def local_loss(p):
+      v, vs = model.apply_video(p["video"], video, train=train, rng=rv,
+                                batch_stats=stats.get("video"))
+      au, as_ = model.apply_audio(p["audio"], audio.reshape(b * a, *audio.shape[2:]),
+                                  train=train, rng=ra, batch_stats=stats.get("audio"))
+      au = au.reshape(b, a, -1)
+      if easy:
+        # Only embeddings (and their metadata) cross devices; tiled => global entry order.
+        au = jax.lax.all_gather(au, AXIS, tiled=True)
+        aclip = jax.lax.all_gather(clip, AXIS, tiled=True)
+        at = jax.lax.all_gather(atime, AXIS, tiled=True)
+        offset = idx * b
+      else:
+        aclip, at, offset = clip, atime, 0
+      terms = losses.contrastive_terms(
+          v, au, video_clip=clip, video_time=vtime, audio_clip=aclip, audio_time=at,
+          row_offset=offset, scale=losses.logit_scale(p, loss_cfg), easy_negatives=easy,
+          tolerance=tol)
+      # This device's share of the GLOBAL mean; the psum below completes it.
+      share = terms["loss_sum"] / (b * n_dev)
+      new_stats = {"video": vs, "audio": as_} if batch_stats is not None else None
+      return share, (terms, new_stats)
+
+    grads, (terms, new_stats) = jax.grad(local_loss, has_aux=True)(params)
+    logits = terms.pop("logits")
+    grads = jax.lax.psum(grads, AXIS)
+    terms = jax.lax.psum(terms, AXIS)
+    _, metrics = losses.finalize_terms(terms)
+    if new_stats is not None:
+      # Identical already when BatchNorm syncs over 'data'; averages them otherwise.
+      new_stats = jax.lax.pmean(new_stats, AXIS)
+    out = (grads, metrics, new_stats)
+    return out + (logits,) if with_logits else out
+
+  out_specs = (P(), P(), P()) + ((P(AXIS),) if with_logits else ())
+  sharded = jax.shard_map(
+      body, mesh=mesh,
+      in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P()),
+      out_specs=out_specs, check_vma=False)
+
+  def grad_fn(params, batch_stats, batch, rng):
+    _check_batch(batch, n_dev)
+    return sharded(params, batch_stats, batch["video"], batch["audio"], batch["clip"],
+                   batch["video_time"], batch["audio_time"], rng)
+
+  return grad_fn
+
+
+def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: Mesh,
+                    loss_cfg: Mapping[str, Any], *, donate: bool = True) -> Callable:
+  """Jitted ``step(state, batch, rng) -> (state, metrics)``; the input state is donated.
+
+  ``batch`` holds global arrays sharded on ``'data'`` (``make_array_from_process_local_data``
+  on every process) or host arrays, which jit shards. The step folds ``state['step']``
+  into ``rng``, so passing the same key every step still gives fresh dropout masks.
+  Metrics: ``loss``, ``pos_sim``, ``neg_sim``, ``accuracy``, ``negatives_per_video``,
+  ``grad_norm`` (before clipping), ``tau``.
+  """
+  grad_fn = make_grad_fn(model, mesh, loss_cfg)
+  rep = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P(AXIS))
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state["step"])
+    grads, metrics, new_stats = grad_fn(state["params"], state.get("batch_stats"), batch,
+                                        rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   tau=1.0 / jnp.asarray(losses.logit_scale(state["params"], loss_cfg)))
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if new_stats is not None:
+      new["batch_stats"] = new_stats
+    return new, metrics
+
+  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                 donate_argnums=(0,) if donate else ())
+
+
+def abstract_batch(batch_size: int, num_hard: int, mesh: Mesh | None = None,
+                   video_channels: int = 3) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a global batch (sharded on ``'data'`` when a mesh is given), for lowering."""
+  a = 1 + num_hard
+  sh = {"sharding": NamedSharding(mesh, P(AXIS))} if mesh is not None else {}
+  spec = {"video": ((batch_size, 5, 48, 96, video_channels), jnp.uint8),
+          "audio": ((batch_size, a, NUM_MEL, MEL_FRAMES), jnp.float32),
+          "clip": ((batch_size,), jnp.int32), "video_time": ((batch_size,), jnp.int32),
+          "audio_time": ((batch_size, a), jnp.int32)}
+  return {k: jax.ShapeDtypeStruct(s, d, **sh) for k, (s, d) in spec.items()}
+
+
+def random_batch(batch_size: int, num_hard: int, *, seed: int = 0, num_clips: int | None = None,
+                 max_time: int = 100, video_channels: int = 3) -> dict[str, np.ndarray]:
+  """A synthetic batch in the pipeline's layout (tests and benchmarks).
+
+  ``num_clips < batch_size`` puts several entries of a clip in the batch, as stage 2
+  does, so some windows fall inside the false-negative tolerance.
+  """
+  r = np.random.default_rng(seed)
+  a = 1 + num_hard
+  num_clips = num_clips or batch_size
+  clip = r.integers(0, num_clips, batch_size).astype(np.int32)
+  if num_clips >= batch_size:
+    clip = r.permutation(batch_size).astype(np.int32)
+  vt = r.integers(16, max_time, batch_size).astype(np.int32)
+  shift = r.integers(2, 6, (batch_size, a)) * r.choice([-1, 1], (batch_size, a))
+  shift[:, 0] = 0
+  return {
+      "video": r.integers(0, 256, (batch_size, 5, 48, 96, video_channels), dtype=np.uint8),
+      "audio": r.standard_normal((batch_size, a, NUM_MEL, MEL_FRAMES)).astype(np.float32),
+      "clip": clip, "video_time": vt, "audio_time": (vt[:, None] + shift).astype(np.int32),
+  }
