@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.training_config(variant=a.variant, data_dir="/data/lrs3_prepared",
                              batch_size=a.batch, num_hard=a.num_hard, stage=1,
                              total_steps=200000, clips_per_entry=1)
-  c.data.train_split = "trainval_train"
+  c.data.train_split = "train"  # trainval minus the seeded 40% val (data_prep.layouts)
   c.data.val_split = "val"
   c.model.dtype = "bfloat16"
   c.data.workers = 8
