@@ -10,13 +10,15 @@ Layout (what ``data_prep.prepare --layout lrs2`` reads)::
   OUT/mvlrs_v1/pretrain/                     empty (LRS2 has it; nothing synthetic goes there)
   OUT/{pretrain,train,val,test}.txt          one ``<id>/<nnnnn>`` per line, sorted
   OUT/speakers.json                          seed, audio offset, speaker parameters and splits
+  OUT/synthetic_config.json                  the generation arguments (checked on resume)
 
 ``<id>`` is ``spk{speaker:03d}v{video:03d}``: a speaker's clips are grouped into videos of up to
 ``clips_per_video`` clips that share a scene (background, framing, lighting, noise, room).
 Speakers ``0 .. num_speakers-1`` are train speakers, the next ``num_test_speakers`` are test
 speakers and the next ``num_val_speakers`` validation speakers, so test and val speakers never
 appear in training. With ``num_val_speakers=0`` the last clip of every train speaker is held
-out as validation instead. ``speakers.json`` is written last: its presence marks a finished set.
+out as validation instead. ``speakers.json`` is written last: its presence marks a finished set. A rerun keeps the clips
+already written (an interrupted run resumes); a rerun with other arguments is refused.
 
 What a clip contains
   A speech plan (random syllables: optional consonant onset, a vowel, optional coda; words of
@@ -25,7 +27,7 @@ What a clip contains
   through a cascade of formant resonators (F1-F4 of the vowel, scaled per speaker), filtered
   noise for fricatives, bursts and aspiration, a low hum for nasals, a little room reverb and
   background noise at a per-video SNR. Video: a face filling the frame (LRS2-like: eyes at
-  ~1/3 of the height, mouth at ~0.58), whose lips open with the loudness of each vowel (open
+  ~1/3 of the height, mouth at ~0.57), whose lips open with the loudness of each vowel (open
   vowels open more and are louder), close for p/b/m and pauses, narrow and protrude for
   rounded vowels (o, u, sh), spread for i/s; the jaw drops with the opening; eyes blink; the
   head moves a little and the light drifts slowly.
@@ -191,8 +193,8 @@ def make_speaker(seed: int, speaker: int) -> SpeakerParams:
       face_half_width=float(r.uniform(54, 64)), face_half_height=float(r.uniform(74, 84)),
       face_cy=float(r.uniform(74, 80)), eye_y=float(r.uniform(50, 57)),
       eye_dx=float(r.uniform(24, 30)), brow_gap=float(r.uniform(9, 13)),
-      nose_y=float(r.uniform(74, 79)), mouth_y=float(r.uniform(92, 95)),
-      mouth_half_width=float(r.uniform(21, 28)), max_open=float(r.uniform(16, 22)),
+      nose_y=float(r.uniform(74, 79)), mouth_y=float(r.uniform(90, 93)),
+      mouth_half_width=float(r.uniform(24, 31)), max_open=float(r.uniform(17, 23)),
       upper_lip=float(r.uniform(3.5, 5.5)), lower_lip=float(r.uniform(4.5, 7.0)),
       hair_style=int(r.integers(0, 3)),
       f0=float(f0), f0_range=float(r.uniform(2, 5)), formant_scale=float(fs),
@@ -209,10 +211,11 @@ def _scene_from_rng(r: np.random.Generator) -> SceneParams:
   return SceneParams(
       bg_top=_colour(base), bg_bottom=_colour(base * r.uniform(0.5, 0.9)),
       clothes=_colour(r.uniform(20, 220, 3)),
-      dx=float(r.uniform(-3, 3)), dy=float(r.uniform(-2, 2)), scale=float(r.uniform(0.96, 1.04)),
+      dx=float(r.uniform(-2, 2)), dy=float(r.uniform(-1.5, 1.5)),
+      scale=float(r.uniform(0.97, 1.03)),
       gain=float(r.uniform(0.85, 1.12)), light_x=float(r.uniform(-0.2, 0.2)),
-      light_y=float(r.uniform(-0.1, 0.1)), snr_db=float(r.uniform(12, 32)),
-      noise_tilt=float(r.uniform(0, 1)), reverb=float(r.uniform(0.0, 0.25)),
+      light_y=float(r.uniform(-0.1, 0.1)), snr_db=float(r.uniform(15, 35)),
+      noise_tilt=float(r.uniform(0, 1)), reverb=float(r.uniform(0.0, 0.15)),
       reverb_tau=float(r.uniform(0.02, 0.07)), level=float(r.uniform(0.35, 0.8)))
 
 
@@ -276,6 +279,11 @@ def plan_speech(rng: np.random.Generator, t0: float, t1: float, rate: float = 1.
       t = _consonant(segs, t, _ONSETS[rng.choice(len(_ONSETS), p=_ONSET_P)], rng, rate)
       v = _VOWEL_NAMES[rng.choice(len(_VOWEL_NAMES), p=_VOWEL_P)]
       formants, opening, rounding = VOWELS[v]
+      # Each token varies a little around its vowel (a more open one has a higher F1), so
+      # neighbouring syllables rarely look or sound exactly alike.
+      oj, fj = rng.uniform(0.85, 1.15), rng.uniform(0.94, 1.06)
+      opening = min(1.0, opening * oj)
+      formants = (formants[0] * fj * oj ** 0.5, formants[1] * fj, formants[2] * fj)
       t = _add(segs, t, rng.uniform(0.07, 0.16) / rate, "vowel", formants=formants,
                open=opening * stress, round=rounding,
                amp=stress * (0.55 + 0.45 * opening))
@@ -385,8 +393,15 @@ def synthesize_audio(segs: list[_Seg], sp: SpeakerParams, scene: SceneParams,
                      rng: np.random.Generator, t0: float, n: int) -> np.ndarray:
   """Speech for the plan over ``n`` samples starting at ``t0`` s, with room and noise."""
   sr = SAMPLE_RATE
-  # Pitch: slow wander within the speaker's range, plus a gentle fall within each phrase.
+  # Pitch: slow wander within the speaker's range, plus a fall of 2 semitones across each
+  # phrase (phrases end at pauses of 0.1 s or more).
   semis = sp.f0_range * _smooth_noise(rng, n, 3.0, sr)
+  bounds = [0] + [int(round((s.start - t0) * sr)) for s in segs
+                  if s.kind == "pause" and s.end - s.start >= 0.1] + [n]
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    a, b = max(a, 0), min(b, n)
+    if b > a:
+      semis[a:b] += np.linspace(1.0, -1.0, b - a, dtype=np.float32)
   f0 = sp.f0 * 2.0 ** (semis / 12) * (1 + 0.01 * rng.standard_normal(n).astype(np.float32))
   phase = np.cumsum(f0 / sr)
   glottal = (2 * (phase % 1.0) - 1).astype(np.float32)
@@ -591,10 +606,10 @@ def render_video(sp: SpeakerParams, scene: SceneParams, opening: np.ndarray,
         blink[t + j] = state
     t += int(rng.integers(50, 130))
   # Head motion (pixels, degrees, scale) and light drift: smooth and small.
-  tx = 2.0 * _smooth_noise(rng, n, 0.8, FPS) + scene.dx
-  ty = 1.5 * _smooth_noise(rng, n, 0.8, FPS) + scene.dy
-  rot = 2.5 * _smooth_noise(rng, n, 0.6, FPS)
-  scl = scene.scale * (1 + 0.02 * _smooth_noise(rng, n, 0.5, FPS))
+  tx = 1.5 * _smooth_noise(rng, n, 0.8, FPS) + scene.dx
+  ty = 1.0 * _smooth_noise(rng, n, 0.8, FPS) + scene.dy
+  rot = 2.0 * _smooth_noise(rng, n, 0.6, FPS)
+  scl = scene.scale * (1 + 0.015 * _smooth_noise(rng, n, 0.5, FPS))
   gain = scene.gain * (1 + 0.06 * _smooth_noise(rng, n, 0.5, FPS))
   gx = scene.light_x + 0.05 * _smooth_noise(rng, n, 0.4, FPS)
   lin = np.linspace(-1, 1, s, dtype=np.float32)
@@ -694,13 +709,16 @@ def rgb_to_i420(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   t, h, w, _ = frames.shape
   if h % 2 or w % 2:
     raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")
-  # cv2.transform: a per-pixel affine map, and unlike a BLAS matmul it spawns no threads.
+  # cv2.transform: a per-pixel affine map with rounding and saturation to uint8; unlike a
+  # BLAS matmul it spawns no threads.
   affine = np.concatenate([_RGB_TO_YUV, _YUV_OFFSET[:, None]], 1)
-  yuv = cv2.transform(frames.reshape(t * h, w, 3).astype(np.float32), affine)
+  yuv = cv2.transform(np.ascontiguousarray(frames).reshape(t * h, w, 3), affine)
   yuv = yuv.reshape(t, h, w, 3)
-  chroma = yuv[..., 1:].reshape(t, h // 2, 2, w // 2, 2, 2).mean((2, 4))
-  q = lambda c: np.clip(np.rint(c), 0, 255).astype(np.uint8)        # noqa: E731
-  return q(yuv[..., 0]), q(chroma[..., 0]), q(chroma[..., 1])
+  uv = yuv[..., 1:].astype(np.uint16)
+  uv = (uv[:, 0::2, 0::2] + uv[:, 1::2, 0::2] + uv[:, 0::2, 1::2] + uv[:, 1::2, 1::2] + 2) // 4
+  uv = uv.astype(np.uint8)
+  return (np.ascontiguousarray(yuv[..., 0]), np.ascontiguousarray(uv[..., 0]),
+          np.ascontiguousarray(uv[..., 1]))
 
 
 def _yuv_frame(planes: tuple[np.ndarray, ...]) -> av.VideoFrame:
