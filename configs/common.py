@@ -119,3 +119,28 @@ def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: i
   c.keep_checkpoints = 3              # latest K; the best-by-val-accuracy is kept as well
   c.init_from = ""                    # checkpoint dir/step to start from (stage 2 <- stage 1)
   return c
+
+
+def paper_config(dataset: str, stage: int, arg: str | None) -> ml_collections.ConfigDict:
+  """The paper's LRS2/LRS3 training settings (shared by configs/{lrs2,lrs3}_stage{1,2}.py).
+
+  Stage 1: N_H=2, one entry per clip. Stage 2: N_H=11 (the best batch/hard-negative
+  trade-off by default), 4 entries per clip. Global batch 2000, bf16 compute.
+  """
+  stage1 = stage == 1
+  a = parse_arg(arg, variant="paper", num_hard=2 if stage1 else 11, batch=2000,
+                runlocal=False)
+  c = training_config(variant=a.variant, data_dir=f"/data/{dataset}_prepared",
+                      batch_size=a.batch, num_hard=a.num_hard, stage=stage,
+                      total_steps=200000 if stage1 else 100000,
+                      clips_per_entry=1 if stage1 else 4)
+  # LRS3's 'train' is trainval minus the seeded 40% 'val' (data_prep.layouts).
+  c.data.train_split, c.data.val_split = "train", "val"
+  c.model.dtype = "bfloat16"
+  c.data.workers = 8
+  if a.runlocal:
+    c.model = model_config("tiny")
+    c.batch_size, c.total_steps = 16, 20
+    c.data.workers, c.log_every, c.eval_every, c.checkpoint_every = 0, 5, 10, 10
+    c.data.clips_per_entry = min(c.data.clips_per_entry, 2)
+  return c

@@ -17,17 +17,4 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the LRS3 stage-1 config."""
-  a = common.parse_arg(arg, variant="paper", num_hard=2, batch=2000, runlocal=False)
-  c = common.training_config(variant=a.variant, data_dir="/data/lrs3_prepared",
-                             batch_size=a.batch, num_hard=a.num_hard, stage=1,
-                             total_steps=200000, clips_per_entry=1)
-  c.data.train_split = "train"  # trainval minus the seeded 40% val (data_prep.layouts)
-  c.data.val_split = "val"
-  c.model.dtype = "bfloat16"
-  c.data.workers = 8
-  if a.runlocal:
-    c.model = common.model_config("tiny")
-    c.batch_size, c.total_steps = 16, 20
-    c.data.workers, c.log_every, c.eval_every, c.checkpoint_every = 0, 5, 10, 10
-    c.data.clips_per_entry = min(c.data.clips_per_entry, 2)
-  return c
+  return common.paper_config("lrs3", 1, arg)
