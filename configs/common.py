@@ -40,7 +40,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 # (mlp_dim=2048) would give 69.6M, so the paper's "lighter ViT-Base" must be narrower.
 _PAPER = dict(
     cnn_widths=(64, 128, 256, 512), cnn_blocks=(2, 2, 2, 2), video_stem_kernel=(3, 7, 7),
-    video_channels=3, norm="group", norm_groups=32, use_transformer=True,
+    video_stem_strides=(1, 2, 2), video_channels=3, norm="group", norm_groups=32, use_transformer=True,
     width=512, depth=4, heads=8, mlp_dim=768, dropout=0.1, attention_dropout=0.0,
     dtype="float32", param_dtype="float32", remat=False)
 
@@ -48,9 +48,10 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     "paper": _PAPER,
     # 3D-SyncNet ablation: the same CNNs, no transformers, time-pooled CNN features.
     "syncnet3d": dict(_PAPER, use_transformer=False),
-    # Small enough to train on 2 CPU cores in minutes.
+    # Small enough to train on 2 CPU cores in minutes. The stride-4 video stem cuts the
+    # video trunk (80% of a CPU step at stride 2) by 4x: 0.30 s vs 1.15 s fwd+bwd for 32 clips.
     "tiny": dict(_PAPER, cnn_widths=(16, 32, 64, 96), cnn_blocks=(1, 1, 1, 1),
-                 video_stem_kernel=(3, 5, 5), norm_groups=8, width=96, depth=2, heads=4,
+                 video_stem_kernel=(3, 5, 5), video_stem_strides=(1, 4, 4), norm_groups=8, width=96, depth=2, heads=4,
                  mlp_dim=192, dropout=0.0),
     # Smallest model that still has every part; for scale tests (B=2000 on CPU).
     "micro": dict(_PAPER, cnn_widths=(4, 4, 8, 8), cnn_blocks=(1, 1, 1, 1),

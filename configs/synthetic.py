@@ -15,7 +15,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the synthetic-data config."""
-  a = common.parse_arg(arg, variant="tiny", steps=600, batch=32, num_hard=4, runlocal=False)
+  a = common.parse_arg(arg, variant="tiny", steps=1100, batch=32, num_hard=4, runlocal=False)
   c = common.training_config(variant=a.variant, data_dir="demo_out/prepared",
                              batch_size=a.batch, num_hard=a.num_hard, stage=1,
                              total_steps=a.steps)
@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.workers = 1
   c.data.brightness, c.data.contrast, c.data.max_crop_shift = 10.0, 0.1, 2
   c.data.val_clips = 40
-  c.log_every, c.eval_every, c.checkpoint_every = 25, 200, 200
+  c.log_every, c.eval_every, c.checkpoint_every = 25, 500, 250
   if a.runlocal:
     c.batch_size = 8
     c.total_steps = a.steps

@@ -222,6 +222,9 @@ class ModelConfig:
   cnn_widths: tuple[int, ...] = (64, 128, 256, 512)  # channels of the four ResNet stages
   cnn_blocks: tuple[int, ...] = (2, 2, 2, 2)         # basic blocks per stage (ResNet18)
   video_stem_kernel: tuple[int, int, int] = (3, 7, 7)  # (time, h, w) of the 3D stem conv
+  # Stride of the 3D stem conv. (1, 2, 2) is ResNet's; (1, 4, 4) quarters the video
+  # trunk's cost for small CPU models (lip detail at 12x24 is enough for them).
+  video_stem_strides: tuple[int, int, int] = (1, 2, 2)
   video_channels: int = 3                            # lip frame channels (3 = RGB)
   norm: str = "group"                                # 'group' | 'layer' | 'batch'
   norm_groups: int = 32                              # GroupNorm groups (shrunk to divide)
@@ -245,7 +248,7 @@ class ModelConfig:
     unknown = sorted(set(cfg) - names)
     if unknown:
       raise ValueError(f"unknown model config keys {unknown}; known: {sorted(names)}")
-    for k in ("cnn_widths", "cnn_blocks", "video_stem_kernel"):
+    for k in ("cnn_widths", "cnn_blocks", "video_stem_kernel", "video_stem_strides"):
       if k in cfg:
         cfg[k] = tuple(cfg[k])
     return cls(**cfg)
@@ -278,7 +281,7 @@ class _Tower(nn.Module):
       feats = cnn(x, train).mean(axis=1)              # pool frequency -> [B, 16, C]
     else:
       # [B, T=5, H=48, W=96, C]: stride 1 on time, 2 on space.
-      cnn = ResNet(stem_kernel=cfg.video_stem_kernel, stem_strides=(1, 2, 2),
+      cnn = ResNet(stem_kernel=cfg.video_stem_kernel, stem_strides=cfg.video_stem_strides,
                    pool_strides=(1, 2, 2), stage_strides=(1, 2, 2), name="cnn", **common)
       feats = cnn(x, train).mean(axis=(2, 3))         # pool space -> [B, 5, C]
     self.sow("intermediates", "cnn_features", feats)
