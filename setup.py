@@ -7,6 +7,9 @@ setup(
     description="ModEFormer: modality-preserving audio-visual sync detection in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["modeformer_jax*", "data_prep*", "configs*"]),
+    # The shipped GRID detector (model.json, MODEL_CARD.md and the orbax params tree).
+    package_data={"modeformer_jax": ["weights/*/*", "weights/*/params/*",
+                                     "weights/*/params/*/*", "weights/*/params/*/*/*"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

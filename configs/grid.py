@@ -18,7 +18,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the GRID config."""
-  a = common.parse_arg(arg, variant="tiny", steps=800, batch=32, num_hard=4)
+  a = common.parse_arg(arg, variant="tiny", steps=2000, batch=32, num_hard=4)
   c = common.training_config(variant=a.variant, data_dir="data/grid_s1_prepared",
                              batch_size=a.batch, num_hard=a.num_hard, stage=1,
                              total_steps=a.steps)
@@ -28,5 +28,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.workers = 1
   c.data.brightness, c.data.contrast, c.data.max_crop_shift = 10.0, 0.1, 3
   c.data.val_clips = 30
-  c.log_every, c.eval_every, c.checkpoint_every = 25, 200, 100
+  c.log_every, c.eval_every, c.checkpoint_every = 25, 500, 250
   return c

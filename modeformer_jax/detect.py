@@ -22,7 +22,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,6 +49,28 @@ def detect_file(embedder: evaluation.Embedder, path: str, layout: str = "auto",
   clip = features.extract_clip(path, layout=layout, min_frames=features.MIN_FRAMES,
                                audio_shift_frames=audio_shift_frames)
   return detect_arrays(embedder, clip.lips, clip.mel, name=str(path)) | {"layout": layout}
+
+
+def detect_shifted(embedder: evaluation.Embedder, path: str, shifts: Sequence[int],
+                   layout: str = "auto") -> list[dict[str, Any]]:
+  """Detects the offset of ``path`` with its audio delayed by each of ``shifts`` frames.
+
+  The video is decoded and lip-cropped once; each shift goes through the same
+  ``features.shift_audio`` + ``features.log_mel`` as ``extract_clip(audio_shift_frames=k)``,
+  so this is ``[detect_file(..., audio_shift_frames=k) for k in shifts]`` without
+  re-decoding (and re-detecting faces) per shift. Each result gains ``injected``.
+  """
+  layout = guess_layout(path) if layout == "auto" else layout
+  dec = features.decode(path)
+  clip = features.extract_clip(path, layout=layout, min_frames=features.MIN_FRAMES,
+                               decoded=dec)
+  out = []
+  for k in shifts:
+    mel = features.log_mel(features.shift_audio(dec.audio, k) if k else dec.audio,
+                           clip.num_frames)
+    out.append(detect_arrays(embedder, clip.lips, mel, name=str(path))
+               | {"layout": layout, "injected": int(k)})
+  return out
 
 
 def detect_arrays(embedder: evaluation.Embedder, lips: np.ndarray, mel: np.ndarray,

@@ -596,7 +596,8 @@ def lip_crop(frames: np.ndarray, mode: str, path: str = "",
 
 def extract_clip(path: str, layout: str = "lrs2", min_frames: int = MIN_FRAMES,
                  audio_shift_frames: int = 0,
-                 crop_box: tuple[float, float, float, float] | None = None) -> Clip:
+                 crop_box: tuple[float, float, float, float] | None = None,
+                 decoded: Decoded | None = None) -> Clip:
   """Decodes ``path`` and returns its lip crops and mel, or raises ``FeatureError``.
 
   Args:
@@ -606,10 +607,11 @@ def extract_clip(path: str, layout: str = "lrs2", min_frames: int = MIN_FRAMES,
     audio_shift_frames: delay the audio by this many video frames before the mel
       (positive: audio late), for tests and offset-detection demos.
     crop_box: override of the layout's crop window (see ``CROP_BOXES``).
+    decoded: ``decode(path)`` when the caller already has it (it is not decoded again).
   """
   if layout not in LAYOUT_MODES:
     raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUT_MODES)}")
-  dec = decode(path)
+  dec = decoded if decoded is not None else decode(path)
   n = dec.frames.shape[0]
   if n < min_frames:
     raise FeatureError(dec.path, "too_short", f"{dec.duration:.2f} s = {n} frames at "

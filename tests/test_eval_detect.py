@@ -123,3 +123,15 @@ def test_fix_moves_audio_without_touching_video(synthetic_dir, tmp_path):
   err_none = np.abs(b.audio[seg] - a.audio[seg]).mean()
   assert err_late < 0.2 * err_none, (err_late, err_none)
   np.testing.assert_allclose(c.audio[seg], a.audio[seg], atol=0.02)
+
+
+def test_detect_shifted_matches_detect_file(exported, synthetic_dir):
+  """Decoding once and shifting the audio gives what re-extracting per shift gives."""
+  model, params, _ = checkpoints.load_params(exported)
+  embedder = evaluation.Embedder(model, params, chunk=64)
+  f = str(sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
+  shifted = detect.detect_shifted(embedder, f, [-4, 0, 3], layout="lrs2")
+  for k, r in zip([-4, 0, 3], shifted):
+    ref = detect.detect_file(embedder, f, layout="lrs2", audio_shift_frames=k)
+    assert r["injected"] == k and r["offset_frames"] == ref["offset_frames"]
+    np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-6, atol=1e-6)

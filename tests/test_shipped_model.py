@@ -1,0 +1,56 @@
+"""The detector shipped in modeformer_jax/weights/grid_s1 (skips when it or the data is absent)."""
+import pathlib
+
+import numpy as np
+import pytest
+
+from modeformer_jax import checkpoints, detect, evaluation, features
+
+SHIPPED = detect.SHIPPED
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  if not (SHIPPED / "model.json").is_file():
+    pytest.skip(f"no shipped model at {SHIPPED}")
+  model, params, meta = checkpoints.load_params(SHIPPED)
+  return evaluation.Embedder(model, params, chunk=128), meta
+
+
+def test_shipped_model_states_what_it_was_trained_on(shipped):
+  _, meta = shipped
+  assert "GRID" in meta["trained_on"]
+  card = (SHIPPED / "MODEL_CARD.md").read_text()
+  for words in ("one speaker", "val", "frames"):
+    assert words in card
+
+
+def test_shipped_model_scores_a_real_clip_reproducibly(shipped, real_clips_dir):
+  embedder, _ = shipped
+  clip = sorted((real_clips_dir / "lrs2_crop").rglob("*.mp4"))[0]
+  first = detect.detect_file(embedder, str(clip), layout="lrs2")
+  # A second, independent load must give the same numbers (no hidden state, no randomness).
+  model, params, _ = checkpoints.load_params(SHIPPED)
+  again = detect.detect_file(evaluation.Embedder(model, params, chunk=64), str(clip),
+                             layout="lrs2")
+  curve = np.asarray(first["mean_curve"], np.float64)
+  assert np.isfinite(curve[np.isfinite(curve)]).all() and np.isfinite(curve).sum() >= 25
+  assert np.isfinite(first["confidence"]) and -15 <= first["offset_frames"] <= 15
+  assert again["offset_frames"] == first["offset_frames"]
+  np.testing.assert_allclose(again["mean_curve"], first["mean_curve"], rtol=1e-5, atol=1e-6)
+
+
+# A held-out utterance (the seed-0 validation split of configs/grid.py); the model never
+# trained on it.
+GRID_CLIP = "bbal6n.mp4"
+
+
+def test_shipped_model_detects_an_injected_shift_on_grid(shipped, grid_dir):
+  embedder, _ = shipped
+  path = grid_dir / "video" / GRID_CLIP
+  if not path.is_file():
+    pytest.skip(f"{path} not present")
+  results = detect.detect_shifted(embedder, str(path), [-5, 0, 4], layout="raw")
+  assert [r["offset_frames"] for r in results] == [-5, 0, 4], [
+      (r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
+  assert all(r["confidence"] > 0 for r in results)
