@@ -42,6 +42,29 @@ def guess_layout(path: str) -> str:
   return "crop" if (w == h and w <= 256) else "raw"
 
 
+def resolve_layout(path: str, layout: str = "auto", model_layout: str | None = None) -> str:
+  """The lip-crop layout to use for ``path``.
+
+  An explicit ``layout`` wins. For 'auto': a model trained on face-detected crops
+  (``model_layout == 'raw'``, e.g. the shipped GRID model) gets face detection on every
+  video, because the crop geometry must match training (on the shared real clips the
+  shipped model's exact-detection rate went from 0.4% with fixed crop boxes to 26% with
+  face detection; bench/RESULTS.md). Otherwise the layout is guessed from the frame size.
+  """
+  if layout != "auto":
+    return layout
+  if model_layout == "raw":
+    return "raw"
+  return guess_layout(path)
+
+
+def trained_layout(checkpoint: str | pathlib.Path, meta: dict) -> str | None:
+  """The feature layout a model was trained with: from an export's ``model.json``, else
+  from a training workdir's data manifest (None when unknown)."""
+  from modeformer_jax import export
+  return meta.get("input_layout") or export.training_layout(str(checkpoint))
+
+
 def detect_file(embedder: evaluation.Embedder, path: str, layout: str = "auto",
                 audio_shift_frames: int = 0) -> dict[str, Any]:
   """Detects the offset of one video file (raises ``FeatureError`` on bad input)."""
@@ -128,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--checkpoint", default=None,
                       help=f"workdir / checkpoint / exported model (default: {SHIPPED})")
   parser.add_argument("--layout", default="auto", choices=["auto", *features.LAYOUT_MODES],
-                      help="'crop' for face-cropped videos, 'raw' to detect the face")
+                      help="'crop' for face-cropped videos, 'raw' to detect the face; 'auto' "
+                      "uses the model's training layout when it was 'raw', else guesses from "
+                      "the frame size")
   parser.add_argument("--prepared", default=None,
                       help="DIR:SPLIT of a prepared dataset: the dataset-level histogram")
   parser.add_argument("--max_clips", type=int, default=None)
@@ -148,14 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
       print(f"using the shipped model {SHIPPED} (trained on one GRID speaker; see "
             "MODEL_CARD.md there)", file=sys.stderr)
-  model, params, _ = checkpoints.load_params(ckpt)
+  model, params, meta = checkpoints.load_params(ckpt)
   embedder = evaluation.Embedder(model, params, chunk=128)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results, failed = [], 0
   for path in args.videos:
     try:
-      r = detect_file(embedder, path, args.layout)
+      r = detect_file(embedder, path,
+                      resolve_layout(path, args.layout, trained_layout(ckpt, meta)))
     except (features.FeatureError, ValueError) as e:
       failed += 1
       results.append({"name": str(path), "error": str(e)})

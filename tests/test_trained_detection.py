@@ -7,6 +7,7 @@ exact detections. An untrained model scores about 1/31 here, so the test can fai
 """
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -54,3 +55,30 @@ def test_trained_tiny_model_detects_injected_shifts(trained):
   exact = np.mean([k == d for _, k, d in rows])
   misses = [(c, k, d) for c, k, d in rows if k != d]
   assert exact >= 0.9, f"exact {exact:.0%} of {len(rows)}; misses (clip, injected, detected): {misses}"
+
+
+def test_export_cli_records_step_card_and_training_layout(trained, tmp_path):
+  from modeformer_jax import export
+  _, workdir = trained
+  out = tmp_path / "exported"
+  export.main(["--checkpoint", str(workdir), "--which", "latest", "--out", str(out),
+               "--set", "trained_on=synthetic test speakers", "--set", "note=[1, 2]"])
+  model, params, meta = checkpoints.load_params(out)
+  assert meta["step"] == STEPS and meta["trained_on"] == "synthetic test speakers"
+  assert meta["note"] == [1, 2]  # JSON-parsed
+  # The synthetic data was prepared with the LRS2 crop layout; detect's 'auto' therefore
+  # guesses from the frame size instead of forcing face detection.
+  assert meta["input_layout"] == "lrs2"
+  assert detect.trained_layout(out, meta) == "lrs2"
+  assert detect.trained_layout(workdir, {}) == "lrs2"  # read from the workdir's manifest
+  _, ref, _ = checkpoints.load_params(str(workdir), which="latest")
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resolve_layout(trained):
+  src, _ = trained
+  clip = next((src / "mvlrs_v1" / "main").rglob("*.mp4"))
+  assert detect.resolve_layout(str(clip), "raw", "lrs2") == "raw"  # explicit wins
+  assert detect.resolve_layout(str(clip), "auto", "raw") == "raw"  # model trained on faces
+  assert detect.resolve_layout(str(clip), "auto", None) == detect.guess_layout(str(clip))
