@@ -51,8 +51,8 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     # Small enough to train on 2 CPU cores in minutes. The stride-4 video stem cuts the
     # video trunk (80% of a CPU step at stride 2) by 4x: 0.30 s vs 1.15 s fwd+bwd for 32 clips.
     "tiny": dict(_PAPER, cnn_widths=(16, 32, 64, 96), cnn_blocks=(1, 1, 1, 1),
-                 video_stem_kernel=(3, 5, 5), video_stem_strides=(1, 4, 4), norm_groups=8, width=96, depth=2, heads=4,
-                 mlp_dim=192, dropout=0.0),
+                 video_stem_kernel=(3, 5, 5), video_stem_strides=(1, 4, 4), norm_groups=8,
+                 width=96, depth=2, heads=4, mlp_dim=192, dropout=0.0),
     # Smallest model that still has every part; for scale tests (B=2000 on CPU).
     "micro": dict(_PAPER, cnn_widths=(4, 4, 8, 8), cnn_blocks=(1, 1, 1, 1),
                   video_stem_kernel=(1, 3, 3), norm_groups=4, width=8, depth=1, heads=2,

@@ -51,9 +51,15 @@ def _batch_for(config: Any, num_hard: int, windows: int | None, budget: int | No
 
 def run_one(config: Any, workdir: pathlib.Path, eval_split: str, max_clips: int | None,
             name: str) -> dict:
+  # Training time accumulates over invocations (a resumed run reports its whole cost, not
+  # the few seconds of the invocation that found it finished).
+  timing = workdir / "train_seconds.json"
+  before = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
   t0 = time.perf_counter()
   final = train.train_and_evaluate(config, str(workdir))
-  train_s = time.perf_counter() - t0
+  train_s = before + time.perf_counter() - t0
+  if jax.process_index() == 0:
+    timing.write_text(json.dumps({"seconds": train_s}))
   res = eval_lib.run_eval(str(workdir), config.data.dir, eval_split, which="latest",
                           max_clips=max_clips, name=name, out=str(workdir / "eval"))
   return {"name": name, "batch_size": int(config.batch_size), "num_hard": int(config.num_hard),

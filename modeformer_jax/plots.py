@@ -148,7 +148,7 @@ def plot_training_curves(history: Mapping[str, Iterable[tuple[float, float]]],
 
 
 def plot_ablation(table: Mapping[Any, Mapping[Any, float]], path: PathLike,
-                  x_label: str = "N_H (audio windows per video)",
+                  x_label: str = "N_H (hard negatives per clip)",
                   title: str = "Accuracy vs N_H") -> str:
   """Accuracy (%) against the ablated value (``{n_h: {K: acc}}``), one line per clip length."""
   if not table:
