@@ -81,18 +81,24 @@ def detect_shifted(embedder: evaluation.Embedder, path: str, shifts: Sequence[in
   The video is decoded and lip-cropped once; each shift goes through the same
   ``features.shift_audio`` + ``features.log_mel`` as ``extract_clip(audio_shift_frames=k)``,
   so this is ``[detect_file(..., audio_shift_frames=k) for k in shifts]`` without
-  re-decoding (and re-detecting faces) per shift. Each result gains ``injected``.
+  re-decoding, re-detecting faces or re-embedding the video per shift (only the audio
+  changes). Each result gains ``injected``.
   """
   layout = guess_layout(path) if layout == "auto" else layout
   dec = features.decode(path)
   clip = features.extract_clip(path, layout=layout, min_frames=features.MIN_FRAMES,
                                decoded=dec)
+  video_windows, _ = evaluation.clip_windows(clip.lips, clip.mel)
+  v = embedder.video(video_windows)
   out = []
   for k in shifts:
     mel = features.log_mel(features.shift_audio(dec.audio, k) if k else dec.audio,
                            clip.num_frames)
-    out.append(detect_arrays(embedder, clip.lips, mel, name=str(path))
-               | {"layout": layout, "injected": int(k)})
+    a = embedder.audio(evaluation.audio_windows(mel, len(v)))
+    (scores,) = evaluation.embedded_scores(v, a, [len(v)])
+    out.append(sync_eval.detect_offset(scores)
+               | {"name": str(path), "num_frames": int(clip.lips.shape[0]), "layout": layout,
+                  "injected": int(k)})
   return out
 
 

@@ -29,13 +29,17 @@ def clip_windows(lips: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndar
   if p < 1:
     raise ValueError(f"clip has {t} frames; at least {NUM_FRAMES} are needed")
   idx = np.arange(p)[:, None] + np.arange(NUM_FRAMES)[None]
-  video = lips[idx]
-  starts = np.array([features.mel_start(i) for i in range(p)])
+  return lips[idx], audio_windows(mel, p)
+
+
+def audio_windows(mel: np.ndarray, positions: int) -> np.ndarray:
+  """The mel windows ``[positions, 80, 16]`` of video positions ``0..positions-1``."""
+  starts = np.array([features.mel_start(i) for i in range(positions)])
   need = starts[-1] + MEL_WINDOW
   if mel.shape[1] < need:  # tolerate a short tail: pad with the quietest value
     mel = np.pad(mel, ((0, 0), (0, need - mel.shape[1])), constant_values=float(mel.min()))
   audio = mel[:, starts[:, None] + np.arange(MEL_WINDOW)[None]].transpose(1, 0, 2)
-  return video, audio.astype(np.float32)
+  return audio.astype(np.float32)
 
 
 class Embedder:
@@ -79,6 +83,23 @@ class Embedder:
     return self._run(self._audio, windows)
 
 
+def embedded_scores(v: np.ndarray, a: np.ndarray, lengths: list[int], *, audio_shift: int = 0,
+                    max_offset: int = sync_eval.MAX_OFFSET) -> list[np.ndarray]:
+  """Offset score matrices ``[P_i, 31]`` from the concatenated window embeddings of clips
+  of ``lengths`` positions (``v``, ``a``: ``[sum(lengths), D]``)."""
+  pmax = int(math.ceil(max(lengths) / 32) * 32)  # bucketed: few compiled shapes
+  d = v.shape[-1]
+  vp = np.zeros((len(lengths), pmax, d), np.float32)
+  ap = np.zeros((len(lengths), pmax, d), np.float32)
+  o = 0
+  for i, n in enumerate(lengths):
+    vp[i, :n], ap[i, :n] = v[o:o + n], a[o:o + n]
+    o += n
+  scores = sync_eval.batched_offset_scores(vp, ap, np.array(lengths), max_offset=max_offset,
+                                           audio_shift=audio_shift)
+  return list(sync_eval.unpad_scores(scores, lengths))
+
+
 def score_clips(embedder: Embedder, clips: Iterable[tuple[str, np.ndarray, np.ndarray]],
                 *, audio_shift: int = 0, max_offset: int = sync_eval.MAX_OFFSET,
                 group: int = 16) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
@@ -93,17 +114,8 @@ def score_clips(embedder: Embedder, clips: Iterable[tuple[str, np.ndarray, np.nd
     v = embedder.video(np.concatenate([b[1] for b in batch]))
     a = embedder.audio(np.concatenate([b[2] for b in batch]))
     lengths = [b[1].shape[0] for b in batch]
-    pmax = int(math.ceil(max(lengths) / 32) * 32)  # bucketed: few compiled shapes
-    d = v.shape[-1]
-    vp = np.zeros((len(batch), pmax, d), np.float32)
-    ap = np.zeros((len(batch), pmax, d), np.float32)
-    o = 0
-    for i, n in enumerate(lengths):
-      vp[i, :n], ap[i, :n] = v[o:o + n], a[o:o + n]
-      o += n
-    scores = sync_eval.batched_offset_scores(vp, ap, np.array(lengths), max_offset=max_offset,
-                                             audio_shift=audio_shift)
-    for (name, *_), s in zip(batch, sync_eval.unpad_scores(scores, lengths)):
+    for (name, *_), s in zip(batch, embedded_scores(v, a, lengths, audio_shift=audio_shift,
+                                                    max_offset=max_offset)):
       yield name, s, None
 
   pending: list = []
