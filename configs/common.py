@@ -40,7 +40,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 # (mlp_dim=2048) would give 69.6M, so the paper's "lighter ViT-Base" must be narrower.
 _PAPER = dict(
     cnn_widths=(64, 128, 256, 512), cnn_blocks=(2, 2, 2, 2), video_stem_kernel=(3, 7, 7),
-    video_stem_strides=(1, 2, 2), video_channels=3, norm="group", norm_groups=32, use_transformer=True,
+    video_stem_strides=(1, 2, 2), video_channels=3, norm="group", norm_groups=32,
+    use_transformer=True,
     width=512, depth=4, heads=8, mlp_dim=768, dropout=0.1, attention_dropout=0.0,
     dtype="float32", param_dtype="float32", remat=False)
 

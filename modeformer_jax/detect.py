@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from modeformer_jax import checkpoints, evaluation, features, plots, records, sync_eval
+from modeformer_jax import (checkpoints, evaluation, export, features, plots, records,
+                            sync_eval)
 
 SHIPPED = pathlib.Path(__file__).resolve().parent / "weights" / "grid_s1"
 
@@ -61,7 +62,6 @@ def resolve_layout(path: str, layout: str = "auto", model_layout: str | None = N
 def trained_layout(checkpoint: str | pathlib.Path, meta: dict) -> str | None:
   """The feature layout a model was trained with: from an export's ``model.json``, else
   from a training workdir's data manifest (None when unknown)."""
-  from modeformer_jax import export
   return meta.get("input_layout") or export.training_layout(str(checkpoint))
 
 
@@ -88,8 +88,7 @@ def detect_shifted(embedder: evaluation.Embedder, path: str, shifts: Sequence[in
   dec = features.decode(path)
   clip = features.extract_clip(path, layout=layout, min_frames=features.MIN_FRAMES,
                                decoded=dec)
-  video_windows, _ = evaluation.clip_windows(clip.lips, clip.mel)
-  v = embedder.video(video_windows)
+  v = embedder.video(evaluation.video_windows(clip.lips))
   out = []
   for k in shifts:
     mel = features.log_mel(features.shift_audio(dec.audio, k) if k else dec.audio,
@@ -184,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results, failed = [], 0
+  model_layout = trained_layout(ckpt, meta)
   for path in args.videos:
     try:
-      r = detect_file(embedder, path,
-                      resolve_layout(path, args.layout, trained_layout(ckpt, meta)))
+      r = detect_file(embedder, path, resolve_layout(path, args.layout, model_layout))
     except (features.FeatureError, ValueError) as e:
       failed += 1
       results.append({"name": str(path), "error": str(e)})

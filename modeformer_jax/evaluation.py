@@ -24,12 +24,18 @@ MEL_WINDOW = 16
 
 def clip_windows(lips: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """All 5-frame video windows ``[P,5,48,96,3]`` and their mel windows ``[P,80,16]``."""
+  video = video_windows(lips)
+  return video, audio_windows(mel, video.shape[0])
+
+
+def video_windows(lips: np.ndarray) -> np.ndarray:
+  """All 5-frame windows ``[P,5,48,96,3]`` of lip crops ``[T,48,96,3]`` (P = T - 4)."""
   t = lips.shape[0]
   p = t - NUM_FRAMES + 1
   if p < 1:
     raise ValueError(f"clip has {t} frames; at least {NUM_FRAMES} are needed")
   idx = np.arange(p)[:, None] + np.arange(NUM_FRAMES)[None]
-  return lips[idx], audio_windows(mel, p)
+  return lips[idx]
 
 
 def audio_windows(mel: np.ndarray, positions: int) -> np.ndarray:
