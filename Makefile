@@ -11,6 +11,9 @@ $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# Lip landmarks: MediaPipe's wheel carries its face models; --no-deps because its metadata
+	# pins numpy<2 / protobuf<5 (it runs with ours; README "Installation notes").
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -15,16 +15,23 @@ setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
-        "chex>=0.1.92",
         "ml-collections>=1.1.0",
         "grain>=0.2.18",
         "array-record>=0.8.6",
         "tensorflow-datasets>=4.9.10",
-        "librosa>=0.11.0",
-        "soundfile>=0.14.0",
+        "librosa>=0.11.0",   # the mel filterbank
+        "soxr>=0.5",          # audio resampling
+        "scipy>=1.13",        # synthetic speech filters
+        "msgpack>=1.0",       # record encoding
         "av>=18.1.0",
         "opencv-python-headless>=4.10,<5",  # 5.x wheels dropped the bundled Haar cascades used for face detection
         "numpy>=2.0",
+        # MediaPipe 0.10.21 (lip landmarks) is installed by the Makefile with --no-deps: its
+        # metadata pins numpy<2 and protobuf<5 but it runs with numpy 2 and protobuf 6.33
+        # (not 5.x, not 7.x). These are the dependencies it really needs.
+        "protobuf>=6.33,<6.34",
+        "attrs>=23.0",
+        "flatbuffers>=24.0",
         "matplotlib>=3.9",
         "tqdm>=4.66",
         "absl-py>=2.1",

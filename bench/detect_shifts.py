@@ -1,9 +1,9 @@
 """Offset detection with injected audio shifts: how often the detector finds the shift.
 
   # held-out utterances of a prepared split (source videos found through its manifest)
-  python bench/detect_shifts.py --checkpoint runs/grid_s1 --prepared data/grid_s1_prepared:val
-  # any videos (layout guessed per file, or --layout)
-  python bench/detect_shifts.py --checkpoint modeformer_jax/weights/grid_s1 ../shared/data/real_clips/*/*.mp4
+  python -m bench.detect_shifts --checkpoint runs/grid_s1 --prepared data/grid_s1_prepared:val
+  # any videos (cropped as the model's training data, or --layout)
+  python -m bench.detect_shifts --checkpoint modeformer_jax/weights/grid_s1 ../shared/data/real_clips/*/*.mp4
 
 Every video's audio is delayed by each shift in ``--shifts`` (default -7..+7 frames) with
 ``features.shift_audio``, exactly as ``extract_clip(audio_shift_frames=k)`` does, and the
@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from bench.common import machine  # noqa: E402
-from modeformer_jax import checkpoints, detect, evaluation, features, records  # noqa: E402
+from bench.common import machine
+from modeformer_jax import checkpoints, embedding, features, input_spec, offsets, records
 
 
 def prepared_sources(spec: str, max_clips: int | None) -> list[str]:
@@ -61,11 +58,12 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("videos", nargs="*")
-  parser.add_argument("--checkpoint", default=str(detect.SHIPPED))
+  parser.add_argument("--checkpoint", default=str(offsets.DEFAULT_MODEL))
   parser.add_argument("--which", default="latest", help="for a workdir: latest | best")
   parser.add_argument("--prepared", default=None, help="DIR:SPLIT of a prepared dataset")
   parser.add_argument("--max_clips", type=int, default=None)
-  parser.add_argument("--layout", default="auto", choices=["auto", *features.LAYOUT_MODES])
+  parser.add_argument("--layout", default="auto", choices=offsets.LAYOUT_CHOICES,
+                      help="'auto': the model's own training crop")
   parser.add_argument("--shifts", default="-7:7", help="'a:b' (inclusive) or a comma list")
   parser.add_argument("--json_out", default=None, help="write per-detection rows here")
   args = parser.parse_args(argv)
@@ -80,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
   if not files:
     parser.error("give videos or --prepared DIR:SPLIT")
 
-  model, params, meta = checkpoints.load_params(args.checkpoint, which=args.which)
-  embedder = evaluation.Embedder(model, params, chunk=256)
-  model_layout = detect.trained_layout(args.checkpoint, meta)
+  model, params, meta = checkpoints.load_model(args.checkpoint, which=args.which)
+  embedder = embedding.Embedder(model, params, chunk=256)
+  crop = offsets.resolve_crop(input_spec.from_model_meta(meta, args.checkpoint), args.layout)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
         f"{len(files)} videos x {len(shifts)} shifts ({shifts[0]:+d}..{shifts[-1]:+d})")
@@ -90,12 +88,11 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   for path in tqdm(files, desc="videos"):
     try:
-      layout = detect.resolve_layout(path, args.layout, model_layout)
-      results = detect.detect_shifted(embedder, path, shifts, layout)
+      results = offsets.detect_shifted(embedder, path, shifts, crop)
     except (features.FeatureError, ValueError) as e:
       failed.append({"file": path, "error": str(e)})
       continue
-    rows += [{"file": path, "layout": r["layout"], "injected": r["injected"],
+    rows += [{"file": path, "injected": r["injected"],
               "detected": r["offset_frames"], "confidence": r["confidence"]} for r in results]
   seconds = time.perf_counter() - t0
   for f in failed:

@@ -1,9 +1,9 @@
 """Evaluation speed: embed-once protocol vs re-embedding the audio for every offset.
 
-  python bench/eval_speed.py --data_dir demo_out/prepared --split test --variant tiny
+  python -m bench.eval_speed --data_dir demo_out/prepared --split test --variant tiny
 
 Both paths score the same clips against offsets -15..+15 with the same (untrained) model.
-"embed once" is ``evaluation.evaluate``: P video and P audio windows per clip are embedded
+"embed once" is ``embedding.evaluate``: P video and P audio windows per clip are embedded
 once and the 31 offsets are dot products. "per offset" re-runs the audio encoder for each
 of the 31 offsets, as a model that mixes modalities would have to. The two score matrices
 are compared, then clips/s of each is printed.
@@ -11,25 +11,21 @@ are compared, then clips/s of each is printed.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench.common import machine  # noqa: E402
-from configs import common  # noqa: E402
-from modeformer_jax import evaluation, sync_eval  # noqa: E402
-from modeformer_jax.models import ModEFormer, ModelConfig  # noqa: E402
+from bench.common import machine
+from configs import common
+from modeformer_jax import embedding, protocol, windows
+from modeformer_jax.models import ModEFormer, ModelConfig
 
 
-def per_offset_scores(emb: evaluation.Embedder, lips: np.ndarray, mel: np.ndarray,
+def per_offset_scores(emb: embedding.Embedder, lips: np.ndarray, mel: np.ndarray,
                       max_offset: int = 15) -> np.ndarray:
   """Scores [P, 31] with the audio encoder re-run for every offset (the slow baseline)."""
-  vw, aw = evaluation.clip_windows(lips, mel)
+  vw, aw = windows.clip_windows(lips, mel)
   p = vw.shape[0]
   v = emb.video(vw)
   v /= np.linalg.norm(v, axis=-1, keepdims=True)
@@ -54,12 +50,12 @@ def main() -> None:
   print("machine:", machine())
   model = ModEFormer(ModelConfig.from_mapping(common.MODEL_VARIANTS[args.variant]))
   params = model.init(jax.random.key(0))
-  emb = evaluation.Embedder(model, params, chunk=256)
-  clips = list(evaluation.record_clips(args.data_dir, args.split, max_clips=args.max_clips))
-  evaluation.evaluate(model, params, clips[:1], embedder=emb)  # compile
+  emb = embedding.Embedder(model, params, chunk=256)
+  clips = list(embedding.record_clips(args.data_dir, args.split, max_clips=args.max_clips))
+  embedding.evaluate(model, params, clips[:1], embedder=emb)  # compile
   per_offset_scores(emb, *clips[0][1:])
   t = time.perf_counter()
-  fast = evaluation.score_clips(emb, clips)
+  fast = embedding.score_clips(emb, clips)
   fast = [s for _, s, _ in fast]
   t_fast = time.perf_counter() - t
   t = time.perf_counter()
@@ -71,7 +67,7 @@ def main() -> None:
   print(f"embed once : {t_fast:7.2f} s  {len(clips) / t_fast:7.2f} clips/s")
   print(f"per offset : {t_slow:7.2f} s  {len(clips) / t_slow:7.2f} clips/s")
   print(f"speed-up   : {t_slow / t_fast:.1f}x")
-  res = sync_eval.evaluate_scores(fast, lengths=(5,))
+  res = protocol.evaluate_scores(fast, lengths=(5,))
   print(f"(untrained model accuracy at 5 frames: {res['accuracy'][5]:.3f})")
 
 

@@ -1,6 +1,6 @@
 """GRID sync accuracy split into speech and silence positions, from GRID's word alignments.
 
-  python bench/grid_speech.py --checkpoint runs/grid_s1 --data_dir data/grid_s1_prepared \\
+  python -m bench.grid_speech --checkpoint runs/grid_s1 --data_dir data/grid_s1_prepared \\
       --split val --align_dir ../shared/data/grid_s1/align
 
 GRID sentences are 3 s recordings in which the speaker talks for about half the time; the
@@ -13,17 +13,13 @@ standard protocol: a diagnostic of where the errors are.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from bench.common import machine  # noqa: E402
-from modeformer_jax import checkpoints, evaluation, records, sync_eval  # noqa: E402
+from bench.common import machine
+from modeformer_jax import checkpoints, embedding, protocol, records
 
 SILENCE = {"sil", "sp"}
 
@@ -47,13 +43,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--split", default="val")
   parser.add_argument("--align_dir", required=True)
   args = parser.parse_args(argv)
-  model, params, _ = checkpoints.load_params(args.checkpoint, which=args.which)
-  embedder = evaluation.Embedder(model, params, chunk=256)
+  model, params, _ = checkpoints.load_model(args.checkpoint, which=args.which)
+  embedder = embedding.Embedder(model, params, chunk=256)
   n = len(records.open_split(args.data_dir, args.split))
-  hits = {k: {"speech": [], "silence": []} for k in sync_eval.CLIP_LENGTHS}
+  hits = {k: {"speech": [], "silence": []} for k in protocol.CLIP_LENGTHS}
   speech_share = []
-  for name, scores, reason in tqdm(evaluation.score_clips(
-      embedder, evaluation.record_clips(args.data_dir, args.split)), total=n, desc="clips"):
+  for name, scores, reason in tqdm(embedding.score_clips(
+      embedder, embedding.record_clips(args.data_dir, args.split)), total=n, desc="clips"):
     if scores is None:
       print(f"skipped {reason}")
       continue
@@ -62,21 +58,21 @@ def main(argv: list[str] | None = None) -> None:
     speech = speech_frames(pathlib.Path(args.align_dir) / f"{stem}.align", p + 4)
     centre = speech[np.arange(p) + 2]
     speech_share.append(centre.mean())
-    for k in sync_eval.CLIP_LENGTHS:
-      ok = np.abs(sync_eval.best_offsets(scores, k)) <= 1
+    for k in protocol.CLIP_LENGTHS:
+      ok = np.abs(protocol.best_offsets(scores, k)) <= 1
       hits[k]["speech"] += list(ok[centre])
       hits[k]["silence"] += list(ok[~centre])
   print(machine())
   print(f"{args.checkpoint} on {args.data_dir}:{args.split}; {len(speech_share)} clips; "
         f"{100 * np.mean(speech_share):.1f}% of positions have their centre frame in a word")
-  print("| positions | " + " | ".join(f"{k} frames" for k in sync_eval.CLIP_LENGTHS) + " |")
-  print("|---|" + "---:|" * len(sync_eval.CLIP_LENGTHS))
+  print("| positions | " + " | ".join(f"{k} frames" for k in protocol.CLIP_LENGTHS) + " |")
+  print("|---|" + "---:|" * len(protocol.CLIP_LENGTHS))
   for part in ("speech", "silence"):
     print(f"| {part} ({len(hits[5][part])}) | " +
-          " | ".join(f"{100 * np.mean(hits[k][part]):.2f}" for k in sync_eval.CLIP_LENGTHS) + " |")
-  every = {k: hits[k]["speech"] + hits[k]["silence"] for k in sync_eval.CLIP_LENGTHS}
+          " | ".join(f"{100 * np.mean(hits[k][part]):.2f}" for k in protocol.CLIP_LENGTHS) + " |")
+  every = {k: hits[k]["speech"] + hits[k]["silence"] for k in protocol.CLIP_LENGTHS}
   print(f"| all, pooled ({len(every[5])}) | " +
-        " | ".join(f"{100 * np.mean(every[k]):.2f}" for k in sync_eval.CLIP_LENGTHS) + " |")
+        " | ".join(f"{100 * np.mean(every[k]):.2f}" for k in protocol.CLIP_LENGTHS) + " |")
 
 
 if __name__ == "__main__":

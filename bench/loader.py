@@ -1,6 +1,6 @@
 """Input pipeline throughput: training examples/s from prepared shards, per host.
 
-  python bench/loader.py --data_dir /work/data/grid_s1_prepared --num_hard 2,11 --workers 2
+  python -m bench.loader --data_dir /work/data/grid_s1_prepared --num_hard 2,11 --workers 2
 
 Reads batches through ``input_pipeline.train_iterator`` (grain, multiprocess prefetch) and
 reports examples/s and audio windows/s after a warm-up. Compare with what the train step
@@ -10,16 +10,12 @@ B / (hosts x step seconds).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from bench.common import machine  # noqa: E402
-from modeformer_jax import input_pipeline as ip  # noqa: E402
+from bench.common import machine
+from modeformer_jax import input_pipeline as ip
 
 
 def main() -> None:

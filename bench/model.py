@@ -1,7 +1,7 @@
 """Forward+backward throughput of the ModEFormer encoders, and FLOP/s against a matmul peak.
 
-  python bench/model.py                      # tiny (batch 32) and paper (batch 8)
-  python bench/model.py --variants tiny --batch 64
+  python -m bench.model                      # tiny (batch 32) and paper (batch 8)
+  python -m bench.model --variants tiny --batch 64
 
 One step = embed a batch of (5-frame video, mel window) pairs, a cosine loss over the
 matched pairs, and its gradient with respect to all parameters. FLOPs come from XLA's
@@ -10,17 +10,13 @@ cost analysis of the compiled step; the peak is a large f32 matmul timed in the 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from bench.common import compiled_flops, machine, matmul_peak, time_fn  # noqa: E402
-from configs import common  # noqa: E402
-from modeformer_jax.models import ModEFormer, ModelConfig, count_params  # noqa: E402
+from bench.common import compiled_flops, machine, matmul_peak, time_fn
+from configs import common
+from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 
 def bench_variant(variant: str, batch: int, dtype: str) -> dict:

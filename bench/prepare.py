@@ -1,8 +1,8 @@
 """Offline preparation throughput and size: video seconds per wall second per core, bytes/hour.
 
-  .venv/bin/python bench/prepare.py                       # 24 synthetic clips, 2 workers
-  .venv/bin/python bench/prepare.py --clips 200 --workers 16
-  .venv/bin/python bench/prepare.py --src ../shared/data/real_clips/vox2_crop --layout folder \\
+  .venv/bin/python -m bench.prepare                       # 24 synthetic clips, 2 workers
+  .venv/bin/python -m bench.prepare --clips 200 --workers 16
+  .venv/bin/python -m bench.prepare --src ../shared/data/real_clips/vox2_crop --layout folder \\
       --feature_layout vox2
 
 Prepares the same inputs twice (jpeg, then raw lip codec) with ``data_prep.prepare`` into a
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from bench.common import machine  # noqa: E402
-from data_prep import prepare as prep, synthetic  # noqa: E402
-from modeformer_jax import records  # noqa: E402
+from bench.common import machine
+from data_prep import prepare as prep
+from data_prep import synthetic
+from modeformer_jax import records
 
 
 def run(src: pathlib.Path, layout: str, out: pathlib.Path, codec: str, workers: int,

@@ -1,7 +1,7 @@
 """Throughput of the full contrastive train step, and FLOP/s against a matmul peak.
 
-  python bench/train_step.py                       # tiny (B=32) and paper (B=8), N_H=2
-  python bench/train_step.py --variants paper --batch 16 --num_hard 11 --dtype bfloat16
+  python -m bench.train_step                       # tiny (B=32) and paper (B=8), N_H=2
+  python -m bench.train_step --variants paper --batch 16 --num_hard 11 --dtype bfloat16
 
 One step = ``train_step.make_train_step`` on a mesh of all local devices: embed B videos
 and B*(1+N_H) mel windows, InfoNCE against every gathered audio window (easy negatives
@@ -12,19 +12,15 @@ in the same run.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
-
-from bench.common import compiled_flops, machine, matmul_peak  # noqa: E402
-from configs import common  # noqa: E402
-from modeformer_jax import train_step as ts  # noqa: E402
-from modeformer_jax.models import ModEFormer, ModelConfig, count_params  # noqa: E402
+from bench.common import compiled_flops, machine, matmul_peak
+from configs import common
+from modeformer_jax import mesh as mesh_lib
+from modeformer_jax import train_step as ts
+from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 
 def bench_variant(variant: str, batch: int, num_hard: int, dtype: str, remat: bool,
@@ -32,14 +28,14 @@ def bench_variant(variant: str, batch: int, num_hard: int, dtype: str, remat: bo
   """Compiles the step once, then times donated steps until ``min_seconds`` have passed."""
   model = ModEFormer(ModelConfig.from_mapping(dict(common.MODEL_VARIANTS[variant],
                                                    dtype=dtype, remat=remat)))
-  mesh = ts.make_mesh()
+  mesh = mesh_lib.make_mesh()
   tx, _ = ts.make_optimizer({"lr": 1e-4, "grad_clip": 1.0})
   loss_cfg = {"tau": 0.1, "easy_negatives": True, "tolerance": 1}
-  rep = NamedSharding(mesh, P())
+  rep = mesh_lib.replicated(mesh)
   state = jax.jit(lambda r: ts.create_train_state(model, tx, r), out_shardings=rep)(
       jax.random.key(0))
   batch = jax.device_put(ts.random_batch(batch, num_hard, seed=1),
-                         NamedSharding(mesh, P(ts.AXIS)))
+                         mesh_lib.batch_sharding(mesh))
   rng = jax.random.key(2)
   t0 = time.perf_counter()
   step = ts.make_train_step(model, tx, mesh, loss_cfg).lower(state, batch, rng).compile()

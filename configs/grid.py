@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the GRID config."""
   a = common.parse_arg(arg, variant="tiny", steps=2000, batch=32, num_hard=4)
   c = common.training_config(variant=a.variant, data_dir="data/grid_s1_prepared",
-                             batch_size=a.batch, num_hard=a.num_hard, stage=1,
+                             batch_size=a.batch, num_hard=a.num_hard,
                              total_steps=a.steps)
   c.optim.lr = 1e-3
   c.optim.schedule = "cosine"

@@ -18,10 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config for ``arg`` (see the module docstring)."""
   a = common.parse_arg(arg, variant="paper", bf16=False, remat=False)
   config = ml_collections.ConfigDict()
-  config.variant = a.variant
   config.model = common.model_config(a.variant)
   if a.bf16:
     config.model.dtype = "bfloat16"
   config.model.remat = a.remat
-  config.seed = 0
   return config

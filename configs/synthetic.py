@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the synthetic-data config."""
   a = common.parse_arg(arg, variant="tiny", steps=1100, batch=32, num_hard=4, runlocal=False)
   c = common.training_config(variant=a.variant, data_dir="demo_out/prepared",
-                             batch_size=a.batch, num_hard=a.num_hard, stage=1,
+                             batch_size=a.batch, num_hard=a.num_hard,
                              total_steps=a.steps)
   c.optim.lr = 1e-3            # the tiny model on easy data learns faster with a larger step
   c.optim.schedule = "cosine"

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-from concurrent.futures.process import BrokenProcessPool
 import datetime
 import hashlib
 import json
@@ -64,13 +63,14 @@ import pathlib
 import shlex
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterable, Iterator, Sequence
 
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_prep import layouts
-from modeformer_jax import features, records
+from modeformer_jax import features, input_spec, records
 
 CLIPS_PER_SHARD = 256          # 'auto' sharding target: ~100-200 MB of jpeg records
 PLAN = "prepare_plan.json"
@@ -98,9 +98,9 @@ def process_item(job: dict) -> dict:
   try:
     if not os.path.isfile(path):
       return {"ok": False, "kind": "missing", "reason": "file not found"}
-    clip = features.extract_clip(path, layout=job["feature_layout"],
+    clip = features.extract_clip(path, input_spec.CropSpec.from_dict(job["crop"]),
                                  min_frames=job["min_frames"],
-                                 crop_box=tuple(job["crop_box"]) if job["crop_box"] else None)
+                                 audio_shift_frames=job["audio_shift"])
     rec = records.encode_clip(clip, job["clip_id"], job["speaker"], job["split"],
                               job["source"], lip_codec=job["lip_codec"])
     return {"ok": True, "record": rec, "num_frames": int(clip.num_frames),
@@ -195,7 +195,8 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
             lip_codec: str = "jpeg", limit: int | None = None,
             val_fraction: float | None = None, test_fraction: float | None = None,
             group_by: str | None = None, seed: int = 0, feature_layout: str | None = None,
-            crop_box: Sequence[float] | None = None, name: str | None = None,
+            crop_box: Sequence[float] | None = None, audio_shift: int = 0,
+            name: str | None = None,
             finalize_only: bool = False, progress: bool = True,
             command: str | None = None) -> dict:
   """Prepares (or resumes preparing) ``src`` into shards in ``out``; see the module docstring.
@@ -207,8 +208,13 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
     shards_per_split: 'auto' (``CLIPS_PER_SHARD`` inputs per shard) or a number.
     limit: at most this many inputs per split (the first ones in sorted order).
     val_fraction, test_fraction, group_by, seed: seeded splits, see ``layouts``.
-    feature_layout: key of ``features.LAYOUT_MODES`` (default ``FEATURE_LAYOUTS[layout]``).
-    crop_box: override of the crop window (top, bottom, left, right) as fractions.
+    feature_layout: key of ``input_spec.LAYOUT_CROPS``, the lip-crop method (default
+      ``FEATURE_LAYOUTS[layout]``).
+    crop_box: override of a box layout's window (top, bottom, left, right) as fractions.
+    audio_shift: delay every clip's audio by this many video frames (negative: advance)
+      before the mel: the correction of a dataset-wide offset measured with
+      ``detect --prepared`` (the paper found LRS2 off by one frame).
+      Recorded in the manifest.
     finalize_only: write manifest/report from finished shards, process nothing.
     progress: show the tqdm bar (status lines are printed either way).
 
@@ -219,17 +225,14 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
   if layout not in layouts.LAYOUTS:
     raise ValueError(f"unknown layout {layout!r}; expected one of {layouts.LAYOUTS}")
   feature_layout = feature_layout or FEATURE_LAYOUTS[layout]
-  if feature_layout not in features.LAYOUT_MODES:
-    raise ValueError(f"unknown feature_layout {feature_layout!r}; expected one of "
-                     f"{sorted(features.LAYOUT_MODES)}")
   if lip_codec not in records.LIP_CODECS:
     raise ValueError(f"unknown lip_codec {lip_codec!r}; expected one of {records.LIP_CODECS}")
   if not 0 <= task_index < num_tasks:
     raise ValueError(f"need 0 <= task_index < num_tasks, got {task_index}, {num_tasks}")
   if crop_box is not None:
     crop_box = [float(v) for v in crop_box]
-    if len(crop_box) != 4:
-      raise ValueError(f"crop_box needs 4 fractions (top, bottom, left, right), got {crop_box}")
+  # Validates the layout and the box; the spec goes into the plan and the manifest.
+  spec = input_spec.for_layout(feature_layout, tuple(crop_box) if crop_box else None)
   if isinstance(splits, str):
     splits = [s for s in splits.split(",") if s]
   src = pathlib.Path(src).resolve()
@@ -259,6 +262,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
   plan = {
       "format_version": records.FORMAT_VERSION, "layout": layout, "source_root": str(src),
       "feature_layout": feature_layout, "crop_box": crop_box, "min_frames": int(min_frames),
+      "input_spec": spec.to_dict(), "audio_shift": int(audio_shift),
       "lip_codec": lip_codec, "jpeg_quality": records.JPEG_QUALITY,
       "splits": {s: {"num_inputs": len(by_split[s]),
                      "shards": [nm for sp, nm, _ in shards if sp == s],
@@ -287,8 +291,9 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
     log(f"{len(items)} inputs in {len(shards)} shards; task {task_index}/{num_tasks}: "
         f"{len(mine) - len(todo)} shards done, {len(todo)} to do, {workers} workers")
     written = _process_shards(out, src, [shards[i] for i in todo], workers,
-                              dict(feature_layout=feature_layout, min_frames=int(min_frames),
-                                   lip_codec=lip_codec, crop_box=crop_box), progress)
+                              dict(crop=spec.crop.to_dict(), min_frames=int(min_frames),
+                                   lip_codec=lip_codec, audio_shift=int(audio_shift)),
+                              progress)
 
   missing = [nm for _, nm, _ in shards if not _shard_done(out, nm)]
   run = {"shards_written": written, "shards_already_done": len(mine) - len(todo),
@@ -308,7 +313,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
     if command is None:
       command = _command_line(layout, src, out, splits, shards_per_split, min_frames,
                               lip_codec, limit, val_fraction, test_fraction, group_by, seed,
-                              feature_layout, crop_box)
+                              feature_layout, crop_box, audio_shift)
     report = _finalize(out, src, plan, shards, name or src.name, command)
     run["finalized"] = True
     log(f"wrote {manifest_path}: {report['written']} of {report['inputs']} clips; skipped "
@@ -399,17 +404,16 @@ def _finalize(out: pathlib.Path, src: pathlib.Path, plan: dict, shards: list, na
     raise AssertionError(f"{out}: shard reports do not add up: {report['splits']}")
   feats = dict(features.MEL_CONFIG)
   feats.update({
-      "fps": float(features.FPS), "lip_size": list(features.LIP_SIZE),
+      "fps": float(features.FPS), "lip_size": list(input_spec.LIP_SIZE),
       "lip_codec": plan["lip_codec"], "jpeg_quality": plan["jpeg_quality"],
-      "mel_per_frame": features.MEL_PER_FRAME, "mel_dtype": "float16",
-      "feature_layout": plan["feature_layout"],
-      "lip_crop": features.LAYOUT_MODES[plan["feature_layout"]],
-      "crop_box": plan["crop_box"] or features.CROP_BOXES.get(plan["feature_layout"]),
+      "mel_per_frame": input_spec.MEL_CONFIG["mel_per_frame"], "mel_dtype": "float16",
+      "feature_layout": plan["feature_layout"], "audio_shift": plan["audio_shift"],
       "alignment": ALIGNMENT_NOTE,
   })
   manifest = {
       "format_version": records.FORMAT_VERSION, "dataset": name, "layout": plan["layout"],
-      "source_root": str(src), "features": feats, "splits": split_info,
+      "source_root": str(src), "input_spec": plan["input_spec"], "features": feats,
+      "splits": split_info,
       "min_frames": plan["min_frames"],
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": command,
@@ -421,7 +425,7 @@ def _finalize(out: pathlib.Path, src: pathlib.Path, plan: dict, shards: list, na
 
 def _command_line(layout, src, out, splits, shards_per_split, min_frames, lip_codec, limit,
                   val_fraction, test_fraction, group_by, seed, feature_layout,
-                  crop_box) -> str:
+                  crop_box, audio_shift=0) -> str:
   """The CLI call equivalent to a library call, for the manifest."""
   args = ["python", "-m", "data_prep.prepare", "--layout", layout, "--src", str(src),
           "--out", str(out), "--shards_per_split", str(shards_per_split),
@@ -429,7 +433,7 @@ def _command_line(layout, src, out, splits, shards_per_split, min_frames, lip_co
           "--feature_layout", feature_layout]
   for flag, v in (("--splits", ",".join(splits) if splits else None), ("--limit", limit),
                   ("--val_fraction", val_fraction), ("--test_fraction", test_fraction),
-                  ("--group_by", group_by),
+                  ("--group_by", group_by), ("--audio_shift", audio_shift or None),
                   ("--crop_box", ",".join(map(str, crop_box)) if crop_box else None)):
     if v is not None:
       args += [flag, str(v)]
@@ -462,9 +466,12 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--group_by", default=None,
                  help="folder/raw: regex on the relative path naming a file's group/speaker")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--feature_layout", default=None, choices=sorted(features.LAYOUT_MODES),
-                 help="crop window / face detection (default: from --layout)")
+  p.add_argument("--feature_layout", default=None, choices=sorted(input_spec.LAYOUT_CROPS),
+                 help="lip-crop method: a dataset's fixed box, 'raw' (Haar face "
+                 "detection) or 'landmarks' (lip landmarks; default: from --layout)")
   p.add_argument("--crop_box", default=None, help="top,bottom,left,right fractions")
+  p.add_argument("--audio_shift", type=int, default=0,
+                 help="delay all audio by N frames (correct a dataset-wide offset)")
   p.add_argument("--name", default=None, help="dataset name (default: --src folder name)")
   p.add_argument("--no_progress", action="store_true")
   a = p.parse_args(argv)
@@ -476,7 +483,8 @@ def main(argv: list[str] | None = None) -> dict:
                  min_frames=a.min_frames, lip_codec=a.lip_codec, limit=a.limit,
                  val_fraction=a.val_fraction, test_fraction=a.test_fraction,
                  group_by=a.group_by, seed=a.seed, feature_layout=a.feature_layout,
-                 crop_box=crop_box, name=a.name, finalize_only=a.finalize,
+                 crop_box=crop_box, audio_shift=a.audio_shift, name=a.name,
+                 finalize_only=a.finalize,
                  progress=not a.no_progress,
                  command=shlex.join(["python", "-m", "data_prep.prepare", *argv]))
 

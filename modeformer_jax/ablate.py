@@ -5,12 +5,12 @@
       --num_hard 2,5,11 --windows_per_step 96 --steps 150 --extras syncnet3d,stage2 \\
       --out runs/ablate
   # a pod, paper model: the batch per N_H is the largest that fits the memory budget
-  python -m modeformer_jax.ablate --config configs/lrs2_stage2.py --data_dir /data/lrs2 \\
-      --num_hard 2,5,8,11,15,20,25 --memory-per-device 80GiB --steps 20000 --out gs://.../ablate
+  python -m modeformer_jax.ablate --config configs/lrs.py:stage=2 --data_dir /data/lrs2 \\
+      --num_hard 2,5,8,11,15,20,25 --memory_per_device 80GiB --steps 20000 --out gs://.../ablate
 
 For every N_H the global batch is either ``windows_per_step // (1 + N_H)`` (each step sees
 the same number of audio windows, so more hard negatives mean fewer clips per batch) or the
-largest batch whose compiled train step fits ``--memory-per-device`` (``modeformer_jax.plan``).
+largest batch whose compiled train step fits ``--memory_per_device`` (``modeformer_jax.plan``).
 Each setting is trained from scratch with the training CLI's library function, evaluated
 at clip lengths 5..15 on ``--eval_split``, and the table (paper's Table 1 layout) and the
 plot of accuracy against N_H are written to ``--out``. ``--extras`` adds the 3D-SyncNet
@@ -19,29 +19,30 @@ started from the first N_H's stage-1 run). Every run resumes if its workdir exis
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
+from absl import flags
 
+from modeformer_jax import config_utils, plan, plots, protocol, train
 from modeformer_jax import eval as eval_lib
-from modeformer_jax import plots, sync_eval, train
-from modeformer_jax.config_utils import load_config
+from modeformer_jax import mesh as mesh_lib
 
 
 def _batch_for(config: Any, num_hard: int, windows: int | None, budget: int | None,
-               devices: int) -> int:
+               devices: int, max_batch: int = plan.MAX_BATCH) -> int:
+  """The global batch of one run: a fixed window count, or the largest that fits ``budget``."""
   if budget is not None:
-    from modeformer_jax import plan
-    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    b = plan.Planner(config, mesh).largest_batch(num_hard, bool(config.model.remat), budget,
-                                                 multiple=1)
-    if not b:
-      raise ValueError(f"N_H={num_hard}: not even the smallest batch fits the budget")
-    return int(b)
+    planner = plan.Planner(config, mesh_lib.make_mesh(jax.devices()[:devices]))
+    best = planner.largest_batch(num_hard, bool(config.model.remat), budget, multiple=1,
+                                 max_batch=max_batch)
+    if best is None:
+      raise ValueError(f"N_H={num_hard}: not even a batch of {devices} (one per device) "
+                       f"fits {budget} bytes per device")
+    return int(best["B"])
   b = windows // (1 + num_hard)
   b -= b % devices
   if b < devices:
@@ -69,33 +70,36 @@ def run_one(config: Any, workdir: pathlib.Path, eval_split: str, max_clips: int 
           "num_clips": res["num_clips"]}
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--data_dir", default=None, help="overrides config.data.dir")
-  parser.add_argument("--num_hard", default="2,5,11")
-  parser.add_argument("--windows_per_step", type=int, default=None,
-                      help="fixed audio windows per step (B = this // (1 + N_H))")
-  parser.add_argument("--memory-per-device", dest="memory", default=None,
-                      help="instead: the largest B whose step fits, e.g. 80GiB")
-  parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-  parser.add_argument("--extras", default="", help="comma list: syncnet3d, stage2")
-  parser.add_argument("--eval_split", default="test")
-  parser.add_argument("--max_clips", type=int, default=None)
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  from absl import flags
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-  if (args.windows_per_step is None) == (args.memory is None):
-    parser.error("give exactly one of --windows_per_step and --memory-per-device")
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("data_dir", None, "Overrides config.data.dir.", flag_values=fv)
+  flags.DEFINE_string("num_hard", "2,5,11", "N_H values (comma list).", flag_values=fv)
+  flags.DEFINE_integer("windows_per_step", None, "Fixed audio windows per step "
+                       "(B = this // (1 + N_H)).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_string("memory_per_device", None, "Instead: the largest B whose step fits, "
+                      "e.g. 80GiB.", flag_values=fv)
+  flags.DEFINE_integer("max_batch", plan.MAX_BATCH, "With --memory_per_device: the largest "
+                       "global batch considered.", flag_values=fv)
+  flags.DEFINE_integer("steps", None, "Training steps per run.", flag_values=fv)
+  flags.DEFINE_string("extras", "", "Comma list: syncnet3d, stage2.", flag_values=fv)
+  flags.DEFINE_string("eval_split", "test", "Split the runs are evaluated on.", flag_values=fv)
+  flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips.", flag_values=fv)
+  flags.DEFINE_string("out", None, "Folder for the runs, table and plot.", flag_values=fv)
+  flags.mark_flag_as_required("out", flag_values=fv)
+  flags.register_multi_flags_validator(
+      ["windows_per_step", "memory_per_device"],
+      lambda f: (f["windows_per_step"] is None) != (f["memory_per_device"] is None),
+      "give exactly one of --windows_per_step and --memory_per_device", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """CLI entry point (``argv`` without the program name)."""
+  args = config_utils.parse_flags(argv, __doc__, _define_flags)
   budget = None
-  if args.memory:
-    from modeformer_jax.plan import parse_bytes
-    budget = parse_bytes(args.memory)
+  if args.memory_per_device:
+    budget = plan.parse_bytes(args.memory_per_device)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  base = load_config(args.config)
+  base = args.config
   if args.data_dir:
     base.data.dir = args.data_dir
   if args.steps:
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
   def configured(num_hard: int, **changes) -> Any:
     c = base.copy_and_resolve_references()
     c.num_hard = num_hard
-    c.batch_size = _batch_for(c, num_hard, args.windows_per_step, budget, devices)
+    c.batch_size = _batch_for(c, num_hard, args.windows_per_step, budget, devices,
+                              args.max_batch)
     for k, v in changes.items():
       node = c
       *parents, leaf = k.split(".")
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     elif extra == "stage2":
       k = 2
       c = configured(nh, **{"init_from": str((out / f"nh{nh}").absolute()),
-                            "data.clips_per_entry": k, "stage": 2})
+                            "data.entries_per_clip": k})
       c.batch_size -= c.batch_size % (k * devices)
       name = f"ModEFormer stage 2 (K={k}) N_H={nh} B={c.batch_size}"
     else:
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
   table = plots.format_table({r["name"]: r["accuracy"] for r in rows})
   print("\n" + table)
   (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps(sync_eval.jsonable(rows), indent=1))
+  (out / "results.json").write_text(json.dumps(protocol.jsonable(rows), indent=1))
   sweep = {r["num_hard"]: r["accuracy"] for r in rows if r["name"].startswith("ModEFormer N_H")}
   plots.plot_ablation(sweep, out / "accuracy_vs_num_hard.png")
   print(f"results in {out}")

@@ -2,10 +2,15 @@
 
 Training checkpoints live in ``<workdir>/checkpoints/<step>/`` with three items:
 
-* ``state``: the train-state pytree (params, optimizer state, step, rng) as OCDBT/zarr
-  arrays (``StandardSave``; no pickle anywhere),
+* ``state``: the train-state dict of ``train_step.create_train_state`` as OCDBT/zarr
+  arrays (``StandardSave``; no pickle anywhere): ``params`` (the model's ``audio`` and
+  ``video`` towers, plus ``log_tau`` when the temperature is learned), ``opt_state``,
+  ``step``, and ``batch_stats`` for BatchNorm models. There is no RNG state: training
+  derives every key from ``config.seed`` and the step.
 * ``data``: the grain iterator state (JSON) of every process,
-* ``meta``: JSON with the full config, the model config and the step.
+* ``meta``: JSON with the step, the full config, the model config (``model``) and the
+  input spec of the dataset it was trained on (``input_spec``,
+  ``input_spec.read_dataset_spec``), so a checkpoint says which features it expects.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 process killed mid-save (kill -9 included) leaves no checkpoint that a restore would pick.
@@ -56,10 +61,12 @@ def _data_args(iterator: Any, restore: bool):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any,
-         config: ml_collections.ConfigDict, metrics: Mapping[str, float] | None = None) -> None:
-  """Saves state, iterator and config together (asynchronously)."""
+         config: ml_collections.ConfigDict, *, input_spec: Mapping[str, Any],
+         metrics: Mapping[str, float] | None = None) -> None:
+  """Saves state, iterator and meta (config, input spec) together (asynchronously)."""
   meta = {"step": int(step), "model": dict(ModelConfig.from_mapping(config.model).to_dict()),
-          "config": json.loads(config.to_json_best_effort())}
+          "config": json.loads(config.to_json_best_effort()),
+          "input_spec": dict(input_spec)}
   # Replicated state is written from a host copy: saving the device arrays makes orbax
   # compile a slicing program per parameter shape (minutes on small CPU runs).
   args = ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(state)),
@@ -86,10 +93,20 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, iterator: Any,
-            config: ml_collections.ConfigDict) -> Any:
-  """Restores state (into ``abstract_state``'s shardings) and the iterator in place."""
+            config: ml_collections.ConfigDict,
+            input_spec: Mapping[str, Any] | None = None) -> Any:
+  """Restores state (into ``abstract_state``'s shardings) and the iterator in place.
+
+  With ``input_spec`` (the dataset's), resuming on data prepared with other features than
+  the checkpoint's is a clear error rather than a silent mix.
+  """
   meta = read_meta(mngr, step)
-  check_model_config(meta["model"], config.model, f"checkpoint {mngr.directory}/{step}")
+  where = f"checkpoint {mngr.directory}/{step}"
+  check_model_config(meta["model"], config.model, where)
+  saved = meta.get("input_spec")
+  if input_spec is not None and saved is not None and saved != dict(input_spec):
+    raise CheckpointMismatchError(f"{where} was trained on input {saved}, but "
+                                  f"{config.data.dir} holds {dict(input_spec)}")
   out = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
       data=_data_args(iterator, restore=True)))
@@ -109,13 +126,16 @@ def _latest_or_best(mngr: ocp.CheckpointManager, which: str) -> int:
   return step
 
 
-def load_params(path: str | os.PathLike, which: str = "best",
-                model_config: Mapping[str, Any] | None = None) -> tuple[ModEFormer, Any, dict]:
+def load_model(path: str | os.PathLike, which: str = "best",
+               model_config: Mapping[str, Any] | None = None) -> tuple[ModEFormer, Any, dict]:
   """Loads ``(model, params, meta)`` for inference or ``init_from``.
 
   ``path`` may be an exported model directory (has ``model.json``), a training workdir
   (has ``checkpoints/``; ``which`` = 'best' or 'latest'), or ``<workdir>/checkpoints/<step>``.
   With ``model_config``, a checkpoint of a different architecture is a clear error.
+  ``params`` is the model's tree (``{'audio', 'video'}``; a learned ``log_tau`` is not
+  read). ``meta`` is the checkpoint's (with ``input_spec`` for checkpoints written since
+  specs exist) or the exported ``model.json``.
   """
   path = pathlib.Path(path).absolute()
   if (path / "model.json").is_file():

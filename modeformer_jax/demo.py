@@ -40,7 +40,7 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
   """Runs the whole demo into ``out``; returns the summary it also writes as JSON."""
   from configs.synthetic import get_config
   from data_prep import prepare, synthetic
-  from modeformer_jax import checkpoints, detect, evaluation, plots, train
+  from modeformer_jax import checkpoints, embedding, input_spec, offsets, plots, train
   from modeformer_jax import eval as eval_lib
 
   out_p = pathlib.Path(out).absolute()
@@ -78,15 +78,16 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
     print(plots.format_table({res["name"]: res["accuracy"]}))
 
   with _phase("5. detect injected offsets on test clips", timings):
-    model, params, _ = checkpoints.load_params(str(workdir), which="latest")
-    embedder = evaluation.Embedder(model, params, chunk=128)
+    model, params, meta = checkpoints.load_model(str(workdir), which="latest")
+    embedder = embedding.Embedder(model, params, chunk=128)
+    crop = input_spec.from_model_meta(meta, str(workdir)).crop   # the model's own crop
     test_list = (src / "test.txt").read_text().split()
     files = [src / "mvlrs_v1" / "main" / f"{line}.mp4" for line in test_list]
     shifts = [-7, -4, -2, 0, 3, 5, 7] if not quick else [3]
     rows = []
     for i, k in enumerate(shifts):
       f = files[i % len(files)]
-      r = detect.detect_file(embedder, str(f), layout="lrs2", audio_shift_frames=k)
+      r = offsets.detect_file(embedder, str(f), crop, audio_shift_frames=k)
       rows.append({"file": str(f.relative_to(src)), "injected": k,
                    "detected": r["offset_frames"], "confidence": r["confidence"]})
       print(f"{f.name}: injected {k:+d}, detected {r['offset_frames']:+d} "

@@ -14,8 +14,8 @@ Batches are dicts of numpy arrays (B = local batch, A = 1 + num_hard, index 0 = 
   video_time  int32   [B]        t
   audio_time  int32   [B, A]     frame each audio window starts at (t, t + delta_j)
 
-Stage 1 (``clips_per_entry == 1``): consecutive entries of a shuffled epoch, so every entry
-of a global batch comes from a different clip. Stage 2 (``clips_per_entry == K``): each clip
+Stage 1 (``entries_per_clip == 1``): consecutive entries of a shuffled epoch, so every entry
+of a global batch comes from a different clip. Stage 2 (``entries_per_clip == K``): each clip
 contributes K entries at different start frames, so same-clip easy negatives appear in the
 batch (the loss masks the ones within the tolerance).
 
@@ -32,10 +32,10 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
-from modeformer_jax import features, records
-
-NUM_FRAMES = 5
-MEL_WINDOW = 16
+# windows, not features: the mel offsets must not pull in PyAV and OpenCV.
+from modeformer_jax import records
+from modeformer_jax.input_spec import MEL_CONFIG
+from modeformer_jax.windows import MEL_WINDOW, WINDOW_FRAMES, mel_start, num_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +44,17 @@ class ExampleSpec:
   num_hard: int = 2              # hard negatives per entry (N_H)
   min_shift: int = 2             # smallest |delta| of a hard negative, in video frames
   max_shift: int = 15            # largest |delta|
-  clips_per_entry: int = 1       # K entries per clip in a batch (stage 2 uses > 1)
+  entries_per_clip: int = 1      # K entries per clip in a batch (stage 2 uses > 1)
   brightness: float = 0.0        # max additive brightness jitter, in pixel values
   contrast: float = 0.0          # max relative contrast jitter (0.1 = +-10%)
   max_crop_shift: int = 0        # max translation of the lip crop, in pixels
+  color: float = 0.0             # max relative gain per colour channel (skin tones, white balance)
+  scale: float = 0.0             # max relative zoom of the crop (0.1 = 0.9x..1.1x)
+  rotation: float = 0.0          # max in-plane rotation, degrees
+  flip: bool = False             # mirror left-right with probability 1/2
+  audio_gain_db: float = 0.0     # max +- gain of each mel window, dB
+  noise_snr_db: float = 0.0      # > 0: add white noise at SNR uniform in [this, this + 20] dB
+  noise_prob: float = 0.5        # share of audio windows that get noise (when enabled)
 
 
 def sample_shifts(t: int, num_frames: int, spec: ExampleSpec,
@@ -56,7 +63,7 @@ def sample_shifts(t: int, num_frames: int, spec: ExampleSpec,
 
   Without replacement when the clip allows it; with replacement for short clips.
   """
-  last = num_frames - NUM_FRAMES
+  last = num_positions(num_frames) - 1   # the last start frame of a window
   cand = np.concatenate([np.arange(-spec.max_shift, -spec.min_shift + 1),
                          np.arange(spec.min_shift, spec.max_shift + 1)])
   cand = cand[(t + cand >= 0) & (t + cand <= last)]
@@ -66,22 +73,75 @@ def sample_shifts(t: int, num_frames: int, spec: ExampleSpec,
 
 
 def _augment(video: np.ndarray, spec: ExampleSpec, rng: np.random.Generator) -> np.ndarray:
-  """Same brightness/contrast/translation for all frames of one entry."""
+  """Same photometric and geometric change for all frames of one entry.
+
+  Each augmentation draws random numbers only when it is enabled, so a config without the
+  newer ones (colour, scale, rotation, flip) keeps its exact random stream.
+  """
   if spec.max_crop_shift:
     dy, dx = rng.integers(-spec.max_crop_shift, spec.max_crop_shift + 1, size=2)
     s = spec.max_crop_shift
     padded = np.pad(video, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
     video = padded[:, s + dy:s + dy + video.shape[1], s + dx:s + dx + video.shape[2]]
-  if spec.brightness or spec.contrast:
+  if spec.scale or spec.rotation:
+    import cv2  # lazily: importing the pipeline must not load OpenCV (records loads it)
+    zoom = 1.0 + rng.uniform(-spec.scale, spec.scale) if spec.scale else 1.0
+    angle = rng.uniform(-spec.rotation, spec.rotation) if spec.rotation else 0.0
+    h, w = video.shape[1:3]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, zoom)
+    video = np.stack([cv2.warpAffine(f, m, (w, h), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE) for f in video])
+  if spec.flip and rng.random() < 0.5:
+    video = video[:, :, ::-1]
+  if spec.brightness or spec.contrast or spec.color:
     c = 1.0 + rng.uniform(-spec.contrast, spec.contrast)
     b = rng.uniform(-spec.brightness, spec.brightness)
     mean = video.mean()
-    video = np.clip((video.astype(np.float32) - mean) * c + mean + b, 0, 255).astype(np.uint8)
+    out = (video.astype(np.float32) - mean) * c + mean + b
+    if spec.color:
+      out *= 1.0 + rng.uniform(-spec.color, spec.color, size=3).astype(np.float32)
+    video = np.clip(out, 0, 255).astype(np.uint8)
   return np.ascontiguousarray(video)
 
 
+# log-mel <-> dB, from the mel scaling (input_spec.MEL_CONFIG): mel = a (db - m) / -m * 2 - a
+_MEL_A = MEL_CONFIG["max_abs_value"]
+_MEL_MIN_DB = MEL_CONFIG["min_level_db"]
+_DB_PER_MEL = -_MEL_MIN_DB / (2 * _MEL_A)
+
+
+def augment_audio(windows: np.ndarray, spec: ExampleSpec,
+                  rng: np.random.Generator) -> np.ndarray:
+  """Gain and noise on mel windows ``[A, n_mels, 16]`` (each window drawn independently).
+
+  The records hold log-mels, not waveforms, so both act on the mel. A gain of g dB adds
+  ``g / _DB_PER_MEL`` to every unclipped value (exact above the -100 dB floor). Noise adds
+  white noise power equally to every mel bin at a signal-to-noise ratio (over the window)
+  drawn from ``[noise_snr_db, noise_snr_db + 20]`` dB: magnitudes combine as
+  ``sqrt(M^2 + N^2)`` with Rayleigh-distributed ``N`` (the expected power of a sum of
+  independent signals). Every window gets its own draw, so loudness and noise cannot tell
+  the positive from its hard negatives.
+  """
+  if not spec.audio_gain_db and not spec.noise_snr_db:
+    return windows
+  out = windows.astype(np.float32, copy=True)
+  for i in range(out.shape[0]):
+    if spec.noise_snr_db and rng.random() < spec.noise_prob:
+      db = (out[i] + _MEL_A) * _DB_PER_MEL + _MEL_MIN_DB
+      power = 10.0 ** (db / 10.0)
+      snr = rng.uniform(spec.noise_snr_db, spec.noise_snr_db + 20.0)
+      noise = power.mean() / 10.0 ** (snr / 10.0)
+      power = power + noise * rng.exponential(1.0, size=power.shape)
+      db = 10.0 * np.log10(np.maximum(power, 1e-30))
+      out[i] = np.clip((db - _MEL_MIN_DB) / _DB_PER_MEL - _MEL_A, -_MEL_A, _MEL_A)
+    if spec.audio_gain_db:
+      gain = rng.uniform(-spec.audio_gain_db, spec.audio_gain_db)
+      out[i] = np.clip(out[i] + gain / _DB_PER_MEL, -_MEL_A, _MEL_A)
+  return out
+
+
 class MakeEntries(grain.transforms.RandomMap):
-  """Serialized clip record -> ``clips_per_entry`` stacked training entries."""
+  """Serialized clip record -> ``entries_per_clip`` stacked training entries."""
 
   def __init__(self, spec: ExampleSpec, augment: bool):
     self.spec = spec
@@ -95,26 +155,29 @@ class MakeEntries(grain.transforms.RandomMap):
 
 def make_entries(rec: Mapping[str, Any], clip_index: int, spec: ExampleSpec,
                  rng: np.random.Generator, augment: bool = False) -> dict[str, np.ndarray]:
-  """``spec.clips_per_entry`` entries from one decoded record (leading axis K)."""
+  """``spec.entries_per_clip`` entries from one decoded record (leading axis K)."""
   n = int(rec["num_frames"])
-  if n < NUM_FRAMES + spec.min_shift:
+  if n < WINDOW_FRAMES + spec.min_shift:
     raise ValueError(f"clip {rec.get('clip_id')} has {n} frames; too short for training")
   mel = records.decode_mel(rec)
-  k = spec.clips_per_entry
-  starts = rng.choice(n - NUM_FRAMES + 1, size=k, replace=(n - NUM_FRAMES + 1) < k)
+  k = spec.entries_per_clip
+  positions = num_positions(n)
+  starts = rng.choice(positions, size=k, replace=positions < k)
   out = {"video": [], "audio": [], "video_time": [], "audio_time": []}
   for t in starts:
     t = int(t)
     times = np.concatenate([[t], t + sample_shifts(t, n, spec, rng)]).astype(np.int32)
     wins = []
     for s in times:
-      m0 = features.mel_start(int(s))
+      m0 = mel_start(int(s))
       wins.append(mel[:, m0:m0 + MEL_WINDOW])
-    video = records.decode_lips(rec, t, NUM_FRAMES)
+    video = records.decode_lips(rec, t, WINDOW_FRAMES)
+    audio = np.stack(wins).astype(np.float32)
     if augment:
       video = _augment(video, spec, rng)
+      audio = augment_audio(audio, spec, rng)
     out["video"].append(video)
-    out["audio"].append(np.stack(wins).astype(np.float32))
+    out["audio"].append(audio)
     out["video_time"].append(t)
     out["audio_time"].append(times)
   batch = {key: np.stack(v) for key, v in out.items()}
@@ -139,16 +202,16 @@ def train_dataset(data_dir: str, split: str, *, global_batch: int, spec: Example
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} does not divide by {process_count} processes")
   local = global_batch // process_count
-  if local % spec.clips_per_entry:
-    raise ValueError(f"per-process batch {local} does not divide by clips_per_entry "
-                     f"{spec.clips_per_entry}")
+  if local % spec.entries_per_clip:
+    raise ValueError(f"per-process batch {local} does not divide by entries_per_clip "
+                     f"{spec.entries_per_clip}")
   source = records.open_split(data_dir, split)
   if len(source) == 0:
     raise ValueError(f"{data_dir}: split {split!r} has no clips")
   ds = grain.MapDataset.source(source).map_with_index(_with_index)
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds.random_map(MakeEntries(spec, augment), seed=seed + 1)
-  ds = ds.batch(local // spec.clips_per_entry).map(_flatten_entries)
+  ds = ds.batch(local // spec.entries_per_clip).map(_flatten_entries)
   return ds.slice(slice(process_index, None, process_count))
 
 
@@ -170,16 +233,11 @@ def spec_from_config(config: Any) -> ExampleSpec:
   """ExampleSpec from a training config (``config.num_hard`` and ``config.data``)."""
   d = config.data
   return ExampleSpec(num_hard=int(config.num_hard), min_shift=int(d.min_shift),
-                     max_shift=int(d.max_shift), clips_per_entry=int(d.clips_per_entry),
+                     max_shift=int(d.max_shift), entries_per_clip=int(d.entries_per_clip),
                      brightness=float(d.get("brightness", 0.0)),
                      contrast=float(d.get("contrast", 0.0)),
-                     max_crop_shift=int(d.get("max_crop_shift", 0)))
-
-
-def to_global(batch: Mapping[str, np.ndarray], mesh: Any, axis: str = "data") -> dict:
-  """Local numpy batch -> global jax.Arrays sharded on ``axis`` across all processes."""
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  sharding = NamedSharding(mesh, P(axis))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+                     max_crop_shift=int(d.get("max_crop_shift", 0)),
+                     color=float(d.get("color", 0.0)), scale=float(d.get("scale", 0.0)),
+                     rotation=float(d.get("rotation", 0.0)), flip=bool(d.get("flip", False)),
+                     audio_gain_db=float(d.get("audio_gain_db", 0.0)),
+                     noise_snr_db=float(d.get("noise_snr_db", 0.0)))

@@ -1,9 +1,9 @@
 """Memory planner: the largest global batch per hard-negative count that fits a device.
 
   python -m modeformer_jax.plan --config configs/modeformer.py:paper --devices 8 \\
-      --memory-per-device 80GiB
-  python -m modeformer_jax.plan --config configs/lrs2_stage2.py --devices 64 \\
-      --memory-per-device 16GiB --num_hard 2,5,11 --batch_sizes 512,1024,2048 --remat off
+      --memory_per_device 80GiB
+  python -m modeformer_jax.plan --config configs/lrs.py:stage=2 --devices 64 \\
+      --memory_per_device 16GiB --num_hard 2,5,11 --batch_sizes 512,1024,2048 --remat off
 
 Approach: the real train step (``train_step.make_train_step``: shard_map, audio all-gather,
 optimizer update, donated state) is lowered with abstract inputs (``jax.ShapeDtypeStruct``,
@@ -31,12 +31,16 @@ in B, guarded by bisection; typically 4-6 compiles each. A paper-model compile t
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from absl import flags
+
+from modeformer_jax import config_utils
+
+MAX_BATCH = 1 << 20          # the search's default ceiling on the global batch
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
           "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -76,11 +80,13 @@ def residual_bytes(model: Any, per_device: int, windows: int) -> int:
   """
   import jax
   import jax.numpy as jnp
-  from modeformer_jax.models import MEL_FRAMES, NUM_MEL
+
+  from modeformer_jax.models import NUM_MEL
+  from modeformer_jax.windows import MEL_WINDOW
   variables = jax.eval_shape(model.init_variables, jax.random.key(0))
   stats = variables.get("batch_stats", {})
   video = jax.ShapeDtypeStruct((per_device, *model.video_shape), jnp.uint8)
-  audio = jax.ShapeDtypeStruct((per_device * windows, NUM_MEL, MEL_FRAMES), jnp.float32)
+  audio = jax.ShapeDtypeStruct((per_device * windows, NUM_MEL, MEL_WINDOW), jnp.float32)
 
   def towers(params, video, audio):
     rv, ra = jax.random.split(jax.random.key(0))
@@ -103,10 +109,12 @@ class Planner:
 
   def __init__(self, config: Any, mesh: Any, model_overrides: dict | None = None):
     import jax
+
+    from modeformer_jax import mesh as mesh_lib
     from modeformer_jax import train_step
-    self.jax, self.ts = jax, train_step
+    self.jax, self.ts, self.mesh_lib = jax, train_step, mesh_lib
     self.config, self.mesh = config, mesh
-    self.n = mesh.shape[train_step.AXIS]
+    self.n = mesh.shape[mesh_lib.AXIS]
     self.model_overrides = dict(model_overrides or {})
     self.loss_cfg = _as_dict(config.get("loss", None) or {})
     self.tx, _ = train_step.make_optimizer(_as_dict(config.get("optim", None) or {}))
@@ -118,13 +126,12 @@ class Planner:
     if key in self.cache:
       return self.cache[key]
     jax, ts = self.jax, self.ts
-    from jax.sharding import NamedSharding, PartitionSpec as P
     from modeformer_jax.models import ModEFormer, ModelConfig
-    ts.check_batch_size(batch_size, self.mesh, process_count=1)
+    self.mesh_lib.check_batch_size(batch_size, self.mesh, process_count=1)
     mcfg = _as_dict(self.config.model)
     mcfg.update(self.model_overrides, remat=remat)
     model = ModEFormer(ModelConfig.from_mapping(mcfg))
-    rep = NamedSharding(self.mesh, P())
+    rep = self.mesh_lib.replicated(self.mesh)
     state = jax.eval_shape(lambda r: ts.create_train_state(model, self.tx, r, self.loss_cfg),
                            jax.random.key(0))
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
@@ -141,9 +148,14 @@ class Planner:
     self.cache[key] = out
     return out
 
-  def largest_batch(self, num_hard: int, remat: bool, budget: int, multiple: int,
-                    max_batch: int, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """Largest global B (a multiple of ``multiple * devices``) whose peak fits ``budget``."""
+  def largest_batch(self, num_hard: int, remat: bool, budget: int, multiple: int = 8,
+                    max_batch: int = MAX_BATCH,
+                    log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Largest global B (a multiple of ``multiple * devices``) whose peak fits ``budget``.
+
+    Returns the measurement of that B (``_row``'s fields: ``'B'``, ``'peak'``, ...), or
+    None when not even ``multiple * devices`` fits.
+    """
     g = multiple * self.n
     fits = lambda r: r["peak"] <= budget  # noqa: E731
     lo = self.measure(g, num_hard, remat)
@@ -200,34 +212,45 @@ def _row(r: dict[str, Any], budget: int | None = None) -> str:
           f"compile {r['compile_s']:5.1f}s{mark}")
 
 
-def main(argv: list[str] | None = None) -> int:
-  """CLI entry point; returns a process exit code."""
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--config", required=True, help="config file, e.g. configs/modeformer.py:paper")
-  p.add_argument("--devices", type=int, required=True, help="devices on the 'data' axis")
-  p.add_argument("--memory-per-device", "--memory_per_device", dest="memory", default="80GiB")
-  p.add_argument("--batch_sizes", "--batch-sizes", default="",
-                 help="global batches for a table of peaks (comma list); empty = none")
-  p.add_argument("--num_hard", "--num-hard", default="",
-                 help="N_H values (comma list); default: config.num_hard, else 2,5,11")
-  p.add_argument("--remat", choices=("both", "on", "off"), default="both")
-  p.add_argument("--model", default="", help="override the model variant (e.g. micro)")
-  p.add_argument("--dtype", default="", help="override the compute dtype (e.g. bfloat16)")
-  p.add_argument("--multiple", type=int, default=8,
-                 help="search granularity: per-device batch is a multiple of this")
-  p.add_argument("--max_batch", "--max-batch", type=int, default=1 << 20,
-                 help="largest global batch the search considers")
-  p.add_argument("--platform", default="cpu",
-                 help="backend to compile for; 'cpu' simulates --devices host devices")
-  p.add_argument("--no-search", dest="search", action="store_false",
-                 help="only print the --batch_sizes table")
-  args = p.parse_args(argv)
-  if args.devices < 1:
-    p.error("--devices must be >= 1")
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_integer("devices", None, "Devices on the mesh's data axis.", lower_bound=1,
+                       flag_values=fv)
+  flags.mark_flag_as_required("devices", flag_values=fv)
+  flags.DEFINE_string("memory_per_device", "80GiB", "Memory budget per device, e.g. 16GiB.",
+                      flag_values=fv)
+  flags.register_validator("memory_per_device", _is_bytes, "not a size like 80GiB or 16GB",
+                           flag_values=fv)
+  flags.DEFINE_string("batch_sizes", "", "Global batches for a table of peaks (comma list); "
+                      "empty = none.", flag_values=fv)
+  flags.DEFINE_string("num_hard", "", "N_H values (comma list); default: config.num_hard, "
+                      "else 2,5,11.", flag_values=fv)
+  flags.DEFINE_enum("remat", "both", ["both", "on", "off"], "Rematerialisation settings to try.",
+                    flag_values=fv)
+  flags.DEFINE_string("model", "", "Override the model variant (e.g. micro).", flag_values=fv)
+  flags.DEFINE_string("dtype", "", "Override the compute dtype (e.g. bfloat16).",
+                      flag_values=fv)
+  flags.DEFINE_integer("multiple", 8, "Search granularity: per-device batch is a multiple of "
+                       "this.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("max_batch", MAX_BATCH, "Largest global batch the search considers.",
+                       flag_values=fv)
+  flags.DEFINE_string("platform", "cpu", "Backend to compile for; 'cpu' simulates --devices "
+                      "host devices.", flag_values=fv)
+  flags.DEFINE_bool("search", True, "Search the largest fitting batch (--nosearch: only the "
+                    "--batch_sizes table).", flag_values=fv)
+
+
+def _is_bytes(text: str) -> bool:
   try:
-    budget = parse_bytes(args.memory)
-  except ValueError as e:
-    p.error(str(e))
+    parse_bytes(text)
+  except ValueError:
+    return False
+  return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI entry point (``argv`` without the program name); returns a process exit code."""
+  args = config_utils.parse_flags(argv, __doc__, _define_flags)
+  budget = parse_bytes(args.memory_per_device)
 
   import jax  # imported late: the CPU device count must be set before the backend starts
   jax.config.update("jax_platforms", args.platform)
@@ -235,25 +258,25 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_num_cpu_devices", args.devices)
   devices = jax.devices()
   if len(devices) < args.devices:
-    p.error(f"--devices {args.devices} but only {len(devices)} {args.platform} devices exist; "
-            "use --platform cpu to simulate them")
-  from modeformer_jax import config_utils, train_step
-  from configs import common
+    raise SystemExit(f"--devices {args.devices} but only {len(devices)} {args.platform} "
+                     "devices exist; use --platform cpu to simulate them")
+  from modeformer_jax import mesh as mesh_lib
+  from modeformer_jax import models
 
-  config = config_utils.load_config(args.config)
+  config = args.config
   overrides: dict[str, Any] = {}
   if args.model:
-    overrides.update(common.model_config(args.model).to_dict())  # raises if unknown
+    overrides.update(models.model_config(args.model).to_dict())  # raises if unknown
     overrides["dtype"] = config.model.get("dtype", "float32")
   if args.dtype:
     overrides["dtype"] = args.dtype
   num_hard = _ints(args.num_hard) if args.num_hard else (
       [int(config.num_hard)] if "num_hard" in config else [2, 5, 11])
   remats = {"both": [False, True], "on": [True], "off": [False]}[args.remat]
-  mesh = train_step.make_mesh(devices[:args.devices])
+  mesh = mesh_lib.make_mesh(devices[:args.devices])
   planner = Planner(config, mesh, overrides)
   model_desc = dict(_as_dict(config.model), **overrides)
-  print(f"planner: {args.config}{' model=' + args.model if args.model else ''} "
+  print(f"planner: {config_utils.describe(args)}{' model=' + args.model if args.model else ''} "
         f"dtype={model_desc.get('dtype')} on {args.devices} x {devices[0].device_kind} "
         f"({args.platform}); budget {_gib(budget).strip()} GiB per device; "
         f"loss.easy_negatives={planner.loss_cfg.get('easy_negatives', True)}")

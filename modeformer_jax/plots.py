@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from modeformer_jax.sync_eval import CLIP_LENGTHS, MAX_OFFSET
+from modeformer_jax.protocol import CLIP_LENGTHS, MAX_OFFSET
 
 PathLike = str | os.PathLike
 
@@ -95,7 +95,7 @@ def plot_offset_histogram(data: Mapping[Any, Any] | Sequence[int] | np.ndarray,
                           max_offset: int | None = None) -> str:
   """Dataset-level histogram of predicted offsets (the paper's Fig. 4 style).
 
-  ``data`` is unambiguous by type: a :func:`sync_eval.dataset_histogram` result (uses its
+  ``data`` is unambiguous by type: a :func:`protocol.dataset_histogram` result (uses its
   ``counts``), a mapping ``{offset: count}``, or a sequence of per-clip offsets.
   """
   if isinstance(data, Mapping) and "counts" in data:

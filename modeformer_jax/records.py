@@ -36,7 +36,6 @@ import os
 import pathlib
 from typing import Any, Mapping
 
-import cv2
 import msgpack
 import numpy as np
 
@@ -83,6 +82,7 @@ def encode_lips(lips: np.ndarray, lip_codec: str = "jpeg",
     return _array_map(lips)
   if lip_codec != "jpeg":
     raise ValueError(f"unknown lip_codec {lip_codec!r}; expected one of {LIP_CODECS}")
+  import cv2  # lazily, like in decode_lips
   out = []
   params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
   for frame in lips:
@@ -156,6 +156,8 @@ def decode_lips(rec: Mapping[str, Any], start: int = 0, count: int | None = None
                      f"its {n} frames")
   if rec["lip_codec"] == "raw":
     return _array_from_map(rec["lips"], "lips")[start:start + count].copy()
+  # Imported here so that importing the training pipeline does not load OpenCV.
+  import cv2
   frames = []
   for data in rec["lips"][start:start + count]:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -193,14 +195,24 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
   return manifest
 
 
+def data_dirs(data_dir: str | os.PathLike) -> list[str]:
+  """The prepared dataset folders named by ``data_dir``: one path, or several joined by
+  commas (training on several datasets at once, e.g. ``data/lrc_ar,data/grid_s1``)."""
+  dirs = [d.strip() for d in str(data_dir).split(",") if d.strip()]
+  if not dirs:
+    raise ValueError("no dataset folder given")
+  return dirs
+
+
 def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
-  """Absolute paths of a split's shards, in order."""
-  manifest = read_manifest(data_dir)
-  splits = manifest["splits"]
-  if split not in splits:
-    raise KeyError(f"{data_dir}: no split {split!r}; it has {sorted(splits)}")
-  root = pathlib.Path(data_dir).resolve()
-  paths = [str(root / name) for name in splits[split]["shards"]]
+  """Absolute paths of a split's shards, in order (dataset after dataset for a list)."""
+  paths = []
+  for one in data_dirs(data_dir):
+    splits = read_manifest(one)["splits"]
+    if split not in splits:
+      raise KeyError(f"{one}: no split {split!r}; it has {sorted(splits)}")
+    root = pathlib.Path(one).resolve()
+    paths += [str(root / name) for name in splits[split]["shards"]]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"{data_dir}: split {split!r} misses shard files {missing}")
@@ -208,6 +220,10 @@ def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
 
 
 def open_split(data_dir: str | os.PathLike, split: str):
-  """A grain ``ArrayRecordDataSource`` over a split: ``len`` clips, ``source[i]`` -> bytes."""
-  import grain   # lazily: data preparation does not need it
+  """A grain ``ArrayRecordDataSource`` over a split: ``len`` clips, ``source[i]`` -> bytes.
+
+  ``data_dir`` may list several datasets (``data_dirs``); their clips are concatenated, so
+  a clip's index stays a unique id across them (the loss's same-clip mask relies on it).
+  """
+  import grain  # lazily: data preparation does not need it
   return grain.sources.ArrayRecordDataSource(split_files(data_dir, split))

@@ -1,20 +1,22 @@
 """Parameter table and forward FLOPs of a model config, without allocating the model.
 
   python -m modeformer_jax.summary --config configs/modeformer.py:paper
+  python -m modeformer_jax.summary --config configs/lrs.py:stage=2 --config.model.remat=True
 
 Parameters come from ``jax.eval_shape`` of the initialiser; FLOPs per (video, audio) pair
 come from XLA's cost analysis of the lowered (not executed) forward pass.
 """
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import flags
 
-from modeformer_jax.config_utils import load_config
+from modeformer_jax import config_utils
 from modeformer_jax.models import ModEFormer, count_params
 
 
@@ -47,13 +49,12 @@ def forward_flops(model: ModEFormer, batch: int = 1) -> dict[str, float]:
   return {"audio": fa / batch, "video": fv / batch, "pair": (fa + fv) / batch}
 
 
-def summarize(config_spec: str, depth: int = 3) -> str:
-  """The printed report for one config."""
-  config = load_config(config_spec)
+def summarize(config: ml_collections.ConfigDict, depth: int = 3) -> str:
+  """The printed report for the model of a config (anything with a ``model`` field)."""
   model = ModEFormer(config.model)
   params = jax.eval_shape(model.init, jax.random.key(0))
   total = count_params(params)
-  lines = [f"config: {config_spec}", f"{'module':<48}{'params':>14}{'share':>8}"]
+  lines = [f"{'module':<48}{'params':>14}{'share':>8}"]
   for name, n in param_table(params, depth):
     indent = "  " * name.count("/")
     lines.append(f"{indent + name.split('/')[-1]:<48}{n:>14,}{100 * n / total:>7.1f}%")
@@ -64,12 +65,15 @@ def summarize(config_spec: str, depth: int = 3) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True, help="e.g. configs/modeformer.py:paper")
-  parser.add_argument("--depth", type=int, default=3, help="module depth of the table")
-  args = parser.parse_args(argv)
-  print(summarize(args.config, args.depth))
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_integer("depth", 3, "Module depth of the table.", lower_bound=1, flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """CLI entry point (``argv`` without the program name; default ``sys.argv``)."""
+  fv = config_utils.parse_flags(argv, __doc__, _define_flags)
+  print(f"config: {config_utils.describe(fv)}")
+  print(summarize(fv.config, fv.depth))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,25 @@
 """Contrastive training of ModEFormer: ``python -m modeformer_jax.train``.
 
-  python -m modeformer_jax.train --config configs/lrs2_stage1.py --workdir runs/lrs2_s1 \\
-      --config.data.dir=/data/lrs2_prepared
+  python -m modeformer_jax.train --config configs/lrs.py:dataset=lrs2,stage=1 \\
+      --workdir runs/lrs2_s1 --config.data.dir=/data/lrs2_prepared
   python -m modeformer_jax.train --config configs/synthetic.py:runlocal --workdir /tmp/smoke
 
-Any config field can be overridden with ``--config.<field>=<value>``. Restore order: the
-workdir's latest complete checkpoint, else ``config.init_from`` (parameters only; stage 2
-starts from stage 1), else a fresh init. Only process 0 writes logs; all processes take
-part in checkpointing (orbax coordinates them).
+Any config field can be overridden with ``--config.<field>=<value>``.
+
+Several processes (one per host): run the same command on every host. Under a TPU pod
+slice on GKE, Slurm or Open MPI, ``jax.distributed`` is started from the scheduler's
+environment; elsewhere pass ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`` (or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``), and on a Cloud TPU VM pod ``--distributed=on`` (jax finds the workers
+through the metadata server). A one-process run starts no distributed service.
+
+Restore order: the workdir's latest complete checkpoint, else ``config.init_from`` (the
+model's towers only: stage 2 starts from stage 1), else a fresh init. A checkpoint
+(``checkpoints.py``) holds the train state (params, a learned ``log_tau`` included,
+optimizer state, step, BatchNorm statistics if any), every process's data-iterator
+position and a JSON meta (step, config, model config, the dataset's input spec). No RNG
+state is saved: every key derives from ``config.seed`` and the step. Only process 0 writes
+logs and metrics; all processes take part in checkpointing (orbax coordinates them).
 """
 from __future__ import annotations
 
@@ -21,9 +33,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from modeformer_jax import checkpoints, evaluation, input_pipeline, train_step
+from modeformer_jax import checkpoints, embedding, input_pipeline, train_step
+from modeformer_jax import mesh as mesh_lib
 from modeformer_jax.models import ModEFormer
 
 log = logging.getLogger("modeformer_jax.train")
@@ -75,71 +87,94 @@ def _val_clips(config: ml_collections.ConfigDict) -> list | None:
   """The fixed validation subset, decoded once (None when the split is absent)."""
   d = config.data
   try:
-    return list(evaluation.record_clips(d.dir, d.val_split, max_clips=int(d.val_clips)))
+    return list(embedding.record_clips(d.dir, d.val_split, max_clips=int(d.val_clips)))
   except (FileNotFoundError, KeyError, ValueError) as e:
     log.warning("no validation split %r in %s (%s); skipping validation", d.val_split, d.dir, e)
     return None
 
 
-def validate(model: ModEFormer, embedder: evaluation.Embedder, params: Any,
+def validate(model: ModEFormer, embedder: embedding.Embedder, params: Any,
              clips: list) -> dict[str, float]:
   """5- and 15-frame sync accuracy on the fixed validation subset."""
   embedder.set_params(params["params"] if "params" in params else params)
-  res = evaluation.evaluate(model, None, clips, lengths=(5, 15), embedder=embedder)
+  res = embedding.evaluate(model, None, clips, lengths=(5, 15), embedder=embedder)
   return {"val_acc5": float(res["accuracy"][5]), "val_acc15": float(res["accuracy"][15])}
+
+
+def _init_from(config: ml_collections.ConfigDict, state: dict, rep: Any) -> dict:
+  """Replaces the fresh towers of ``state`` by those of ``config.init_from``.
+
+  Only the model's parameters (``{'audio', 'video'}``) are taken. A learned temperature
+  (``params['log_tau']``) is a parameter of the loss, not of the model, and starts again
+  from ``config.loss.tau``: exported models and fixed-tau runs carry none, so taking the
+  saved one would make the start depend on how the source was trained, and the new run's
+  config states its temperature (pass a learned one on with ``--config.loss.tau``).
+  Optimizer state, step and BatchNorm statistics also start fresh.
+  """
+  _, towers, meta = checkpoints.load_model(config.init_from, which="best",
+                                           model_config=config.model)
+  state["params"] = jax.device_put(dict(state["params"], **towers), rep)
+  log.info("initialised the model from %s (step %s)%s", config.init_from, meta.get("step"),
+           f"; tau starts at {config.loss.tau}" if config.loss.learn_tau else "")
+  return state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict[str, Any]:
-  """Trains until ``config.total_steps``; returns the final metrics."""
+  """Trains until ``config.total_steps``; returns the final step, loss and validation metrics.
+
+  Metrics stay on the device between log steps (summed there); the host reads them only
+  at log, validation and checkpoint steps, so steps are dispatched back to back. At each
+  of these the summed loss is checked: a NaN/inf raises :class:`NonFiniteLossError`
+  naming the steps it came from, before the state is validated or saved.
+  """
+  from modeformer_jax import input_spec
   workdir_p = pathlib.Path(workdir).absolute()
   workdir_p.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=1))
+  # What the model will expect as input, as recorded by data_prep; every checkpoint keeps it.
+  spec = input_spec.read_dataset_spec(config.data.dir)
 
   # ---------------------------------------------------------------- mesh and model
-  devices = jax.devices()
-  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  if config.batch_size % len(devices):
-    raise ValueError(f"batch_size {config.batch_size} does not divide by {len(devices)} devices")
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.batch_size, mesh)
+  rep = mesh_lib.replicated(mesh)
   model = ModEFormer(config.model)
   optim = dict(config.optim.to_dict())
   optim["total_steps"] = optim.get("total_steps") or config.total_steps
   tx, schedule = train_step.make_optimizer(optim)
 
   # ---------------------------------------------------------------- input
-  spec = input_pipeline.spec_from_config(config)
   data_it = input_pipeline.train_iterator(
-      config.data.dir, config.data.train_split, global_batch=config.batch_size, spec=spec,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), augment=True, workers=int(config.data.workers))
+      config.data.dir, config.data.train_split, global_batch=config.batch_size,
+      spec=input_pipeline.spec_from_config(config), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(), augment=True,
+      workers=int(config.data.workers))
 
   # ---------------------------------------------------------------- state and restore
-  rng = jax.random.key(config.seed)
+  # One key from the seed, made by every process alike (a replicated global array): init
+  # uses it directly, the train step folds the step index into it.
+  rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=rep)()
   init_fn = lambda r: train_step.create_train_state(model, tx, r, config.loss)  # noqa: E731
-  abstract = jax.eval_shape(init_fn, rng)
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                          abstract)
+                          jax.eval_shape(init_fn, rng))
   mngr = checkpoints.make_manager(workdir_p, keep=int(config.keep_checkpoints))
   latest = mngr.latest_step()
   if latest is not None:
-    state = checkpoints.restore(mngr, latest, abstract, data_it, config)
+    state = checkpoints.restore(mngr, latest, abstract, data_it, config, input_spec=spec)
     log.info("resumed from %s/checkpoints/%d", workdir_p, latest)
   else:
     state = jax.jit(init_fn, out_shardings=rep)(rng)
     if config.init_from:
-      _, params, meta = checkpoints.load_params(config.init_from, which="best",
-                                                model_config=config.model)
-      state["params"] = jax.device_put(params, rep)
-      log.info("initialised params from %s (step %s)", config.init_from, meta.get("step"))
+      state = _init_from(config, state, rep)
   step_fn = train_step.make_train_step(model, tx, mesh, config.loss)
   start = int(jax.device_get(state["step"]))
 
   # ---------------------------------------------------------------- eval setup
   writer = MetricWriter(workdir_p)
   val = _val_clips(config) if config.eval_every else None
-  embedder = evaluation.Embedder(model, state["params"], mesh=mesh) if val else None
+  embedder = embedding.Embedder(model, state["params"], mesh=mesh) if val else None
   last: dict[str, float] = {}
 
   # ---------------------------------------------------------------- loop
@@ -147,39 +182,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if progress and jax.process_index() == 0:
     from tqdm import tqdm
     bar = tqdm(total=config.total_steps, initial=start, desc="train", unit="step")
-  t_last, n_last, window = time.perf_counter(), start, []
+  add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+  sums, n_summed = None, 0   # metrics summed on the device since the last log step
+  checked = start            # every loss up to this step is known to be finite
+  t_last, n_last = time.perf_counter(), start
   for step in range(start + 1, config.total_steps + 1):
-    batch = input_pipeline.to_global(next(data_it), mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
+    batch = mesh_lib.to_global(next(data_it), mesh)
+    state, metrics = step_fn(state, batch, rng)
+    sums, n_summed = (metrics if sums is None else add(sums, metrics)), n_summed + 1
+    if bar is not None:
+      bar.update(1)  # no device sync: the bar counts dispatched steps
+    final = step == config.total_steps
+    log_now = step % config.log_every == 0 or final
+    eval_now = bool(val) and (step % config.eval_every == 0 or final)
+    save_now = step % config.checkpoint_every == 0 or final
+    if not (log_now or eval_now or save_now):
+      continue
+    # The state is about to be read: make sure the steps since the last check were finite.
+    host = {k: float(v) for k, v in jax.device_get(sums).items()}
+    if not math.isfinite(host["loss"]):
       mngr.wait_until_finished()
       good = mngr.latest_step()
-      raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping. The last good "
-                               f"checkpoint is {workdir_p}/checkpoints/{good}")
-    window.append({k: float(v) for k, v in metrics.items()})
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.3f}", **({"val5": f"{last['val_acc5']:.3f}"}
-                                             if "val_acc5" in last else {}))
+      where = (f"{workdir_p}/checkpoints/{good}" if good is not None
+               else f"none (no checkpoint was written to {workdir_p})")
+      raise NonFiniteLossError(f"loss is not finite in steps {checked + 1}-{step}; "
+                               f"stopping. The last good checkpoint is {where}")
+    checked = step
     scalars: dict[str, float] = {}
-    if step % config.log_every == 0 or step == config.total_steps:
+    if log_now:
       now = time.perf_counter()
-      scalars.update({k: float(np.mean([w[k] for w in window])) for k in window[0]})
-      scalars["lr"] = float(schedule(step - 1))
+      scalars.update({k: v / n_summed for k, v in host.items()})
+      scalars["lr"] = float(jax.device_get(schedule(step - 1)))
       scalars["examples_per_s"] = (step - n_last) * config.batch_size / (now - t_last)
-      t_last, n_last, window = now, step, []
-    if val and (step % config.eval_every == 0 or step == config.total_steps):
-      last = validate(model, embedder, state, val)
-      scalars.update(last)
+      last["loss"] = scalars["loss"]
+      t_last, n_last, sums, n_summed = now, step, None, 0
+    if eval_now:
+      res = validate(model, embedder, state, val)
+      last.update(res)
+      scalars.update(res)
     if scalars:
       writer.write(step, scalars)
-      if bar is None and jax.process_index() == 0:
+      if bar is not None:
+        bar.set_postfix({k: f"{last[k]:.3f}" for k in ("loss", "val_acc5") if k in last})
+      elif jax.process_index() == 0:
         log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
-      checkpoints.save(mngr, step, state, data_it, config,
+    if save_now:
+      checkpoints.save(mngr, step, state, data_it, config, input_spec=spec,
                        metrics={checkpoints.VAL_METRIC: last["val_acc5"]}
-                       if "val_acc5" in scalars else None)
+                       if eval_now else None)
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
@@ -194,10 +244,14 @@ def main(argv: Any) -> None:
   from absl import flags
   FLAGS = flags.FLAGS
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  jnp.zeros(())  # initialise the backend before logging device facts
+  # Before anything touches a backend: jax.distributed must come first.
+  mesh_lib.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                            FLAGS.process_id, mode=FLAGS.distributed)
   log.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
            jax.process_count())
-  train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=not FLAGS.no_progress)
+  out = train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=not FLAGS.no_progress)
+  # Every process logs its result (replicated values: all processes agree).
+  log.info("finished (process %d): %s", jax.process_index(), json.dumps(out))
 
 
 def _define_flags() -> None:
@@ -207,11 +261,20 @@ def _define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and metrics.")
   flags.DEFINE_bool("no_progress", False, "Log lines instead of a progress bar.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process runs: HOST:PORT of process 0's coordinator.")
+  flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..N-1.")
+  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                    "Start jax.distributed: auto = when the flags above or a scheduler "
+                    "say there are several processes; on = always (jax detects the "
+                    "cluster); off = never.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
 if __name__ == "__main__":
   import sys
+
   from absl import app
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
   _define_flags()

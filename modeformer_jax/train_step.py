@@ -1,14 +1,14 @@
 """The sharded contrastive train step: optimizer, train state and one jitted update.
 
-Layout: a 1-D mesh with axis ``'data'`` over every device of every process. The batch is
-sharded on ``'data'``; params and optimizer state are replicated. Inside ``jax.shard_map``
-each device embeds only its local videos and audio windows; in the easy-negative mode the
-AUDIO embeddings (plus their clip ids and start frames) are all-gathered, never the
-inputs, and each device scores its ``B/n`` videos against all ``B*A`` windows (the cheap
-form: local rows x global columns). Each device differentiates its share of the global
-loss; the all-gather transposes to a reduce-scatter, so the gradient that reaches each
-audio embedding includes every device's logits, and one ``psum`` of the per-device
-gradients gives the exact single-device gradient.
+Layout: the 1-D mesh of ``modeformer_jax.mesh`` (axis ``'data'``) over every device of
+every process. The batch is sharded on it; params and optimizer state are replicated.
+Inside ``jax.shard_map`` each device embeds only its local videos and audio windows; in
+the easy-negative mode the AUDIO embeddings (plus their clip ids and start frames) are
+all-gathered, never the inputs, and each device scores its ``B/n`` videos against all
+``B*A`` windows (the cheap form: local rows x global columns). Each device differentiates
+its share of the global loss; the all-gather transposes to a reduce-scatter, so the
+gradient that reaches each audio embedding includes every device's logits, and one
+``psum`` of the per-device gradients gives the exact single-device gradient.
 
 State is a plain dict: ``{'params', 'opt_state', 'step'}`` plus ``'batch_stats'`` when the
 model uses BatchNorm. ``params`` is the model's ``{'audio', 'video'}`` tree, plus
@@ -23,13 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from modeformer_jax import losses
-from modeformer_jax.models import MEL_FRAMES, NUM_MEL, ModEFormer
+from modeformer_jax import mesh as mesh_lib
+from modeformer_jax.mesh import AXIS
+from modeformer_jax.models import NUM_MEL, ModEFormer
+from modeformer_jax.windows import MEL_WINDOW
 
 PyTree = Any
-AXIS = "data"
 BATCH_KEYS = ("video", "audio", "clip", "video_time", "audio_time")
 
 
@@ -91,31 +94,13 @@ def create_train_state(model: ModEFormer, tx: optax.GradientTransformation, rng:
   return state
 
 
-# ------------------------------------------------------------------ mesh helpers
-def make_mesh(devices: list | None = None) -> Mesh:
-  """1-D ``'data'`` mesh over ``devices`` (default: all devices of all processes)."""
-  devices = list(devices if devices is not None else jax.devices())
-  return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-def check_batch_size(batch_size: int, mesh: Mesh, process_count: int | None = None) -> None:
-  """Raises a clear error unless the global batch splits evenly over devices and hosts."""
-  n = mesh.shape[AXIS]
-  pc = jax.process_count() if process_count is None else process_count
-  if batch_size <= 0 or batch_size % n:
-    raise ValueError(f"global batch_size {batch_size} must be a positive multiple of the "
-                     f"{n} devices on the '{AXIS}' mesh axis")
-  if batch_size % pc:
-    raise ValueError(f"global batch_size {batch_size} must divide by the {pc} processes")
-
-
+# ------------------------------------------------------------------ batch checks
 def _check_batch(batch: Mapping[str, Any], n_dev: int) -> tuple[int, int]:
   missing = [k for k in BATCH_KEYS if k not in batch]
   if missing:
     raise ValueError(f"batch is missing {missing}; expected keys {list(BATCH_KEYS)}")
   b, a = batch["audio"].shape[:2]
-  want = {"video": (b, 5, 48, 96), "audio": (b, a, NUM_MEL, MEL_FRAMES), "clip": (b,),
+  want = {"video": (b, 5, 48, 96), "audio": (b, a, NUM_MEL, MEL_WINDOW), "clip": (b,),
           "video_time": (b,), "audio_time": (b, a)}
   for k, shape in want.items():
     if tuple(batch[k].shape[:len(shape)]) != shape or batch[k].ndim != len(shape) + (
@@ -133,10 +118,13 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
                  train: bool = True, with_logits: bool = False) -> Callable:
   """Unjitted ``(params, batch_stats, batch, rng) -> (grads, metrics, batch_stats[, logits])``.
 
-  ``rng`` is the step's key; each device folds in its mesh index for dropout. Gradients
-  and metrics are global (summed over devices, then divided by the global batch) and
-  replicated. ``with_logits`` also returns the masked logits, sharded on ``'data'``, so
-  tests can see each device's ``[B/n, B*A]`` block.
+  ``rng`` is the step's key; each device folds in its mesh index, so devices draw different
+  dropout masks (with one shared key, the examples at the same local position on every
+  device would get the same mask). The masks therefore depend on the device count: with
+  dropout, n devices match 1 device only in distribution. Gradients and metrics are
+  global (summed over devices, then divided by the global batch) and replicated.
+  ``with_logits`` also returns the masked logits, sharded on ``'data'``, so tests can see
+  each device's ``[B/n, B*A]`` block.
   """
   easy = bool(loss_cfg.get("easy_negatives", True))
   tol = int(loss_cfg.get("tolerance", 1))
@@ -145,6 +133,7 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
   def body(params, batch_stats, video, audio, clip, vtime, atime, rng):
     b, a = audio.shape[:2]
     idx = jax.lax.axis_index(AXIS)
+    # Per-device dropout stream (see the docstring); the step index was folded in already.
     rv, ra = jax.random.split(jax.random.fold_in(rng, idx))
     stats = batch_stats or {}
 
@@ -200,15 +189,15 @@ def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: M
                     loss_cfg: Mapping[str, Any], *, donate: bool = True) -> Callable:
   """Jitted ``step(state, batch, rng) -> (state, metrics)``; the input state is donated.
 
-  ``batch`` holds global arrays sharded on ``'data'`` (``make_array_from_process_local_data``
-  on every process) or host arrays, which jit shards. The step folds ``state['step']``
-  into ``rng``, so passing the same key every step still gives fresh dropout masks.
+  ``batch`` holds global arrays sharded on ``'data'`` (``mesh.to_global`` on every process)
+  or host arrays, which jit shards. ``rng`` is the run's base key, the same every step: the
+  step folds ``state['step']`` into it (once; callers must not fold the step themselves),
+  so a resumed run draws the masks an uninterrupted one would.
   Metrics: ``loss``, ``pos_sim``, ``neg_sim``, ``accuracy``, ``negatives_per_video``,
   ``grad_norm`` (before clipping), ``tau``.
   """
   grad_fn = make_grad_fn(model, mesh, loss_cfg)
-  rep = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P(AXIS))
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
@@ -231,9 +220,9 @@ def abstract_batch(batch_size: int, num_hard: int, mesh: Mesh | None = None,
                    video_channels: int = 3) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes of a global batch (sharded on ``'data'`` when a mesh is given), for lowering."""
   a = 1 + num_hard
-  sh = {"sharding": NamedSharding(mesh, P(AXIS))} if mesh is not None else {}
+  sh = {"sharding": mesh_lib.batch_sharding(mesh)} if mesh is not None else {}
   spec = {"video": ((batch_size, 5, 48, 96, video_channels), jnp.uint8),
-          "audio": ((batch_size, a, NUM_MEL, MEL_FRAMES), jnp.float32),
+          "audio": ((batch_size, a, NUM_MEL, MEL_WINDOW), jnp.float32),
           "clip": ((batch_size,), jnp.int32), "video_time": ((batch_size,), jnp.int32),
           "audio_time": ((batch_size, a), jnp.int32)}
   return {k: jax.ShapeDtypeStruct(s, d, **sh) for k, (s, d) in spec.items()}
@@ -257,6 +246,6 @@ def random_batch(batch_size: int, num_hard: int, *, seed: int = 0, num_clips: in
   shift[:, 0] = 0
   return {
       "video": r.integers(0, 256, (batch_size, 5, 48, 96, video_channels), dtype=np.uint8),
-      "audio": r.standard_normal((batch_size, a, NUM_MEL, MEL_FRAMES)).astype(np.float32),
+      "audio": r.standard_normal((batch_size, a, NUM_MEL, MEL_WINDOW)).astype(np.float32),
       "clip": clip, "video_time": vt, "audio_time": (vt[:, None] + shift).astype(np.int32),
   }

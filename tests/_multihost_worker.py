@@ -8,13 +8,18 @@ Every process reads the same initial parameters, builds the same deterministic g
 batches, keeps only the rows its own devices hold, and makes global arrays with
 ``jax.make_array_from_process_local_data``; all processes then run the same jitted train
 step twice. Process 0 writes the per-step metrics and the final parameters to ``--out``.
-``run`` is imported by ``tests/test_train_step.py`` to produce the single-process result.
+``run`` is imported by ``tests/test_train_step.py`` to produce the single-process result;
+``run_processes`` (launch processes, compute something meanwhile, collect their logs) by
+that test and the two-process CLI test of ``tests/test_train.py``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,7 +38,7 @@ def _local_rows(sharding, shape) -> slice:
 
 
 def run(devices, param_leaves: list[np.ndarray]) -> dict[str, np.ndarray]:
-  """Two train steps of the micro model on a 'data' mesh over ``devices``.
+  """Two train steps of the micro model on the mesh over ``devices``.
 
   Parameters come in as host arrays (the test initialises them once). Plain SGD makes the
   parameter change after a step exactly ``-lr * gradient``, so comparing parameters
@@ -41,19 +46,18 @@ def run(devices, param_leaves: list[np.ndarray]) -> dict[str, np.ndarray]:
   """
   import jax
   import optax
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from configs import common
+  from modeformer_jax import mesh as mesh_lib
   from modeformer_jax import train_step as ts
   from modeformer_jax.models import ModEFormer
 
   model = ModEFormer(common.model_config("micro"))
   tx = optax.sgd(LR)
   loss_cfg = {"tau": 0.1, "easy_negatives": True, "tolerance": 1}
-  mesh = ts.make_mesh(devices)
-  ts.check_batch_size(GLOBAL_BATCH, mesh)
-  rep = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P(ts.AXIS))
+  mesh = mesh_lib.make_mesh(devices)
+  mesh_lib.check_batch_size(GLOBAL_BATCH, mesh)
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
 
   def to_global(batch):
     out = {}
@@ -80,6 +84,33 @@ def run(devices, param_leaves: list[np.ndarray]) -> dict[str, np.ndarray]:
   res.update({f"param_{i:03d}": local(p)
               for i, p in enumerate(jax.tree.leaves(state["params"]))})
   return res
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that is free now (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(commands: list[list[str]], meanwhile: Callable[[], Any], *, cwd: Any,
+                  env: dict[str, str], timeout: float = 600) -> tuple[Any, list[str]]:
+  """Runs ``commands`` as processes and ``meanwhile()`` here; returns its result and the logs.
+
+  Every process must exit with 0 (the assertion shows the tails of their logs); none is
+  left running, whatever happens.
+  """
+  procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c in commands]
+  try:
+    result = meanwhile()
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), "\n".join(x[-3000:] for x in logs)
+  return result, logs
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from modeformer_jax import checkpoints, detect, eval as eval_lib, evaluation, features
+from modeformer_jax import checkpoints, detect, embedding, features, input_spec, offsets
+from modeformer_jax import eval as eval_lib
 from modeformer_jax.models import ModEFormer, ModelConfig
 
 
@@ -18,19 +19,21 @@ def exported(tmp_path_factory):
   cfg = common.MODEL_VARIANTS["micro"]
   model = ModEFormer(ModelConfig.from_mapping(cfg))
   out = tmp_path_factory.mktemp("model")
-  checkpoints.export_params(out, model.init(jax.random.key(0)), cfg, {"trained_on": "nothing"})
+  checkpoints.export_params(out, model.init(jax.random.key(0)), cfg,
+                            {"trained_on": "nothing",
+                             "input_spec": input_spec.for_layout("lrs2").to_dict()})
   return out
 
 
 def test_exported_model_round_trip(exported):
-  model, params, meta = checkpoints.load_params(exported)
+  model, params, meta = checkpoints.load_model(exported)
   ref = ModEFormer(ModelConfig.from_mapping(common.MODEL_VARIANTS["micro"])).init(
       jax.random.key(0))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert meta["trained_on"] == "nothing"
   with pytest.raises(checkpoints.CheckpointMismatchError, match="width"):
-    checkpoints.load_params(exported, model_config=dict(common.MODEL_VARIANTS["micro"], width=16))
+    checkpoints.load_model(exported, model_config=dict(common.MODEL_VARIANTS["micro"], width=16))
 
 
 def test_eval_cli_writes_table_json_plot(exported, prepared_dir, tmp_path, capsys):
@@ -46,13 +49,13 @@ def test_eval_cli_writes_table_json_plot(exported, prepared_dir, tmp_path, capsy
 
 
 def test_short_clip_is_counted_not_dropped(exported):
-  model, params, _ = checkpoints.load_params(exported)
+  model, params, _ = checkpoints.load_model(exported)
   rng = np.random.default_rng(0)
   clips = [("ok", rng.integers(0, 255, (40, 48, 96, 3), dtype=np.uint8),
             rng.normal(size=(80, 128)).astype(np.float32)),
            ("tiny", rng.integers(0, 255, (3, 48, 96, 3), dtype=np.uint8),
             rng.normal(size=(80, 10)).astype(np.float32))]
-  res = evaluation.evaluate(model, params, clips, lengths=(5,))
+  res = embedding.evaluate(model, params, clips, lengths=(5,))
   assert res["num_clips"] == 1 and res["num_skipped"] == 1
   assert "tiny" in res["skipped"][0]["reason"] and "frames" in res["skipped"][0]["reason"]
 
@@ -110,9 +113,9 @@ def test_detect_runs_and_plots(exported, synthetic_dir, tmp_path, capsys):
 def test_fix_moves_audio_without_touching_video(synthetic_dir, tmp_path):
   src = sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
   late = tmp_path / "late.mp4"
-  detect.fix_offset(str(src), str(late), -3)  # delay audio by 3 frames (120 ms)
+  offsets.fix_offset(str(src), str(late), -3)  # delay audio by 3 frames (120 ms)
   fixed = tmp_path / "fixed.mp4"
-  detect.fix_offset(str(late), str(fixed), 3)  # and move it back
+  offsets.fix_offset(str(late), str(fixed), 3)  # and move it back
   a = features.decode(str(src))
   b = features.decode(str(late))
   c = features.decode(str(fixed))
@@ -127,11 +130,12 @@ def test_fix_moves_audio_without_touching_video(synthetic_dir, tmp_path):
 
 def test_detect_shifted_matches_detect_file(exported, synthetic_dir):
   """Decoding once and shifting the audio gives what re-extracting per shift gives."""
-  model, params, _ = checkpoints.load_params(exported)
-  embedder = evaluation.Embedder(model, params, chunk=64)
+  model, params, _ = checkpoints.load_model(exported)
+  embedder = embedding.Embedder(model, params, chunk=64)
   f = str(sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
-  shifted = detect.detect_shifted(embedder, f, [-4, 0, 3], layout="lrs2")
+  crop = input_spec.crop_for_layout("lrs2")
+  shifted = offsets.detect_shifted(embedder, f, [-4, 0, 3], crop)
   for k, r in zip([-4, 0, 3], shifted):
-    ref = detect.detect_file(embedder, f, layout="lrs2", audio_shift_frames=k)
+    ref = offsets.detect_file(embedder, f, crop, audio_shift_frames=k)
     assert r["injected"] == k and r["offset_frames"] == ref["offset_frames"]
     np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-6, atol=1e-6)

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from modeformer_jax import crops
 from modeformer_jax import features as F
+from modeformer_jax import windows as W
+from modeformer_jax.input_spec import crop_for_layout
 
 SR = F.SAMPLE_RATE
 CLICK_FRAMES = (8, 21, 34, 47)   # video frames at which the generated clip has a noise burst
@@ -105,12 +108,12 @@ def gen(tmp_path_factory):
 
 def test_mel_start_is_round_3_2_t_and_windows_fit():
   for t in range(2000):
-    assert F.mel_start(t) == math.floor(3.2 * t + 0.5)   # 3.2 t never ends in .5
-    assert F.num_mel_frames(t) == math.ceil(round(3.2 * t, 6))
+    assert W.mel_start(t) == math.floor(3.2 * t + 0.5)   # 3.2 t never ends in .5
+    assert W.num_mel_frames(t) == math.ceil(round(3.2 * t, 6))
   for n in range(5, 300):
-    assert F.mel_start(n - 5) + 16 <= F.num_mel_frames(n)
+    assert W.mel_start(n - 5) + 16 <= W.num_mel_frames(n)
   # 5 frames always span exactly 16 mel frames.
-  assert all(F.mel_start(t + 5) - F.mel_start(t) == 16 for t in range(500))
+  assert all(W.mel_start(t + 5) - W.mel_start(t) == 16 for t in range(500))
 
 
 def test_frame_indices_same_rate_is_identity_despite_rounded_timestamps():
@@ -237,7 +240,7 @@ def _window(mel, start):
 
 
 def test_generated_clip_shapes_and_click_alignment(gen):
-  clip = F.extract_clip(gen["sync"], layout="lrs2")
+  clip = F.extract_clip(gen["sync"], crop_for_layout("lrs2"))
   assert clip.num_frames == 60 and clip.fps == 25 and clip.source_fps == pytest.approx(25)
   assert clip.lips.shape == (60, 48, 96, 3) and clip.lips.dtype == np.uint8
   assert clip.mel.shape == (80, 192) and clip.mel.dtype == np.float32
@@ -247,21 +250,21 @@ def test_generated_clip_shapes_and_click_alignment(gen):
   # start (a 60 ms burst is centred 30 ms = 2.4 mel frames after it starts).
   energy = clip.mel.mean(axis=0)
   for f in CLICK_FRAMES:
-    lo = F.mel_start(f)
+    lo = W.mel_start(f)
     peak = lo - 3 + int(np.argmax(energy[lo - 3:lo + 8]))
     assert abs(peak - (lo + 2.4)) <= 1.5, (f, peak, lo)
 
 
 @pytest.mark.parametrize("k", [5, 3, -4])
 def test_audio_shift_moves_mel_by_3_2_k(gen, k):
-  base = F.extract_clip(gen["sync"]).mel
-  shifted = F.extract_clip(gen["sync"], audio_shift_frames=k).mel
-  ts = [t for t in range(0, 55) if 0 <= t + k <= 55 and F.mel_start(t + k) >= 3]
+  base = F.extract_clip(gen["sync"], crop_for_layout("lrs2")).mel
+  shifted = F.extract_clip(gen["sync"], crop_for_layout("lrs2"), audio_shift_frames=k).mel
+  ts = [t for t in range(0, 55) if 0 <= t + k <= 55 and W.mel_start(t + k) >= 3]
   def gap(shifted_start):
     return np.mean([np.abs(_window(shifted, shifted_start(t))
-                           - _window(base, F.mel_start(t))).mean() for t in ts])
-  aligned = gap(lambda t: F.mel_start(t + k))
-  unaligned = gap(F.mel_start)
+                           - _window(base, W.mel_start(t))).mean() for t in ts])
+  aligned = gap(lambda t: W.mel_start(t + k))
+  unaligned = gap(W.mel_start)
   if k % 5 == 0:
     # 3.2 k is a whole number of mel hops: the mel columns are the same numbers.
     assert aligned < 1e-4, aligned
@@ -272,9 +275,9 @@ def test_audio_shift_moves_mel_by_3_2_k(gen, k):
   # Burst peaks move by 3.2 k mel frames.
   e0, e1 = base.mean(axis=0), shifted.mean(axis=0)
   for f in CLICK_FRAMES:
-    if 3 <= F.mel_start(f + k) < shifted.shape[1] - 8:
-      p0 = F.mel_start(f) - 3 + int(np.argmax(e0[F.mel_start(f) - 3:F.mel_start(f) + 8]))
-      lo = F.mel_start(f + k)
+    if 3 <= W.mel_start(f + k) < shifted.shape[1] - 8:
+      p0 = W.mel_start(f) - 3 + int(np.argmax(e0[W.mel_start(f) - 3:W.mel_start(f) + 8]))
+      lo = W.mel_start(f + k)
       p1 = lo - 3 + int(np.argmax(e1[lo - 3:lo + 8]))
       assert abs((p1 - p0) - 3.2 * k) <= 1
 
@@ -335,7 +338,7 @@ def test_other_containers(tmp_path, ext, vcodec, acodec, rate):
     ("short", "too_short"), ("audio_short", "audio_short")])
 def test_bad_files_raise_feature_error(gen, name, kind):
   with pytest.raises(F.FeatureError) as info:
-    F.extract_clip(gen[name])
+    F.extract_clip(gen[name], crop_for_layout("lrs2"))
   assert info.value.kind == kind, str(info.value)
   assert info.value.path == gen[name] and str(info.value).startswith(gen[name] + ": ")
 
@@ -345,33 +348,9 @@ def test_missing_file_and_bad_layout(tmp_path, gen):
     F.decode(str(tmp_path / "nope.mp4"))
   assert info.value.kind == "corrupt"
   with pytest.raises(ValueError, match="layout"):
-    F.extract_clip(gen["sync"], layout="lrs9")
+    crop_for_layout("lrs9")
   # The short clip passes with a lower minimum.
-  assert F.extract_clip(gen["short"], min_frames=20).num_frames == 20
-
-
-# ----------------------------------------------------------------------------------------
-# Crops.
-# ----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("size", [160, 224, 512])
-def test_crop_mode_takes_the_lower_half(size):
-  frames = np.zeros((4, size, size, 3), np.uint8)
-  frames[:, size // 2:] = 200        # lower half bright, upper half black
-  frames[:, size // 2:, :size // 2, 0] = 50
-  lips = F.lip_crop(frames, "crop")
-  assert lips.shape == (4, 48, 96, 3) and lips.dtype == np.uint8
-  assert lips[..., 1].min() == 200 and lips[..., 1].max() == 200   # nothing from the top
-  assert lips[:, :, :47, 0].max() == 50 and lips[:, :, 49:, 0].min() == 200
-
-
-def test_detect_mode_rejects_faceless_frames():
-  frames = _square_frames(30, size=200)
-  with pytest.raises(F.FeatureError) as info:
-    F.lip_crop(frames, "detect", path="square.mp4")
-  assert info.value.kind == "no_face" and info.value.path == "square.mp4"
-  with pytest.raises(ValueError):
-    F.lip_crop(frames, "bogus")
+  assert F.extract_clip(gen["short"], crop_for_layout("lrs2"), min_frames=20).num_frames == 20
 
 
 # ----------------------------------------------------------------------------------------
@@ -405,12 +384,12 @@ def test_real_clips_decode(real_clips_dir, folder):
     if "vfr" not in path.name:
       assert dec.source_fps == pytest.approx(nominal, rel=0.01), path
     if folder in ("hdtf", "raw"):
-      lips = F.lip_crop(dec.frames, "detect", str(path))
+      lips = crops.lip_crop(dec.frames, crop_for_layout("raw"))
       assert lips.shape == (n, 48, 96, 3)
       # Crops track a moving mouth: frames differ, but not like unrelated images.
       assert 0 < np.abs(np.diff(lips.astype(np.int16), axis=0)).mean() < 40
     else:
-      assert F.lip_crop(dec.frames[:10], "crop").shape == (10, 48, 96, 3)
+      assert crops.lip_crop(dec.frames[:10], crop_for_layout("crop")).shape == (10, 48, 96, 3)
     del dec
 
 
@@ -442,16 +421,16 @@ def test_real_rate_conversion(real_clips_dir):
 
 def test_real_short_clip_rejected(real_clips_dir):
   with pytest.raises(F.FeatureError) as info:
-    F.extract_clip(str(real_clips_dir / "lrs2_crop" / "00006.mp4"), layout="lrs2")
+    F.extract_clip(str(real_clips_dir / "lrs2_crop" / "00006.mp4"), crop_for_layout("lrs2"))
   assert info.value.kind == "too_short"
   assert "00006.mp4" in str(info.value) and "35" in info.value.reason
 
 
 def test_real_clip_shift_moves_stored_mel(real_clips_dir):
   path = str(real_clips_dir / "vox2_crop" / "00067.mp4")
-  base = F.extract_clip(path, layout="vox2")
-  shifted = F.extract_clip(path, layout="vox2", audio_shift_frames=5)
-  assert base.mel.shape == shifted.mel.shape == (80, F.num_mel_frames(base.num_frames))
+  base = F.extract_clip(path, crop_for_layout("vox2"))
+  shifted = F.extract_clip(path, crop_for_layout("vox2"), audio_shift_frames=5)
+  assert base.mel.shape == shifted.mel.shape == (80, W.num_mel_frames(base.num_frames))
   np.testing.assert_array_equal(base.lips, shifted.lips)
   np.testing.assert_allclose(shifted.mel[:, 16 + 3:], base.mel[:, 3:-16], atol=1e-4)
   assert np.abs(shifted.mel[:, 16 + 3:] - base.mel[:, 3 + 16:]).mean() > 0.1
@@ -459,8 +438,8 @@ def test_real_clip_shift_moves_stored_mel(real_clips_dir):
 
 def test_grid_clip_face_detection(grid_dir):
   path = str(grid_dir / "video" / "bbaf2n.mp4")
-  clip = F.extract_clip(path, layout="raw")
+  clip = F.extract_clip(path, crop_for_layout("raw"))
   assert clip.lips.shape == (75, 48, 96, 3) and clip.mel.shape == (80, 240)
   dec = F.decode(path)
-  indices, candidates = F.detect_faces(dec.frames)
+  indices, candidates = crops.detect_faces(dec.frames)
   assert np.mean([len(c) > 0 for c in candidates]) > 0.8

@@ -1,8 +1,12 @@
 """grain input pipeline over prepared shards: content, determinism, sharding, checkpointing."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from modeformer_jax import evaluation, features, input_pipeline as ip, records
+from modeformer_jax import embedding, records, windows
+from modeformer_jax import input_pipeline as ip
 
 
 def _ds(prepared_dir, **kw):
@@ -25,7 +29,7 @@ def test_batch_layout_and_contents_match_records(prepared_dir):
     np.testing.assert_array_equal(batch["video"][i], records.decode_lips(rec, t, 5))
     mel = records.decode_mel(rec)
     for j, s in enumerate(batch["audio_time"][i]):
-      m0 = features.mel_start(int(s))
+      m0 = windows.mel_start(int(s))
       np.testing.assert_array_equal(batch["audio"][i, j], mel[:, m0:m0 + 16])
     shifts = batch["audio_time"][i, 1:] - t
     assert batch["audio_time"][i, 0] == t
@@ -77,12 +81,12 @@ def test_process_sharding_partitions_the_global_batch(prepared_dir):
 
 
 def test_stage2_has_k_entries_per_clip(prepared_dir):
-  spec = ip.ExampleSpec(num_hard=2, clips_per_entry=2)
+  spec = ip.ExampleSpec(num_hard=2, entries_per_clip=2)
   batch = _ds(prepared_dir, spec=spec, global_batch=4)[0]
   clips = batch["clip"].tolist()
   assert clips[0] == clips[1] and clips[2] == clips[3] and clips[0] != clips[2]
-  with pytest.raises(ValueError, match="clips_per_entry"):
-    _ds(prepared_dir, spec=ip.ExampleSpec(clips_per_entry=3), global_batch=4)
+  with pytest.raises(ValueError, match="entries_per_clip"):
+    _ds(prepared_dir, spec=ip.ExampleSpec(entries_per_clip=3), global_batch=4)
 
 
 def test_iterator_state_restores_mid_epoch(prepared_dir):
@@ -102,10 +106,65 @@ def test_iterator_state_restores_mid_epoch(prepared_dir):
 
 def test_eval_windows_match_training_windows(prepared_dir):
   """The eval path cuts the same (video, audio) pairs as the training path."""
-  name, lips, mel = next(evaluation.record_clips(str(prepared_dir), "train", max_clips=1))
-  vw, aw = evaluation.clip_windows(lips, mel)
+  name, lips, mel = next(embedding.record_clips(str(prepared_dir), "train", max_clips=1))
+  vw, aw = windows.clip_windows(lips, mel)
   assert vw.shape[0] == lips.shape[0] - 4
   t = 7
   np.testing.assert_array_equal(vw[t], lips[t:t + 5])
-  m0 = features.mel_start(t)
+  m0 = windows.mel_start(t)
   np.testing.assert_array_equal(aw[t], mel[:, m0:m0 + 16])
+
+
+def test_import_loads_neither_pyav_nor_opencv(repo_root):
+  """The training loader only needs the mel offsets, not the video decoders."""
+  code = ("import sys, modeformer_jax.input_pipeline; "
+          "print(sorted(m for m in ('av', 'cv2') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == "[]"
+
+
+def test_audio_gain_and_noise_on_the_mel():
+  rng = np.random.default_rng(0)
+  mel = rng.uniform(-3, 3, (3, 80, 16)).astype(np.float32)
+  gain = ip.ExampleSpec(audio_gain_db=6.0)
+  out = ip.augment_audio(mel, gain, np.random.default_rng(1))
+  shift = out - mel
+  # One gain per window, +-6 dB = +-0.48 in mel units (12.5 dB per unit), never clipped here.
+  assert np.allclose(shift, shift[:, :1, :1], atol=1e-5)
+  assert np.all(np.abs(shift[:, 0, 0]) <= 6.0 / 12.5 + 1e-6) and np.ptp(shift[:, 0, 0]) > 0
+  # Noise raises quiet bins more than loud ones (it adds power) and stays in range.
+  quiet = np.full((1, 80, 16), -3.5, np.float32)
+  quiet[:, :40] = 3.0
+  noisy = ip.augment_audio(quiet, ip.ExampleSpec(noise_snr_db=5.0, noise_prob=1.0),
+                           np.random.default_rng(2))
+  assert noisy.min() >= -4 and noisy.max() <= 4
+  assert (noisy[:, 40:] - quiet[:, 40:]).mean() > 1.0
+  assert abs((noisy[:, :40] - quiet[:, :40]).mean()) < 0.05
+  # Off: the same array back, no random numbers drawn.
+  r = np.random.default_rng(3)
+  assert ip.augment_audio(mel, ip.ExampleSpec(), r) is mel
+  assert r.random() == np.random.default_rng(3).random()
+
+
+def test_video_augmentations_keep_shape_and_old_stream():
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 255, (5, 48, 96, 3), dtype=np.uint8)
+  video[:, :, :48] = 0   # left half dark: shows a flip
+  spec = ip.ExampleSpec(color=0.1, scale=0.1, rotation=6.0, flip=True, brightness=10,
+                        contrast=0.1, max_crop_shift=3)
+  seen_flip = False
+  for seed in range(8):
+    out = ip._augment(video, spec, np.random.default_rng(seed))
+    assert out.shape == video.shape and out.dtype == np.uint8
+    seen_flip |= out[:, :, 60:].mean() < out[:, :, :36].mean()
+  assert seen_flip
+  # A config with only the older augmentations draws exactly the old random numbers.
+  old = ip.ExampleSpec(brightness=10, contrast=0.1, max_crop_shift=3)
+  a = np.random.default_rng(5)
+  ip._augment(video, old, a)
+  b = np.random.default_rng(5)
+  b.integers(-3, 4, size=2)
+  b.uniform(-0.1, 0.1)
+  b.uniform(-10, 10)
+  assert a.random() == b.random()

@@ -11,8 +11,7 @@ from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 
 def _model(variant: str, **overrides) -> ModEFormer:
-  cfg = dict(common.MODEL_VARIANTS[variant], **overrides)
-  return ModEFormer(ModelConfig.from_mapping(cfg))
+  return ModEFormer(models.model_config(variant, **overrides))
 
 
 def _cnn_feature_shapes(model: ModEFormer, batch: int):
@@ -158,3 +157,14 @@ def test_no_retrace_on_second_call():
 def test_unknown_model_key_rejected():
   with pytest.raises(ValueError, match="unknown model config keys"):
     ModelConfig.from_mapping({"widht": 3})
+  with pytest.raises(ValueError, match="unknown model config keys"):
+    models.model_config("tiny", widht=3)
+  with pytest.raises(ValueError, match="unknown model variant"):
+    models.model_config("huge")
+
+
+@pytest.mark.parametrize("variant", sorted(models.MODEL_VARIANTS))
+def test_config_files_take_variants_from_the_model(variant):
+  """configs/ restate no model field: their model sub-config is the variant's ModelConfig."""
+  assert ModelConfig.from_mapping(common.model_config(variant)) == models.model_config(variant)
+  assert models.model_config("paper") == ModelConfig()  # the defaults are the paper's model

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
-from data_prep import layouts, prepare as prep, synthetic
-from modeformer_jax import features, records
+from data_prep import layouts, synthetic
+from data_prep import prepare as prep
+from modeformer_jax import features, input_spec, records, windows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARDS = 3
@@ -41,7 +42,7 @@ def _smooth_lips(t: int, seed: int = 0) -> np.ndarray:
 
 def _fake_clip(t: int = 40, seed: int = 0) -> features.Clip:
   rng = np.random.default_rng(seed)
-  mel = rng.uniform(-4, 4, (80, features.num_mel_frames(t))).astype(np.float32)
+  mel = rng.uniform(-4, 4, (80, windows.num_mel_frames(t))).astype(np.float32)
   return features.Clip(lips=_smooth_lips(t, seed), mel=mel, num_frames=t, fps=25.0,
                        source_fps=29.97, duration=t / 25)
 
@@ -276,7 +277,7 @@ def test_prepare_synthetic(synthetic_src, reference):
   assert total_frames > 0
   # The stored features are what features.extract_clip gives for the source file.
   rec = records.decode_record(records.open_split(out, "val")[1])
-  clip = features.extract_clip(str(synthetic_src / rec["source"]), layout="lrs2")
+  clip = features.extract_clip(str(synthetic_src / rec["source"]), input_spec.crop_for_layout("lrs2"))
   assert rec["num_frames"] == clip.num_frames
   np.testing.assert_array_equal(records.decode_mel(rec),
                                 clip.mel.astype(np.float16).astype(np.float32))
@@ -382,6 +383,7 @@ def test_real_lrs2_crops(real_clips_dir, tmp_path):
   assert report["written"] == report["inputs"] - 1 == 5
   source = records.open_split(out, "train")
   rec = records.decode_record(source[0])
-  clip = features.extract_clip(str(real_clips_dir / "lrs2_crop" / rec["source"]), layout="lrs2")
+  clip = features.extract_clip(str(real_clips_dir / "lrs2_crop" / rec["source"]), input_spec.crop_for_layout("lrs2"))
   np.testing.assert_array_equal(records.decode_lips(rec, 0, rec["num_frames"]), clip.lips)
-  assert records.read_manifest(out)["features"]["crop_box"] == list(features.FACE_CROP_BOX)
+  spec = records.read_manifest(out)["input_spec"]
+  assert spec["crop"] == {"method": "box", "box": list(input_spec.FACE_CROP_BOX)}

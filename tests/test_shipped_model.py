@@ -1,27 +1,25 @@
 """The detector shipped in modeformer_jax/weights/grid_s1 (skips when it or the data is absent)."""
-import pathlib
-
 import numpy as np
 import pytest
 
-from modeformer_jax import checkpoints, detect, evaluation
+from modeformer_jax import checkpoints, embedding, input_spec, offsets
 
-SHIPPED = detect.SHIPPED
+SHIPPED = offsets.WEIGHTS / "grid_s1"
 
 
 @pytest.fixture(scope="module")
 def shipped():
   if not (SHIPPED / "model.json").is_file():
     pytest.skip(f"no shipped model at {SHIPPED}")
-  model, params, meta = checkpoints.load_params(SHIPPED)
-  return evaluation.Embedder(model, params, chunk=128), meta
+  model, params, meta = checkpoints.load_model(SHIPPED)
+  return embedding.Embedder(model, params, chunk=128), meta
 
 
 def test_shipped_model_states_what_it_was_trained_on(shipped):
   _, meta = shipped
   assert "GRID" in meta["trained_on"]
-  # Trained on face-detected crops: detect's 'auto' must use face detection everywhere.
-  assert meta["input_layout"] == "raw"
+  # Trained on Haar face-detected crops: detect's 'auto' must use them everywhere.
+  assert input_spec.from_model_meta(meta).crop == input_spec.CropSpec("haar")
   card = (SHIPPED / "MODEL_CARD.md").read_text()
   for words in ("one speaker", "val", "frames"):
     assert words in card
@@ -30,12 +28,11 @@ def test_shipped_model_states_what_it_was_trained_on(shipped):
 def test_shipped_model_scores_a_real_clip_reproducibly(shipped, real_clips_dir):
   embedder, meta = shipped
   clip = sorted((real_clips_dir / "lrs2_crop").rglob("*.mp4"))[0]
-  layout = detect.resolve_layout(str(clip), "auto", meta["input_layout"])
-  first = detect.detect_file(embedder, str(clip), layout=layout)
+  crop = offsets.resolve_crop(input_spec.from_model_meta(meta), "auto")
+  first = offsets.detect_file(embedder, str(clip), crop)
   # A second, independent load must give the same numbers (no hidden state, no randomness).
-  model, params, _ = checkpoints.load_params(SHIPPED)
-  again = detect.detect_file(evaluation.Embedder(model, params, chunk=64), str(clip),
-                             layout=layout)
+  model, params, _ = checkpoints.load_model(SHIPPED)
+  again = offsets.detect_file(embedding.Embedder(model, params, chunk=64), str(clip), crop)
   curve = np.asarray(first["mean_curve"], np.float64)
   assert np.isfinite(curve[np.isfinite(curve)]).all() and np.isfinite(curve).sum() >= 25
   assert np.isfinite(first["confidence"]) and -15 <= first["offset_frames"] <= 15
@@ -53,7 +50,8 @@ def test_shipped_model_detects_an_injected_shift_on_grid(shipped, grid_dir):
   path = grid_dir / "video" / GRID_CLIP
   if not path.is_file():
     pytest.skip(f"{path} not present")
-  results = detect.detect_shifted(embedder, str(path), [-5, 0, 4], layout="raw")
+  results = offsets.detect_shifted(embedder, str(path), [-5, 0, 4],
+                                   input_spec.CropSpec("haar"))
   found = {r["injected"]: r["offset_frames"] for r in results}
   detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
   # GRID recordings are not all perfectly in sync (this one reads as audio 1 frame late

@@ -5,7 +5,6 @@ the largest gradient entry (f32; only the summation order differs between the tw
 """
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -14,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import common
 from modeformer_jax import losses, plan
+from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import train_step as ts
 from modeformer_jax.models import ModEFormer
 
@@ -98,7 +97,7 @@ def fresh_state(params, tx, mesh, **extra_params):
   """
   p = dict(jax.tree.map(np.array, params), **extra_params)
   return jax.device_put({"params": p, "opt_state": tx.init(p),
-                         "step": np.zeros((), np.int32)}, NamedSharding(mesh, P()))
+                         "step": np.zeros((), np.int32)}, mesh_lib.replicated(mesh))
 
 
 # Stage-2-like: 16 entries from 4 clips at nearby times, so the mask is exercised.
@@ -116,7 +115,7 @@ def reference16(params):
 
 def _check_sharded(model, params, loss_cfg, want_loss, want_m, want_grads):
   batch = ts.random_batch(**BATCH16)
-  mesh8 = ts.make_mesh(jax.devices()[:8])
+  mesh8 = mesh_lib.make_mesh(jax.devices()[:8])
   grads8, m8, _ = jax.jit(ts.make_grad_fn(model, mesh8, loss_cfg))(params, None, batch,
                                                                    jax.random.key(1))
   np.testing.assert_allclose(float(m8["loss"]), float(want_loss), rtol=1e-5)
@@ -143,7 +142,7 @@ def test_sharded_equals_single_device_hard_only(params):
 
 def test_batchnorm_sharded_equals_single_device():
   """BatchNorm synchronised over 'data' gives the same step on 8 devices as on 1."""
-  model = micro(norm="batch", bn_axis_name="data")
+  model = micro(norm="batch", bn_axis_name=mesh_lib.AXIS)
   variables = jax.eval_shape(model.init_variables, jax.random.key(0))
   r = np.random.default_rng(0)
   # Random parameters are enough here and avoid another init compile.
@@ -152,7 +151,7 @@ def test_batchnorm_sharded_equals_single_device():
   batch = ts.random_batch(16, 1, seed=4)
   out = {}
   for n in (1, 8):
-    fn = jax.jit(ts.make_grad_fn(model, ts.make_mesh(jax.devices()[:n]), LOSS))
+    fn = jax.jit(ts.make_grad_fn(model, mesh_lib.make_mesh(jax.devices()[:n]), LOSS))
     out[n] = fn(variables["params"], variables["batch_stats"], batch, jax.random.key(1))
   np.testing.assert_allclose(float(out[8][1]["loss"]), float(out[1][1]["loss"]), rtol=1e-5)
   assert_trees_close(out[8][0], out[1][0])
@@ -166,7 +165,7 @@ def test_bf16_remat_step_tracks_f32(params, reference16):
   """bfloat16 compute with remat runs through the step and stays near the f32 numbers."""
   want_loss, _, want_grads = reference16
   model16 = micro(dtype="bfloat16", remat=True)
-  mesh = ts.make_mesh(jax.devices()[:8])
+  mesh = mesh_lib.make_mesh(jax.devices()[:8])
   tx, _ = ts.make_optimizer({"lr": 1e-4, "grad_clip": 1.0})
   state, m16 = ts.make_train_step(model16, tx, mesh, LOSS)(
       fresh_state(params, tx, mesh), ts.random_batch(**BATCH16), jax.random.key(1))
@@ -204,7 +203,7 @@ def test_step_no_retrace_donation_and_learned_tau(params):
   model = CountingModel(common.model_config("micro"))
   loss_cfg = dict(LOSS, learn_tau=True)
   tx, _ = ts.make_optimizer({"lr": 1e-2, "grad_clip": 1.0})
-  mesh = ts.make_mesh()
+  mesh = mesh_lib.make_mesh()
   state = fresh_state(params, tx, mesh, log_tau=np.log(np.float32(0.1)))
   step = ts.make_train_step(model, tx, mesh, loss_cfg)
   CountingModel.traces = 0
@@ -224,11 +223,11 @@ def test_step_no_retrace_donation_and_learned_tau(params):
 
 
 def test_batch_errors_are_clear():
-  mesh = ts.make_mesh()
+  mesh = mesh_lib.make_mesh()
   with pytest.raises(ValueError, match="multiple of the 8 devices"):
-    ts.check_batch_size(12, mesh)
+    mesh_lib.check_batch_size(12, mesh)
   with pytest.raises(ValueError, match="divide by the 3 processes"):
-    ts.check_batch_size(16, mesh, process_count=3)
+    mesh_lib.check_batch_size(16, mesh, process_count=3)
   model = micro()
   params = jax.eval_shape(model.init, jax.random.key(0))
   fn = ts.make_grad_fn(model, mesh, LOSS)
@@ -249,10 +248,10 @@ def test_global_batch_2000_on_8_devices(params):
   model = micro()
   batch = ts.random_batch(2000, 2, seed=9)
   ref_loss, ref_m = jax.jit(lambda p: reference_loss(model, p, batch, LOSS))(params)
-  mesh = ts.make_mesh(jax.devices()[:8])
+  mesh = mesh_lib.make_mesh(jax.devices()[:8])
   tx, _ = ts.make_optimizer({"lr": 1e-4, "grad_clip": 1.0})
   state = fresh_state(params, tx, mesh)
-  gbatch = jax.device_put(batch, NamedSharding(mesh, P(ts.AXIS)))
+  gbatch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
   step = ts.make_train_step(model, tx, mesh, LOSS)
   # The per-device program (shard_map body) holds [250, 6000] logits and never [2000, 6000].
   hlo = step.lower(state, gbatch, jax.random.key(1)).as_text()
@@ -269,35 +268,20 @@ def test_global_batch_2000_on_8_devices(params):
 
 
 # ------------------------------------------------------------------ multi-host
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_single_process(tmp_path, params):
   import _multihost_worker as worker
   leaves = jax.tree.leaves(params)
   np.savez(tmp_path / "p0.npz", **{f"leaf_{i:03d}": x for i, x in enumerate(leaves)})
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  port = _free_port()
+  port = worker.free_port()
   out = tmp_path / "mh.npz"
-  procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "_multihost_worker.py"),
-                             "--process_id", str(i), "--num_processes", "2", "--port",
-                             str(port), "--params", str(tmp_path / "p0.npz"), "--out", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  try:
-    # The single-process result on as many devices, computed while the workers run.
-    want = worker.run(jax.devices()[:4], leaves)
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n".join(x[-3000:] for x in logs)
+  commands = [[sys.executable, str(REPO / "tests" / "_multihost_worker.py"), "--process_id",
+               str(i), "--num_processes", "2", "--port", str(port), "--params",
+               str(tmp_path / "p0.npz"), "--out", str(out)] for i in range(2)]
+  # The single-process result on as many devices, computed while the workers run.
+  want, _ = worker.run_processes(commands, lambda: worker.run(jax.devices()[:4], leaves),
+                                 cwd=REPO, env=env, timeout=300)
   got = dict(np.load(out, allow_pickle=False))
   assert int(got.pop("process_count")) == 2 and int(got.pop("device_count")) == 4
   assert set(got) == set(want)
@@ -357,8 +341,8 @@ def test_plan_cli_compiles_micro(tmp_path):
   env.pop("XLA_FLAGS", None)
   res = subprocess.run(
       [sys.executable, "-m", "modeformer_jax.plan", "--config", "configs/modeformer.py:micro",
-       "--devices", "2", "--memory-per-device", "1GiB", "--num_hard", "2",
-       "--batch_sizes", "16,64", "--remat", "off", "--no-search"],
+       "--devices", "2", "--memory_per_device", "1GiB", "--num_hard", "2",
+       "--batch_sizes", "16,64", "--remat", "off", "--nosearch"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
   assert res.returncode == 0, res.stderr[-3000:]
   rows = [line for line in res.stdout.splitlines() if line.strip().startswith("B=")]

@@ -11,10 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import checkpoints, detect, evaluation, train
+from modeformer_jax import (checkpoints, detect, embedding, features, input_spec, offsets, records,
+                            train)
 
 STEPS = 150
 SHIFTS = list(range(-7, 8))
+# Not the LRS2 default window (0.37, 0.72, 0.15, 0.85): a prep-time --crop_box must reach
+# inference through the checkpoint (issue 13, bug 1).
+CROP_BOX = (0.35, 0.74, 0.13, 0.87)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,8 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
                              clips_per_speaker=4, min_seconds=3.0, max_seconds=3.5, seed=1,
                              workers=2, progress=False)
   prepared = tmp_path_factory.mktemp("det_prepared")
-  prepare.prepare("lrs2", str(src), str(prepared), workers=2, progress=False)
+  prepare.prepare("lrs2", str(src), str(prepared), workers=2, progress=False,
+                  crop_box=CROP_BOX)
   # The demo's settings (batch 32, 4 hard negatives, lr 1e-3 cosine), just shorter: a
   # 100-step constant-rate run already detected 30/30 here; the cosine tail makes it steadier.
   config = get_config(f"steps={STEPS},batch=32,num_hard=4")
@@ -43,14 +48,15 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
 
 def test_trained_tiny_model_detects_injected_shifts(trained):
   src, workdir = trained
-  model, params, _ = checkpoints.load_params(str(workdir), which="latest")
-  embedder = evaluation.Embedder(model, params, chunk=128)
+  model, params, meta = checkpoints.load_model(str(workdir), which="latest")
+  embedder = embedding.Embedder(model, params, chunk=128)
+  crop = offsets.resolve_crop(input_spec.from_model_meta(meta), "auto")
   test_ids = (src / "test.txt").read_text().split()
   assert len(test_ids) == 8  # 2 unseen speakers x 4 clips
   rows = []
   for clip_id in test_ids:
     path = src / "mvlrs_v1" / "main" / f"{clip_id}.mp4"
-    for r in detect.detect_shifted(embedder, str(path), SHIFTS, layout="lrs2"):
+    for r in offsets.detect_shifted(embedder, str(path), SHIFTS, crop):
       rows.append((clip_id, r["injected"], r["offset_frames"]))
   exact = np.mean([k == d for _, k, d in rows])
   misses = [(c, k, d) for c, k, d in rows if k != d]
@@ -63,22 +69,33 @@ def test_export_cli_records_step_card_and_training_layout(trained, tmp_path):
   out = tmp_path / "exported"
   export.main(["--checkpoint", str(workdir), "--which", "latest", "--out", str(out),
                "--set", "trained_on=synthetic test speakers", "--set", "note=[1, 2]"])
-  model, params, meta = checkpoints.load_params(out)
+  model, params, meta = checkpoints.load_model(out)
   assert meta["step"] == STEPS and meta["trained_on"] == "synthetic test speakers"
   assert meta["note"] == [1, 2]  # JSON-parsed
-  # The synthetic data was prepared with the LRS2 crop layout; detect's 'auto' therefore
-  # guesses from the frame size instead of forcing face detection.
-  assert meta["input_layout"] == "lrs2"
-  assert detect.trained_layout(out, meta) == "lrs2"
-  assert detect.trained_layout(workdir, {}) == "lrs2"  # read from the workdir's manifest
-  _, ref, _ = checkpoints.load_params(str(workdir), which="latest")
+  assert input_spec.from_model_meta(meta).crop == input_spec.CropSpec("box", CROP_BOX)
+  _, ref, _ = checkpoints.load_model(str(workdir), which="latest")
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_resolve_layout(trained):
-  src, _ = trained
-  clip = next((src / "mvlrs_v1" / "main").rglob("*.mp4"))
-  assert detect.resolve_layout(str(clip), "raw", "lrs2") == "raw"  # explicit wins
-  assert detect.resolve_layout(str(clip), "auto", "raw") == "raw"  # model trained on faces
-  assert detect.resolve_layout(str(clip), "auto", None) == detect.guess_layout(str(clip))
+def test_detect_crops_exactly_as_the_training_data(trained, tmp_path, capsys):
+  """Regression (issue 13, bug 1): detect --layout auto used the frame's lower half for
+  models trained on face crops, and a prepare --crop_box never reached inference."""
+  src, workdir = trained
+  import json
+  data_dir = json.loads((workdir / "config.json").read_text())["data"]["dir"]
+  rec = records.decode_record(records.open_split(data_dir, "test")[0])
+  path = src / rec["source"]
+  _, _, meta = checkpoints.load_model(str(workdir), which="latest")
+  spec = input_spec.from_model_meta(meta)
+  assert spec.to_dict() == input_spec.read_dataset_spec(data_dir)
+  crop = offsets.resolve_crop(spec, "auto")
+  ours = features.extract_clip(str(path), crop).lips.astype(np.float32)
+  stored = records.decode_lips(rec, 0, int(rec["num_frames"])).astype(np.float32)
+  lower_half = features.extract_clip(str(path), input_spec.crop_for_layout("crop")).lips
+  assert np.abs(ours - stored).mean() < 3          # JPEG noise only
+  assert np.abs(lower_half.astype(np.float32) - stored).mean() > 10
+  # The CLI picks the same crop: its result equals the library's with that crop.
+  detect.main([str(path), "--checkpoint", str(workdir), "--out", str(tmp_path), "--json"])
+  (r,) = json.loads(capsys.readouterr().out)
+  assert r["crop"] == {"method": "box", "box": list(CROP_BOX)}

@@ -20,29 +20,39 @@ Conventions (shared by every function):
 Protocol (the VocaLiST / LRS2 test protocol that the paper follows): for a clip length
 ``K`` in 5, 7, ..., 15 the score row of position ``i`` is the mean of the five-frame score
 rows of positions ``i - h .. i + h``, ``h = (K - 5) // 2``, clipped at the clip's ends.
-A position is correct when the argmax offset of that row is within ``tolerance`` frames of
+A position is correct when the best offset of that row is within ``tolerance`` frames of
 zero; a clip's accuracy is the mean over its positions; the reported accuracy is the mean
 over clips, and the pooled mean over all positions is reported beside it.
 
-Unavailable entries under averaging (our decision): each offset column is averaged over the
-rows of the window where that offset is available; if the offset is unavailable in the centre
-row the averaged entry stays ``-inf``. So "offset ``delta`` is available at position ``i``"
-means the same thing for every clip length, and the neighbours never resurrect an audio
-window that does not exist for the centre position.
+Two rules decide what "best offset" means when audio windows are missing (``rule=``):
 
-Ties: a position is correct only when an offset within tolerance scores *strictly* higher
-than every available offset outside it, i.e. a tie counts against the model. Breaking ties
-by "first argmax" instead would hand edge positions to a degenerate model (there the first
-available offset is near zero); with this rule constant scores earn 0 % (except for a clip
-whose only available offsets are all within tolerance). Offset detection, which reports an
-offset rather than a verdict, takes the first (most negative) maximum.
+* ``"vocalist"`` (default): VocaLiST's ``test_lrs2.py``, which the paper's Table 1 follows,
+  so numbers are comparable with the literature. Its ``calc_pdist`` writes -1000 into the
+  scores of missing audio, and that value drags any window mean containing it below every
+  real mean: an offset missing in *any* row of the window is out. The best offset is the
+  *first* (most negative) maximum, and a position is correct when it is within tolerance.
+* ``"available"`` (stricter): each offset is averaged over the rows of the window where it
+  is available, and stays ``-inf`` only where the centre row lacks it, so more offsets
+  compete near the clip's ends; a position is correct only when an offset within tolerance
+  scores *strictly* higher than every offset outside it (ties count against the model, so
+  constant scores earn 0 %). Long-clip accuracies come out a few points lower.
+
+Both rules agree at ``K = 5`` except on exact ties. Under ``"vocalist"`` a position where
+every offset is out (impossible when the audio covers the video: offset 0 exists in every
+row) counts as wrong, where VocaLiST's -1000 arithmetic would still pick the offset missing
+in the fewest rows. Two quirks of VocaLiST's script are not reproduced: for a clip with
+fewer than ``K - 5`` positions its slicing emits ``K - 5`` rows of prefix/suffix means (here:
+one row per position), and for a clip with fewer than 30 positions ``calc_pdist`` masks only
+one side of each edge row, scoring the other side's missing audio against zero padding,
+which a score matrix cannot express. Offset detection takes the first (most negative)
+maximum under either rule.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,10 +60,14 @@ import numpy as np
 
 Array = jax.Array
 
-NUM_FRAMES = 5              # video frames per window (models.NUM_FRAMES)
+NUM_FRAMES = 5              # video frames per window (windows.WINDOW_FRAMES)
 MAX_OFFSET = 15             # offsets -15..+15 frames, the literature's standard range
 CLIP_LENGTHS = (5, 7, 9, 11, 13, 15)
 FRAME_MS = 40.0             # 25 fps video
+
+Rule = Literal["vocalist", "available"]
+RULES: tuple[str, ...] = ("vocalist", "available")
+DEFAULT_RULE: Rule = "vocalist"   # the literature's rule (module docstring)
 
 _EPS = 1e-6
 
@@ -204,19 +218,27 @@ def _half_width(clip_length: int) -> int:
   return (clip_length - NUM_FRAMES) // 2
 
 
-def average_scores(scores: Any, clip_length: int) -> np.ndarray:
+def _check_rule(rule: str) -> None:
+  if rule not in RULES:
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+
+
+def average_scores(scores: Any, clip_length: int, rule: Rule = DEFAULT_RULE) -> np.ndarray:
   """Clip-length-``K`` score rows: each row averaged with its ``(K-5)//2`` neighbours.
 
-  Windows are clipped at the clip's ends; an offset is averaged over the rows where it is
-  available and stays ``-inf`` where it is unavailable in the centre row (module docstring).
+  Windows are clipped at the clip's ends. ``rule="vocalist"``: an offset unavailable in any
+  row of the window is ``-inf``; ``rule="available"``: an offset is averaged over the rows
+  where it is available and is ``-inf`` only where the centre row lacks it (module docstring).
   """
   s, _ = _check_scores(scores)
+  _check_rule(rule)
   h = _half_width(clip_length)
   p = s.shape[0]
   finite = np.isfinite(s)
   values = np.where(finite, s, 0.0)
   total = np.zeros_like(s)
-  count = np.zeros_like(s)
+  count = np.zeros_like(s)        # rows of the window where the offset is available
+  rows = np.zeros((p, 1))         # rows of the (clipped) window
   # Adding rows i-h..i+h in order (a missing row adds 0.0) keeps the result bit-identical
   # to a plain loop, so exact ties break the same way as in the reference implementation.
   for r in range(-h, h + 1):
@@ -225,36 +247,53 @@ def average_scores(scores: Any, clip_length: int) -> np.ndarray:
       continue
     total[lo:hi] += values[lo + r:hi + r]
     count[lo:hi] += finite[lo + r:hi + r]
+    rows[lo:hi] += 1
+  if rule == "vocalist":
+    # VocaLiST's -1000 pad sinks any mean it enters: the offset needs every row of the window.
+    keep, denominator = count == rows, rows
+  else:
+    keep, denominator = finite, count
   with np.errstate(invalid="ignore", divide="ignore"):
-    mean = total / count
-  return np.where(finite, mean, -np.inf)
+    mean = total / denominator
+  return np.where(keep, mean, -np.inf)
 
 
-def best_offsets(scores: Any, clip_length: int = NUM_FRAMES) -> np.ndarray:
-  """Per-position argmax offset ``[P]`` (int) after clip-length averaging.
+def best_offsets(scores: Any, clip_length: int = NUM_FRAMES,
+                 rule: Rule = DEFAULT_RULE) -> np.ndarray:
+  """Per-position argmax offset ``[P]`` (int) after clip-length averaging under ``rule``.
 
-  Rows where no offset is available get ``max_offset + 1`` (outside every tolerance).
+  Ties go to the first (most negative) offset. Rows where no offset is available get
+  ``max_offset + 1`` (outside every tolerance below ``max_offset + 1``).
   """
-  avg = average_scores(scores, clip_length)
+  avg = average_scores(scores, clip_length, rule)
   max_offset = (avg.shape[1] - 1) // 2
   best = np.argmax(avg, axis=1) - max_offset
   return np.where(np.isfinite(avg).any(axis=1), best, max_offset + 1)
 
 
-def clip_accuracy(scores: Any, clip_length: int, tolerance: int = 1) -> tuple[int, int]:
+def clip_accuracy(scores: Any, clip_length: int, tolerance: int = 1,
+                  rule: Rule = DEFAULT_RULE) -> tuple[int, int]:
   """``(num_correct, num_positions)`` of one clip at clip length ``K``.
 
-  A position is correct when its best offset is within ``tolerance`` frames of zero, ties
-  with an offset outside the tolerance counting as wrong. Raises :class:`ClipTooShortError`
-  for a clip without any window position.
+  ``rule="vocalist"``: a position is correct when its first-maximum offset is within
+  ``tolerance`` frames of zero. ``rule="available"``: when an offset within ``tolerance``
+  scores strictly higher than every offset outside it (a tie counts as wrong). Either way a
+  position without any available offset is wrong. Raises :class:`ClipTooShortError` for a
+  clip without any window position.
   """
   s, max_offset = _check_scores(scores)
+  _check_rule(rule)
   if s.shape[0] < 1:
     raise ClipTooShortError(
         f"clip has no {NUM_FRAMES}-frame window position (fewer than {NUM_FRAMES} frames)")
   if tolerance < 0:
     raise ValueError(f"tolerance must be >= 0 frames, got {tolerance}")
-  avg = average_scores(s, clip_length)
+  avg = average_scores(s, clip_length, rule)
+  if rule == "vocalist":
+    best = np.argmax(avg, axis=1) - max_offset
+    # The finite test, not best_offsets' sentinel, so a huge tolerance cannot accept it.
+    correct = np.isfinite(avg).any(axis=1) & (np.abs(best) <= tolerance)
+    return int(np.sum(correct)), int(s.shape[0])
   inside = np.abs(np.arange(-max_offset, max_offset + 1)) <= tolerance
   best_inside = avg[:, inside].max(axis=1)
   best_outside = (avg[:, ~inside].max(axis=1) if (~inside).any()
@@ -266,16 +305,17 @@ def clip_accuracy(scores: Any, clip_length: int, tolerance: int = 1) -> tuple[in
 
 def evaluate_scores(score_matrices: Iterable[Any], lengths: Sequence[int] = CLIP_LENGTHS,
                     tolerance: int = 1, names: Sequence[str] | None = None,
-                    min_positions: int = 1) -> dict[str, Any]:
-  """Runs the protocol over clips; returns accuracies per clip length and per clip.
+                    min_positions: int = 1, rule: Rule = DEFAULT_RULE) -> dict[str, Any]:
+  """Runs the protocol over clips under ``rule``; returns accuracies per length and clip.
 
   Result keys: ``accuracy`` {K: mean over clips}, ``pooled_accuracy`` {K: correct positions /
   all positions}, ``clips`` (per clip: name, num_positions, correct {K}, accuracy {K}),
   ``skipped`` (name, num_positions, reason), ``num_clips``, ``num_positions``,
-  ``num_skipped``, ``lengths``, ``tolerance``. Clips with fewer than ``min_positions``
-  window positions are skipped with a logged reason, never silently dropped. With no
-  evaluated clip the accuracies are NaN.
+  ``num_skipped``, ``lengths``, ``tolerance``, ``rule``. Clips with fewer than
+  ``min_positions`` window positions are skipped with a logged reason, never silently
+  dropped. With no evaluated clip the accuracies are NaN.
   """
+  _check_rule(rule)
   lengths = tuple(int(k) for k in lengths)
   for k in lengths:
     _half_width(k)
@@ -296,7 +336,7 @@ def evaluate_scores(score_matrices: Iterable[Any], lengths: Sequence[int] = CLIP
       logging.warning("skipping clip %s", reason)
       skipped.append({"name": name, "num_positions": p, "reason": reason})
       continue
-    correct = {k: clip_accuracy(s, k, tolerance)[0] for k in lengths}
+    correct = {k: clip_accuracy(s, k, tolerance, rule)[0] for k in lengths}
     for k in lengths:
       totals[k] += correct[k]
     clips.append({"name": name, "num_positions": p, "correct": correct,
@@ -308,17 +348,20 @@ def evaluate_scores(score_matrices: Iterable[Any], lengths: Sequence[int] = CLIP
   pooled = {k: (totals[k] / num_positions if num_positions else nan) for k in lengths}
   return {"accuracy": accuracy, "pooled_accuracy": pooled, "clips": clips,
           "skipped": skipped, "num_clips": len(clips), "num_skipped": len(skipped),
-          "num_positions": num_positions, "lengths": list(lengths), "tolerance": tolerance}
+          "num_positions": num_positions, "lengths": list(lengths), "tolerance": tolerance,
+          "rule": rule}
 
 
 # ----------------------------------------------------------------------------------------
 # Offset detection.
 # ----------------------------------------------------------------------------------------
-def detect_offset(scores: Any, clip_length: int = NUM_FRAMES,
-                  frame_ms: float = FRAME_MS) -> dict[str, Any]:
+def detect_offset(scores: Any, clip_length: int = NUM_FRAMES, frame_ms: float = FRAME_MS,
+                  rule: Rule = DEFAULT_RULE) -> dict[str, Any]:
   """Detects a clip's audio offset from its score matrix.
 
-  * ``per_frame_best [P]``: best offset of every position (after ``clip_length`` averaging).
+  * ``per_frame_best [P]``: best offset of every position (first maximum after
+    ``clip_length`` averaging under ``rule``, as in :func:`best_offsets`; at the default
+    ``clip_length=5`` both rules give the raw score rows).
   * ``histogram [C]``: counts of those offsets, column ``c`` = offset ``c - max_offset``.
   * ``mean_curve [C]``: each offset's score averaged over the positions where it is
     available (NaN where it never is).
@@ -328,14 +371,15 @@ def detect_offset(scores: Any, clip_length: int = NUM_FRAMES,
     SyncNet's median-minus-minimum distance margin, taken at the predicted offset so it
     describes the reported answer (~0: no evidence; larger: a sharper peak).
   * Also ``curve_offset_frames`` (argmax of ``mean_curve``), ``vote_fraction`` (share of
-    positions voting for the prediction), ``offsets``, ``num_positions``.
+    positions voting for the prediction), ``offsets``, ``num_positions``, ``clip_length``,
+    ``rule``.
   """
   s, max_offset = _check_scores(scores)
   p = s.shape[0]
   if p < 1:
     raise ClipTooShortError(
         f"clip has no {NUM_FRAMES}-frame window position (fewer than {NUM_FRAMES} frames)")
-  avg = average_scores(s, clip_length)
+  avg = average_scores(s, clip_length, rule)
   finite = np.isfinite(avg)
   if not finite.any(axis=1).all():
     bad = int(np.flatnonzero(~finite.any(axis=1))[0])
@@ -366,6 +410,7 @@ def detect_offset(scores: Any, clip_length: int = NUM_FRAMES,
       "vote_fraction": float(histogram[pick] / p),
       "num_positions": int(p),
       "clip_length": int(clip_length),
+      "rule": rule,
   }
 
 

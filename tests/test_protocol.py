@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import plots
-from modeformer_jax import sync_eval as se
+from modeformer_jax import protocol as se
 
 M = se.MAX_OFFSET
 C = 2 * M + 1
@@ -17,7 +18,7 @@ C = 2 * M + 1
 # Helpers.
 # ----------------------------------------------------------------------------------------
 def _ref_clip_accuracy(scores, k, tol):
-  """Literal reading of the protocol, one position and one offset at a time."""
+  """Literal reading of the ``rule="available"`` protocol, one position and offset at a time."""
   p, width = scores.shape
   m = (width - 1) // 2
   h = (k - 5) // 2
@@ -37,6 +38,54 @@ def _ref_clip_accuracy(scores, k, tol):
     if max(inside) > max(outside, default=-math.inf):
       correct += 1
   return correct, p
+
+
+_PAD = -1000.0   # what VocaLiST's calc_pdist writes into the scores of missing audio
+
+
+def _vocalist_reference(scores, k):
+  """Plain transcription of VocaLiST's ``test_lrs2.py`` (vskadandale/vocalist) for one K.
+
+  Returns the offsets in *their* sign convention, ``v_shift - argmax`` (a positive offset is
+  audio early), one per row that the script emits; it emits ``max(P, K - 5)`` rows.
+  """
+  p, width = scores.shape
+  v_shift = (width - 1) // 2
+  # calc_pdist: the score of a missing audio window is set to -1000.
+  d = []
+  for i in range(p):
+    row = []
+    for c in range(width):
+      row.append(scores[i, c] if math.isfinite(scores[i, c]) else _PAD)
+    d.append(row)
+  d = np.array(d, dtype=np.float64)
+  h = (k - 5) // 2
+  # Middle rows: sum of the 2h+1 shifted slices d[h+r : -(h-r)] divided by K - 4, exactly
+  # like "(dist_tensor_k5[1:-1] + dist_tensor_k5[2:] + dist_tensor_k5[:-2]) / 3" for K = 7.
+  middle = None
+  for r in [0] + [s for j in range(1, h + 1) for s in (j, -j)]:
+    end = -(h - r) if h - r > 0 else None
+    part = d[h + r:end]
+    middle = part.copy() if middle is None else middle + part
+  middle = middle / (2 * h + 1)
+  # Edge rows: "dk15_m5 = torch.mean(dist_tensor_k5[:6])", ..., "dk15_m1 = ...[:10]" on the
+  # left, "dk15_p1 = torch.mean(dist_tensor_k5[-10:])", ..., "dk15_p5 = ...[-6:]" on the right.
+  left = [d[:2 * h + 1 - j].mean(axis=0) for j in range(h, 0, -1)]
+  right = [d[-(2 * h + 1 - j):].mean(axis=0) for j in range(1, h + 1)]
+  rows = left + list(middle) + right
+  offsets = []
+  for row in rows:
+    best = 0
+    for c in range(width):   # torch.argmax: the first maximum wins
+      if row[c] > row[best]:
+        best = c
+    offsets.append(v_shift - best)
+  return offsets
+
+
+def _vocalist_correct(offsets, tol=1):
+  """Counts the script's "offsets_k == -1, 0 or 1", generalised to a tolerance."""
+  return sum(1 for o in offsets if -tol <= o <= tol)
 
 
 def _availability(p, max_offset=M, shift=0, pa=None):
@@ -117,8 +166,8 @@ def test_batched_with_padding_equals_per_clip():
 
 def test_batched_sharded_over_devices_matches_unsharded():
   n = jax.device_count()
-  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  mesh = mesh_lib.make_mesh(jax.devices()[:n])
+  sharding = mesh_lib.batch_sharding(mesh)
   rng = np.random.default_rng(2)
   video = rng.normal(size=(n, 12, 8)).astype(np.float32)
   audio = rng.normal(size=(n, 12, 8)).astype(np.float32)
@@ -160,20 +209,22 @@ def test_bad_embeddings_raise():
 # The clip-length protocol.
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("p", [1, 2, 3, 4, 6, 10, 31])
-def test_clip_accuracy_matches_loop_reference(p):
+def test_available_rule_matches_loop_reference(p):
   rng = np.random.default_rng(100 + p)
   for trial in range(4):
     s = _random_scores(rng, p, peak=int(rng.integers(-2, 3)), sprinkle=0.1 * trial)
     for k in se.CLIP_LENGTHS:
       for tol in (0, 1, 2):
-        assert se.clip_accuracy(s, k, tol) == _ref_clip_accuracy(s, k, tol), (trial, k, tol)
+        got = se.clip_accuracy(s, k, tol, rule="available")
+        assert got == _ref_clip_accuracy(s, k, tol), (trial, k, tol)
 
 
-def test_evaluate_scores_matches_reference():
+def test_evaluate_scores_available_rule_matches_reference():
   rng = np.random.default_rng(7)
   clips = [_random_scores(rng, p, peak=int(rng.integers(-1, 2)), sprinkle=0.05)
            for p in (1, 4, 9, 17, 40)]
-  res = se.evaluate_scores(clips)
+  res = se.evaluate_scores(clips, rule="available")
+  assert res["rule"] == "available"
   for k in se.CLIP_LENGTHS:
     refs = [_ref_clip_accuracy(s, k, 1) for s in clips]
     assert res["accuracy"][k] == pytest.approx(np.mean([c / n for c, n in refs]))
@@ -203,19 +254,21 @@ def test_known_answers():
   assert all(res["accuracy"][k] == 0.5 for k in se.CLIP_LENGTHS)
 
 
-def test_ties_count_as_wrong():
+def test_available_rule_ties_count_as_wrong():
   # A degenerate model (constant scores) earns nothing, also at the edges where the first
   # available offset is close to zero.
   s = np.where(_availability(8), 0.3, -np.inf)
   for k in se.CLIP_LENGTHS:
-    assert se.clip_accuracy(s, k) == (0, 8)
+    assert se.clip_accuracy(s, k, rule="available") == (0, 8)
   s = np.zeros((3, C))
   s[:, M] = s[:, M + 4] = 1.0
-  assert se.clip_accuracy(s, 5) == (0, 3)
+  assert se.clip_accuracy(s, 5, rule="available") == (0, 3)
   s[:, M + 4] = 0.999
-  assert se.clip_accuracy(s, 5) == (3, 3)
+  assert se.clip_accuracy(s, 5, rule="available") == (3, 3)
   # A one-position clip has only offset 0 available: trivially correct, whatever the score.
-  assert se.clip_accuracy(np.where(_availability(1), -0.7, -np.inf), 5) == (1, 1)
+  one = np.where(_availability(1), -0.7, -np.inf)
+  assert se.clip_accuracy(one, 5, rule="available") == (1, 1)
+  assert se.clip_accuracy(one, 5) == (1, 1)
 
 
 def test_edge_position_with_true_offset_unavailable():
@@ -224,25 +277,36 @@ def test_edge_position_with_true_offset_unavailable():
   s[:, M] = 1.0                   # the true offset is the peak ...
   s[0, M] = -np.inf               # ... but unavailable at position 0,
   s[0, M + 5] = 0.5               # where a wrong offset is the best available one.
-  assert se.clip_accuracy(s, 5) == (p - 1, p)
-  # Neighbours do not resurrect an offset missing in the centre row.
-  assert se.clip_accuracy(s, 7) == (p - 1, p)
-  avg = se.average_scores(s, 7)
+  for rule in se.RULES:
+    assert se.clip_accuracy(s, 5, rule=rule) == (p - 1, p)
+  # "available": neighbours do not resurrect an offset missing in the centre row.
+  assert se.clip_accuracy(s, 7, rule="available") == (p - 1, p)
+  avg = se.average_scores(s, 7, rule="available")
   assert np.isneginf(avg[0, M])
   # Position 1 averages delta=0 over rows 1 and 2 only (row 0 unavailable there).
   assert avg[1, M] == pytest.approx(1.0)
   # Offset +5 at position 1 averages rows 0..2 where available: (0.5 + 0 + 0) / 3.
   assert avg[1, M + 5] == pytest.approx(0.5 / 3)
+  # "vocalist": delta=0 is missing in row 0, so it is out at positions 0 and 1 (rows 0..2),
+  # where +5 (mean 0.25 over rows 0..1, 0.5 / 3 over rows 0..2) wins instead.
+  assert se.clip_accuracy(s, 7) == (p - 2, p)
+  avg = se.average_scores(s, 7)
+  assert np.isneginf(avg[:2, M]).all() and avg[2, M] == 1.0
+  assert avg[0, M + 5] == 0.25 and avg[1, M + 5] == pytest.approx(0.5 / 3)
+  np.testing.assert_array_equal(se.best_offsets(s, 7)[:3], [5, 5, 0])
 
 
-def test_averaging_clips_at_ends():
+@pytest.mark.parametrize("rule", se.RULES)
+def test_averaging_clips_at_ends(rule):
   rng = np.random.default_rng(11)
   s = rng.normal(size=(5, C))
-  avg = se.average_scores(s, 9)   # h = 2
+  avg = se.average_scores(s, 9, rule=rule)   # h = 2
   np.testing.assert_allclose(avg[0], s[0:3].mean(0))
+  np.testing.assert_allclose(avg[1], s[0:4].mean(0))
   np.testing.assert_allclose(avg[2], s.mean(0))
+  np.testing.assert_allclose(avg[3], s[1:5].mean(0))
   np.testing.assert_allclose(avg[4], s[2:5].mean(0))
-  np.testing.assert_array_equal(se.average_scores(s, 5), s)
+  np.testing.assert_array_equal(se.average_scores(s, 5, rule=rule), s)
 
 
 def test_short_clips_are_counted_as_skipped():
@@ -269,6 +333,163 @@ def test_bad_scores_raise():
     se.clip_accuracy(np.full((3, C), np.nan), 5)
   with pytest.raises(ValueError, match="clip length"):
     se.clip_accuracy(np.zeros((3, C)), 6)
+
+
+# ----------------------------------------------------------------------------------------
+# The default rule against the VocaLiST transcription.
+# ----------------------------------------------------------------------------------------
+def _vocalist_case(rng, p, peak, holes):
+  """Scores in [-1, 1] with the geometric -inf pattern, a bump and random holes.
+
+  Offset 0 never gets a hole, as in VocaLiST's setting (audio as long as the video), so
+  some offset always has audio in every row of a window (see the all-out test below).
+  """
+  s = rng.uniform(-1, 1, size=(p, C))
+  if peak is not None:
+    s[:, M + peak] = np.minimum(s[:, M + peak] + 0.6, 1.0)
+  holes = rng.random((p, C)) < holes
+  holes[:, M] = False
+  return np.where(_availability(p) & ~holes, s, -np.inf)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 6, 10, 11, 16, 31, 45])
+def test_vocalist_rule_matches_transcription(p):
+  rng = np.random.default_rng(300 + p)
+  for trial in range(6):
+    peak = None if trial == 5 else int(rng.integers(-3, 4))
+    s = _vocalist_case(rng, p, peak, holes=0.08 * trial)
+    for k in se.CLIP_LENGTHS:
+      if p < k - 5:   # the script's slicing emits K - 5 rows there (test below)
+        continue
+      ref = _vocalist_reference(s, k)
+      assert len(ref) == p
+      np.testing.assert_array_equal(se.best_offsets(s, k), -np.array(ref), err_msg=str(k))
+      for tol in (0, 1, 2):
+        assert se.clip_accuracy(s, k, tol) == (_vocalist_correct(ref, tol), p), (trial, k)
+
+
+def test_vocalist_averages_match_transcription_values():
+  # Where an offset is in, the mean is the script's mean; where it is out, the script's mean
+  # carries at least one -1000 and sits far below every real score.
+  rng = np.random.default_rng(12)
+  s = _vocalist_case(rng, 23, peak=1, holes=0.2)
+  d = np.where(np.isfinite(s), s, _PAD)
+  for k in se.CLIP_LENGTHS:
+    h = (k - 5) // 2
+    avg = se.average_scores(s, k)
+    for i in range(s.shape[0]):
+      ref = d[max(0, i - h):i + h + 1].mean(axis=0)
+      inside = np.isfinite(avg[i])
+      np.testing.assert_allclose(avg[i, inside], ref[inside], rtol=0, atol=1e-12)
+      assert (ref[~inside] < _PAD / k + 1).all()
+
+
+def test_vocalist_edges_use_raggedly_clipped_windows():
+  # One bump per row, so every row's verdict names the rows its window spans.
+  p, k = 12, 11   # h = 3
+  s = np.zeros((p, C))
+  s[0, M + 4] = 5.0   # a wrong offset, strong in row 0 only
+  ref = _vocalist_reference(s, k)
+  best = se.best_offsets(s, k)
+  np.testing.assert_array_equal(best, -np.array(ref))
+  # Positions 0..3 have row 0 in their window ([0, i + 3]); position 4 starts at row 1.
+  np.testing.assert_array_equal(best[:5], [4, 4, 4, 4, -M])
+  # Right edge, mirrored: windows [i - 3, P - 1].
+  s = np.zeros((p, C))
+  s[p - 1, M - 4] = 5.0
+  best = se.best_offsets(s, k)
+  np.testing.assert_array_equal(best, -np.array(_vocalist_reference(s, k)))
+  np.testing.assert_array_equal(best[-5:], [-M, -4, -4, -4, -4])
+
+
+def test_vocalist_offset_missing_in_a_neighbour_row_is_out():
+  # Fails under the old "average over available rows" rule. The true offset 0 scores 0.5
+  # everywhere; the wrong offset -3 scores 1.0 wherever its audio exists (rows >= 3).
+  p = 10
+  s = np.where(_availability(p), 0.0, -np.inf)
+  s[:, M] = 0.5
+  s[3:, M - 3] = 1.0
+  for k in (7, 9, 11, 13, 15):
+    h = (k - 5) // 2
+    ref = _vocalist_reference(s, k)
+    # Offset -3 is out until the window [i - h, i + h] starts at row 3 or later.
+    expected = [0 if i - h < 3 else -3 for i in range(p)]
+    np.testing.assert_array_equal(se.best_offsets(s, k), expected)
+    np.testing.assert_array_equal(se.best_offsets(s, k), -np.array(ref))
+    assert se.clip_accuracy(s, k) == (_vocalist_correct(ref), p) == (min(p, 3 + h), p)
+    # The stricter rule lets -3 compete from its centre row on: only positions 0..2 pass.
+    assert se.clip_accuracy(s, k, rule="available") == (3, p)
+  res = se.evaluate_scores([s], lengths=(5, 15))
+  assert res["rule"] == "vocalist"
+  assert res["accuracy"] == {5: 0.3, 15: 0.8}
+  assert se.evaluate_scores([s], lengths=(5, 15), rule="available")["accuracy"] == {
+      5: 0.3, 15: 0.3}
+
+
+def test_vocalist_ties_go_to_the_first_maximum():
+  # Fails under the old rule, which counted every tie against the model.
+  s = np.zeros((3, C))
+  s[:, M] = s[:, M + 4] = 1.0          # tie between 0 and +4: 0 comes first, correct
+  assert se.clip_accuracy(s, 5) == (3, 3) == (_vocalist_correct(_vocalist_reference(s, 5)), 3)
+  assert se.clip_accuracy(s, 5, rule="available") == (0, 3)
+  s = np.zeros((3, C))
+  s[:, M - 4] = s[:, M] = 1.0          # tie between -4 and 0: -4 comes first, wrong
+  assert se.clip_accuracy(s, 5) == (0, 3) == (_vocalist_correct(_vocalist_reference(s, 5)), 3)
+  np.testing.assert_array_equal(se.best_offsets(s, 5), [-4, -4, -4])
+  # Constant scores: the first offset with audio in the whole window wins. It is -M in the
+  # middle of a long clip and near 0 at its start, as in VocaLiST's script.
+  p = 40
+  s = np.where(_availability(p), 0.25, -np.inf)
+  for k in se.CLIP_LENGTHS:
+    h = (k - 5) // 2
+    ref = _vocalist_reference(s, k)
+    best = se.best_offsets(s, k)
+    np.testing.assert_array_equal(best, -np.array(ref))
+    np.testing.assert_array_equal(best, [-min(M, max(0, i - h)) for i in range(p)])
+    assert se.clip_accuracy(s, k) == (_vocalist_correct(ref), p) == (2 + h, p)
+
+
+def test_vocalist_rule_with_every_offset_out_counts_as_wrong():
+  # Not VocaLiST's setting (offset 0 always has audio there), so we part from the script:
+  # its -1000 means still pick the offset missing in the fewest rows; we call it wrong.
+  s = np.zeros((5, C))
+  s[0, :M] = -np.inf
+  s[2, M:] = -np.inf
+  # K = 9: the windows of positions 0..2 hold rows 0 and 2, so no offset is in there.
+  avg = se.average_scores(s, 9)
+  assert np.isneginf(avg[:3]).all() and np.isfinite(avg[3:]).any(axis=1).all()
+  assert np.isfinite(se.average_scores(s, 5)).any(axis=1).all()
+  np.testing.assert_array_equal(se.best_offsets(s, 9)[:3], [M + 1] * 3)
+  # Even a tolerance that accepts every offset leaves those positions wrong.
+  assert se.clip_accuracy(s, 9, tolerance=M + 1) == (2, 5)
+  assert all(abs(o) <= M for o in _vocalist_reference(s, 9)[:3])   # the script names one
+
+
+def test_vocalist_script_short_clip_quirk_is_not_reproduced():
+  # With fewer than K - 5 positions the script's slices emit K - 5 rows of prefix/suffix
+  # means; we keep one row per position (module docstring).
+  rng = np.random.default_rng(8)
+  s = _vocalist_case(rng, 4, peak=0, holes=0.0)
+  assert len(_vocalist_reference(s, 15)) == 10
+  assert se.best_offsets(s, 15).shape == (4,) and se.clip_accuracy(s, 15)[1] == 4
+
+
+def test_rules_agree_at_five_frames_without_ties():
+  rng = np.random.default_rng(13)
+  clips = [_vocalist_case(rng, p, peak=0, holes=0.1) for p in (3, 12, 30)]
+  a = se.evaluate_scores(clips, lengths=(5,))
+  b = se.evaluate_scores(clips, lengths=(5,), rule="available")
+  assert a["clips"] == b["clips"] and a["accuracy"] == b["accuracy"]
+
+
+def test_unknown_rule_raises():
+  s = np.zeros((3, C))
+  for call in (lambda: se.average_scores(s, 5, rule="first"),
+               lambda: se.clip_accuracy(s, 5, rule="strict"),
+               lambda: se.evaluate_scores([s], rule="vocaList"),
+               lambda: se.detect_offset(s, rule="")):
+    with pytest.raises(ValueError, match="rule must be one of"):
+      call()
 
 
 # ----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Used by ``python -m modeformer_jax.eval``, by offset detection and by the in-tra
 validation. A clip of T frames has P = T - 4 five-frame windows; its P video windows and P
 audio windows are each embedded exactly once (in fixed-size chunks, batched across clips
 and sharded over the devices), and all 31 offsets are then dot products
-(``sync_eval.batched_offset_scores``).
+(``protocol.batched_offset_scores``).
 """
 from __future__ import annotations
 
@@ -13,39 +13,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from modeformer_jax import features, records, sync_eval
+from modeformer_jax import mesh as mesh_lib
+from modeformer_jax import protocol, records, windows
 from modeformer_jax.models import ModEFormer
-
-NUM_FRAMES = 5
-MEL_WINDOW = 16
-
-
-def clip_windows(lips: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """All 5-frame video windows ``[P,5,48,96,3]`` and their mel windows ``[P,80,16]``."""
-  video = video_windows(lips)
-  return video, audio_windows(mel, video.shape[0])
-
-
-def video_windows(lips: np.ndarray) -> np.ndarray:
-  """All 5-frame windows ``[P,5,48,96,3]`` of lip crops ``[T,48,96,3]`` (P = T - 4)."""
-  t = lips.shape[0]
-  p = t - NUM_FRAMES + 1
-  if p < 1:
-    raise ValueError(f"clip has {t} frames; at least {NUM_FRAMES} are needed")
-  idx = np.arange(p)[:, None] + np.arange(NUM_FRAMES)[None]
-  return lips[idx]
-
-
-def audio_windows(mel: np.ndarray, positions: int) -> np.ndarray:
-  """The mel windows ``[positions, 80, 16]`` of video positions ``0..positions-1``."""
-  starts = np.array([features.mel_start(i) for i in range(positions)])
-  need = starts[-1] + MEL_WINDOW
-  if mel.shape[1] < need:  # tolerate a short tail: pad with the quietest value
-    mel = np.pad(mel, ((0, 0), (0, need - mel.shape[1])), constant_values=float(mel.min()))
-  audio = mel[:, starts[:, None] + np.arange(MEL_WINDOW)[None]].transpose(1, 0, 2)
-  return audio.astype(np.float32)
 
 
 class Embedder:
@@ -54,13 +25,11 @@ class Embedder:
   def __init__(self, model: ModEFormer, params: Any, chunk: int = 256,
                mesh: jax.sharding.Mesh | None = None):
     self.model = model
-    devices = jax.devices()
-    self.mesh = mesh or jax.make_mesh((len(devices),), ("data",),
-                                      axis_types=(jax.sharding.AxisType.Auto,))
+    self.mesh = mesh or mesh_lib.make_mesh()
     n = self.mesh.devices.size
     self.chunk = int(math.ceil(chunk / n) * n)
-    self.sharding = NamedSharding(self.mesh, P("data"))
-    rep = NamedSharding(self.mesh, P())
+    self.sharding = mesh_lib.batch_sharding(self.mesh)
+    rep = mesh_lib.replicated(self.mesh)
     self._rep = rep
     self.set_params(params)
     self._video = jax.jit(model.embed_video, in_shardings=(rep, self.sharding),
@@ -90,7 +59,7 @@ class Embedder:
 
 
 def embedded_scores(v: np.ndarray, a: np.ndarray, lengths: list[int], *, audio_shift: int = 0,
-                    max_offset: int = sync_eval.MAX_OFFSET) -> list[np.ndarray]:
+                    max_offset: int = protocol.MAX_OFFSET) -> list[np.ndarray]:
   """Offset score matrices ``[P_i, 31]`` from the concatenated window embeddings of clips
   of ``lengths`` positions (``v``, ``a``: ``[sum(lengths), D]``)."""
   pmax = int(math.ceil(max(lengths) / 32) * 32)  # bucketed: few compiled shapes
@@ -101,13 +70,13 @@ def embedded_scores(v: np.ndarray, a: np.ndarray, lengths: list[int], *, audio_s
   for i, n in enumerate(lengths):
     vp[i, :n], ap[i, :n] = v[o:o + n], a[o:o + n]
     o += n
-  scores = sync_eval.batched_offset_scores(vp, ap, np.array(lengths), max_offset=max_offset,
+  scores = protocol.batched_offset_scores(vp, ap, np.array(lengths), max_offset=max_offset,
                                            audio_shift=audio_shift)
-  return list(sync_eval.unpad_scores(scores, lengths))
+  return list(protocol.unpad_scores(scores, lengths))
 
 
 def score_clips(embedder: Embedder, clips: Iterable[tuple[str, np.ndarray, np.ndarray]],
-                *, audio_shift: int = 0, max_offset: int = sync_eval.MAX_OFFSET,
+                *, audio_shift: int = 0, max_offset: int = protocol.MAX_OFFSET,
                 group: int = 16) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
   """Yields ``(name, scores [P, 31] or None, skip reason or None)`` per clip.
 
@@ -127,7 +96,7 @@ def score_clips(embedder: Embedder, clips: Iterable[tuple[str, np.ndarray, np.nd
   pending: list = []
   for name, lips, mel in clips:
     try:
-      vw, aw = clip_windows(lips, mel)
+      vw, aw = windows.clip_windows(lips, mel)
     except ValueError as e:
       yield name, None, f"{name}: {e}"
       continue
@@ -151,13 +120,14 @@ def record_clips(data_dir: str, split: str, max_clips: int | None = None,
 
 
 def evaluate(model: ModEFormer, params: Any, clips: Iterable[tuple[str, np.ndarray, np.ndarray]],
-             *, audio_shift: int = 0, lengths: Sequence[int] = sync_eval.CLIP_LENGTHS,
+             *, audio_shift: int = 0, lengths: Sequence[int] = protocol.CLIP_LENGTHS,
+             max_offset: int = protocol.MAX_OFFSET, rule: str = protocol.DEFAULT_RULE,
              embedder: Embedder | None = None, progress: bool = False,
              total: int | None = None) -> dict:
-  """Runs the protocol on clips; returns ``sync_eval.evaluate_scores``'s dict + skips."""
+  """Runs the protocol on clips; returns ``protocol.evaluate_scores``'s dict + skips."""
   embedder = embedder or Embedder(model, params)
   names, mats, skipped = [], [], []
-  it = score_clips(embedder, clips, audio_shift=audio_shift)
+  it = score_clips(embedder, clips, audio_shift=audio_shift, max_offset=max_offset)
   if progress:
     from tqdm import tqdm
     it = tqdm(it, total=total, desc="eval", unit="clip")
@@ -167,7 +137,7 @@ def evaluate(model: ModEFormer, params: Any, clips: Iterable[tuple[str, np.ndarr
     else:
       names.append(name)
       mats.append(scores)
-  result = sync_eval.evaluate_scores(mats, lengths=lengths, names=names)
+  result = protocol.evaluate_scores(mats, lengths=lengths, names=names, rule=rule)
   result["skipped"] = list(result.get("skipped", [])) + skipped
   result["num_skipped"] = len(result["skipped"])
   return result

@@ -1,0 +1,126 @@
+"""Audio-video offset detection on a user's file (the library behind ``detect``).
+
+For every 5-frame position the best audio offset in -15..+15 frames is found; the
+predicted offset is the largest peak of the histogram of those (ties broken by the averaged
+score curve), reported in frames and milliseconds. **Positive = audio late** (the sound of
+frame i is heard at frame i + k). The confidence is the averaged score at the predicted
+offset minus the median of the averaged curve (SyncNet's median-minus-best margin, for
+similarities); see ``protocol.detect_offset``.
+
+A file is cut into lips with the crop the model was trained with (``InputSpec.crop``,
+recorded in every checkpoint and exported model); ``resolve_crop`` is the one place that
+decides, and warns when a caller asks for something else.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from fractions import Fraction
+from typing import Any, Sequence
+
+import numpy as np
+
+from modeformer_jax import embedding, features, input_spec, protocol, windows
+from modeformer_jax.input_spec import CropSpec, InputSpec
+
+log = logging.getLogger("modeformer_jax.offsets")
+
+WEIGHTS = pathlib.Path(__file__).resolve().parent / "weights"
+# The model ``detect`` uses without --checkpoint.
+DEFAULT_MODEL = WEIGHTS / "grid_s1"
+LAYOUT_CHOICES = ("auto", *input_spec.LAYOUT_CROPS)
+
+
+def resolve_crop(spec: InputSpec, layout: str = "auto", warn: bool = True) -> CropSpec:
+  """The crop to use: the model's own for ``'auto'``, else the named layout's.
+
+  An explicit layout whose crop differs from the model's training crop is allowed (for
+  experiments) but logged as a warning: the model has never seen such crops.
+  """
+  if layout == "auto":
+    return spec.crop
+  crop = input_spec.crop_for_layout(layout)
+  if crop != spec.crop and warn:
+    log.warning("--layout %s crops lips by %s, but the model was trained on %s; its "
+                "accuracy on these crops is unknown", layout, crop.describe(),
+                spec.crop.describe())
+  return crop
+
+
+def detect_arrays(embedder: embedding.Embedder, lips: np.ndarray, mel: np.ndarray,
+                  name: str = "") -> dict[str, Any]:
+  """Offset detection from lip crops and mel (the shared feature format)."""
+  ((_, scores, reason),) = list(embedding.score_clips(embedder, [(name, lips, mel)]))
+  if scores is None:
+    raise ValueError(reason)
+  return protocol.detect_offset(scores) | {"name": name, "num_frames": int(lips.shape[0])}
+
+
+def detect_file(embedder: embedding.Embedder, path: str, crop: CropSpec,
+                audio_shift_frames: int = 0) -> dict[str, Any]:
+  """Detects the offset of one video file (raises ``FeatureError`` on bad input)."""
+  clip = features.extract_clip(path, crop, audio_shift_frames=audio_shift_frames)
+  return detect_arrays(embedder, clip.lips, clip.mel, name=str(path)) | {
+      "crop": crop.to_dict()}
+
+
+def detect_shifted(embedder: embedding.Embedder, path: str, shifts: Sequence[int],
+                   crop: CropSpec) -> list[dict[str, Any]]:
+  """Detects the offset of ``path`` with its audio delayed by each of ``shifts`` frames.
+
+  Equal to ``[detect_file(..., audio_shift_frames=k) for k in shifts]`` (each shift goes
+  through the same ``features.shift_audio`` + ``features.log_mel``) without re-decoding,
+  re-cropping or re-embedding the video per shift: only the audio changes. Each result
+  gains ``injected``.
+  """
+  dec = features.decode(path)
+  clip = features.extract_clip(path, crop, decoded=dec)
+  v = embedder.video(windows.video_windows(clip.lips))
+  out = []
+  for k in shifts:
+    mel = features.log_mel(features.shift_audio(dec.audio, k) if k else dec.audio,
+                           clip.num_frames)
+    a = embedder.audio(windows.audio_windows(mel, len(v)))
+    (scores,) = embedding.embedded_scores(v, a, [len(v)])
+    out.append(protocol.detect_offset(scores)
+               | {"name": str(path), "num_frames": int(clip.num_frames),
+                  "crop": crop.to_dict(), "injected": int(k)})
+  return out
+
+
+def fix_offset(src: str, dst: str, offset_frames: float) -> None:
+  """Copies ``src`` to ``dst`` with the audio moved earlier by ``offset_frames`` (no re-encode).
+
+  Packets are copied as they are; only audio timestamps change, so the video stream is
+  bit-identical. Audio that would start before zero is dropped. Fractional frames are
+  honoured to the audio stream's time base.
+  """
+  import av
+  shift_s = offset_frames / windows.FPS
+  with av.open(src) as inp, av.open(dst, "w") as out:
+    vin = inp.streams.video[0]
+    ain = inp.streams.audio[0] if inp.streams.audio else None
+    vout = out.add_stream_from_template(vin)
+    aout = out.add_stream_from_template(ain) if ain is not None else None
+    streams = [vin] + ([ain] if ain is not None else [])
+    for pkt in inp.demux(*streams):
+      if pkt.dts is None:
+        continue
+      if pkt.stream is vin:
+        pkt.stream = vout
+      else:
+        delta = int(round(shift_s / Fraction(pkt.time_base)))
+        pkt.pts = pkt.pts - delta if pkt.pts is not None else None
+        pkt.dts = pkt.dts - delta
+        if pkt.dts < 0 or (pkt.pts is not None and pkt.pts < 0):
+          continue
+        pkt.stream = aout
+      out.mux(pkt)
+
+
+def describe(r: dict) -> str:
+  """One line for a person: the offset, its direction and the confidence."""
+  k = r["offset_frames"]
+  side = "audio late" if k > 0 else ("audio early" if k < 0 else "in sync")
+  return (f"{r['name']}: offset {k:+d} frames ({r['offset_ms']:+.0f} ms, {side}), "
+          f"confidence {r['confidence']:.3f}, {r['vote_fraction']:.0%} of frames agree")
