@@ -250,22 +250,28 @@ def face_geometry(frames: np.ndarray) -> np.ndarray:
     out = np.full((t, 5), np.nan)
     lips = np.asarray(LIP_POINTS)
     missed = []
+
+    def image(i: int) -> np.ndarray:
+      img = frames[i] if scale == 1.0 else cv2.resize(frames[i], size,
+                                                       interpolation=cv2.INTER_AREA)
+      return np.ascontiguousarray(img)
+
+    def geometry(right: np.ndarray, left: np.ndarray, mouth: np.ndarray) -> tuple:
+      eyes = left - right
+      return (*mouth, np.hypot(*eyes), np.arctan2(eyes[1], eyes[0]))
+
     # A fresh tracker per clip: tracking state must not leak between clips (determinism).
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
                                          refine_landmarks=False, min_detection_confidence=0.5,
                                          min_tracking_confidence=0.5) as mesh:
       for i in range(t):
-        img = frames[i] if scale == 1.0 else cv2.resize(frames[i], size,
-                                                         interpolation=cv2.INTER_AREA)
-        res = mesh.process(np.ascontiguousarray(img))
+        res = mesh.process(image(i))
         if not res.multi_face_landmarks:
           missed.append(i)
           continue
         pts = np.array([(p.x * w, p.y * h) for p in res.multi_face_landmarks[0].landmark])
-        right = pts[list(_RIGHT_EYE)].mean(axis=0)
-        left = pts[list(_LEFT_EYE)].mean(axis=0)
-        mouth = pts[lips].mean(axis=0)
-        out[i] = (*mouth, np.hypot(*(left - right)), np.arctan2(*(left - right)[::-1]), 1)
+        out[i] = (*geometry(pts[list(_RIGHT_EYE)].mean(axis=0), pts[list(_LEFT_EYE)].mean(axis=0),
+                            pts[lips].mean(axis=0)), 1)
     # BlazeFace where FaceMesh lost the face: the short-range model first (faces filling
     # much of the frame, as in LRS2 crops, where it finds what FaceMesh missed), then the
     # full-range one for small faces in wide shots.
@@ -276,9 +282,7 @@ def face_geometry(frames: np.ndarray) -> np.ndarray:
       with mp.solutions.face_detection.FaceDetection(model_selection=model,
                                                      min_detection_confidence=0.4) as det:
         for i in missed:
-          img = frames[i] if scale == 1.0 else cv2.resize(frames[i], size,
-                                                           interpolation=cv2.INTER_AREA)
-          res = det.process(np.ascontiguousarray(img))
+          res = det.process(image(i))
           if not res.detections:
             still.append(i)
             continue
@@ -286,8 +290,7 @@ def face_geometry(frames: np.ndarray) -> np.ndarray:
           best = max(res.detections,
                      key=lambda d: d.location_data.relative_bounding_box.width)
           kp = np.array([(k.x * w, k.y * h) for k in best.location_data.relative_keypoints])
-          right, left, mouth = kp[0], kp[1], kp[3]
-          out[i] = (*mouth, np.hypot(*(left - right)), np.arctan2(*(left - right)[::-1]), 2)
+          out[i] = (*geometry(kp[0], kp[1], kp[3]), 2)   # right eye, left eye, mouth
       missed = still
   return out
 

@@ -7,11 +7,10 @@ from modeformer_jax.input_spec import LOWER_HALF_BOX, CropSpec, crop_for_layout
 
 
 def _noise_frames(n, size=200, seed=0):
-  rng = np.random.default_rng(seed)
-  frames = rng.integers(0, 40, (n, size, size, 3), dtype=np.uint8)
-  for i in range(n):
-    x = (5 * i) % (size - 30)
-    frames[i, size // 2:size // 2 + 30, x:x + 30] = 230
+  """Dark noise and a bright bar sweeping down: motion, but nothing like a face."""
+  frames = np.random.default_rng(seed).integers(0, 40, (n, size, size, 3), dtype=np.uint8)
+  rows = (np.arange(n) * 7) % (size - 20)
+  frames[np.arange(n)[:, None], rows[:, None] + np.arange(20)] = 230
   return frames
 
 
