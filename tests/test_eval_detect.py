@@ -139,3 +139,27 @@ def test_detect_shifted_matches_detect_file(exported, synthetic_dir):
     ref = offsets.detect_file(embedder, f, crop, audio_shift_frames=k)
     assert r["injected"] == k and r["offset_frames"] == ref["offset_frames"]
     np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-6, atol=1e-6)
+
+
+def test_detect_crops_as_the_model_was_trained(synthetic_dir, tmp_path, capsys):
+  """Regression (issue 13, bug 1): detect --layout auto gave models trained on face crops
+  the frame's lower half, and a prepare --crop_box never reached inference. The crop now
+  comes from the input spec the model records; an explicit --layout still wins."""
+  cfg = common.MODEL_VARIANTS["micro"]
+  model = ModEFormer(ModelConfig.from_mapping(cfg))
+  box = (0.3, 0.8, 0.1, 0.9)
+  out = tmp_path / "boxed"
+  checkpoints.export_params(out, model.init(jax.random.key(0)), cfg,
+                            {"input_spec": input_spec.for_layout("lrs2", box).to_dict()})
+  f = str(sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
+  detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json"])
+  (auto,) = json.loads(capsys.readouterr().out)
+  assert auto["crop"] == {"method": "box", "box": list(box)}
+  m, params, _ = checkpoints.load_model(out)
+  ref = offsets.detect_file(embedding.Embedder(m, params, chunk=64), f,
+                            input_spec.CropSpec("box", box))
+  np.testing.assert_allclose(auto["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
+  detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json",
+               "--layout", "crop"])
+  (forced,) = json.loads(capsys.readouterr().out)
+  assert forced["crop"] == {"method": "box", "box": [0.5, 1.0, 0.0, 1.0]}
