@@ -60,3 +60,32 @@ def test_shipped_model_detects_an_injected_shift_on_grid(shipped, grid_dir):
   assert abs(found[0]) <= 1, detail
   assert found[-5] - found[0] == -5 and found[4] - found[0] == 4, detail
   assert all(r["confidence"] > 0 for r in results), detail
+
+
+# --------------------------------------------------------------------------------------
+# The default detector (faces_v1): many speakers, landmark crops.
+# --------------------------------------------------------------------------------------
+FACES = offsets.WEIGHTS / "faces_v1"
+
+
+def test_default_detector_is_the_multi_speaker_model():
+  assert offsets.DEFAULT_MODEL == FACES and (FACES / "model.json").is_file()
+  _, _, meta = checkpoints.load_model(FACES)
+  assert input_spec.from_model_meta(meta).crop.method == "landmarks"
+  card = (FACES / "MODEL_CARD.md").read_text()
+  for words in ("LRC-AR", "licence", "research", "real_clips"):
+    assert words in card
+
+
+def test_default_detector_finds_a_shift_on_a_person_it_never_saw(real_clips_dir):
+  """A VoxCeleb2 clip: real_clips is never trained on. Shifts are checked relative to the
+  clip's own unshifted estimate (the recording itself need not be perfectly in sync)."""
+  model, params, meta = checkpoints.load_model(FACES)
+  crop = offsets.resolve_crop(input_spec.from_model_meta(meta), "auto")
+  path = real_clips_dir / "vox2_crop" / "00015.mp4"
+  results = offsets.detect_shifted(embedding.Embedder(model, params, chunk=128), str(path),
+                                   [-5, 0, 4], crop)
+  found = {r["injected"]: r["offset_frames"] for r in results}
+  detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
+  assert abs(found[0]) <= 1, detail
+  assert found[-5] - found[0] == -5 and found[4] - found[0] == 4, detail
