@@ -5,7 +5,18 @@
   python -m modeformer_jax.detect a.mp4 --fix a_fixed.mp4         # remux with audio moved
   python -m modeformer_jax.detect --prepared /data/lrs2_prepared:test --checkpoint runs/x
 
-Prints each file's audio offset in frames and ms (**positive = audio late**) with a
+Sync QC of long videos and whole folders (``modeformer_jax.sync_qc``): offset over time in
+ms (5 s segments every 1 s), drift, every face, broadcast tolerances, HTML reports::
+
+  python -m modeformer_jax.detect --qc programme.mxf --out qc_out      # one long file
+  python -m modeformer_jax.detect /archive/news/ --workers 2 --out qc_out   # a folder
+  python -m modeformer_jax.detect files.txt --out qc_out                 # a file list
+  python -m modeformer_jax.detect --qc talk.mp4 --fix talk_fixed.mp4     # sub-frame fix
+
+A folder or list (or ``--qc``) writes ``OUT/results.jsonl`` (one line per file, a rerun
+skips finished files), ``OUT/summary.csv``, ``OUT/reports/*.html`` and ``OUT/index.html``.
+
+Short clips (no ``--qc``): prints each file's audio offset in frames and ms (**positive = audio late**) with a
 confidence (``modeformer_jax.offsets`` is the library), and writes a PNG of the per-frame
 histogram and averaged score curve per video; over a prepared split the dataset-level
 histogram (the paper's Fig. 4 and Sec. 3.5) is written too. Lips are cropped exactly as
@@ -23,13 +34,59 @@ import pathlib
 import sys
 
 from modeformer_jax import (checkpoints, embedding, features, input_spec, offsets, plots, protocol,
-                            records)
+                            qc_batch, records, tracking)
+
+
+def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+  """Sync QC of files, folders and lists into ``args.out`` (see the module docstring)."""
+  import functools
+  from modeformer_jax import sync_qc
+  try:
+    inputs = qc_batch.list_inputs(args.videos)
+  except (FileNotFoundError, ValueError) as e:
+    parser.error(str(e))
+  if not inputs:
+    parser.error(f"no video files found in {args.videos}")
+  if args.fix and (len(inputs) != 1 or args.workers != 1):
+    parser.error("--fix needs exactly one input video")
+  options = sync_qc.QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
+                              detect_every=args.detect_every, face_frame=args.face_frame)
+  try:
+    options.check()
+  except ValueError as e:
+    parser.error(str(e))
+  make = functools.partial(sync_qc.Analyzer, args.checkpoint, options, args.layout,
+                           progress=args.workers == 1 and not args.json)
+  summary = qc_batch.run_batch(inputs, args.out, make, workers=args.workers,
+                               retry_errors=args.retry_errors, report=not args.no_report,
+                               progress=not args.json, resume=not args.fix)
+  results = qc_batch.load_results(args.out)
+  entries = [results[k] for k in (qc_batch._key(p) for p in inputs) if k in results]
+  if args.json:
+    print(json.dumps(protocol.jsonable(entries), indent=1))
+  else:
+    for e in entries:
+      print(sync_qc.describe(e))
+    print(f"{summary['ok']} of {summary['total']} files analysed, errors: "
+          f"{summary['errors'] or 'none'}; {summary['csv']}"
+          + (f", {summary['index']}" if summary.get("index") else ""))
+  if args.fix:
+    (e,) = entries
+    off = (e.get("global") or {}).get("offset_ms")
+    if off is None:
+      print(f"error: {e['name']}: no measurable offset, nothing written", file=sys.stderr)
+      return 1
+    offsets.fix_offset(str(inputs[0]), args.fix, off)
+    if not args.json:
+      print(f"wrote {args.fix} with the audio moved by {-off:+.1f} ms")
+  return 1 if summary["errors"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("videos", nargs="*", help="video files (mp4/mov/avi/mkv/mpg)")
+  parser.add_argument("videos", nargs="*", help="video files (mp4/mov/avi/mkv/mpg...), "
+                      "folders or .txt/.lst file lists (folders and lists imply --qc)")
   parser.add_argument("--checkpoint", default=None,
                       help=f"workdir / checkpoint / exported model (default: "
                       f"{offsets.DEFAULT_MODEL})")
@@ -42,13 +99,32 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default="detect_out", help="folder for the PNGs")
   parser.add_argument("--json", action="store_true", help="print JSON only")
   parser.add_argument("--fix", default=None, help="write a copy with the audio re-aligned "
-                      "(one input video only)")
+                      "(one input video only; with --qc by the sub-frame offset in ms)")
+  qc = parser.add_argument_group("sync QC (--qc, folders, lists)")
+  qc.add_argument("--qc", action="store_true", help="offset over time, drift, faces, "
+                  "tolerances and an HTML report per file")
+  qc.add_argument("--window", type=float, default=5.0, help="segment length, s")
+  qc.add_argument("--hop", type=float, default=1.0, help="segment step, s")
+  qc.add_argument("--workers", type=int, default=1, help="files analysed in parallel")
+  qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
+                  "in an earlier run (finished files are always skipped)")
+  qc.add_argument("--no_report", action="store_true", help="skip the HTML reports")
+  qc.add_argument("--max_faces", type=int, default=4, help="faces tracked at once")
+  qc.add_argument("--detect_every", type=int, default=1,
+                  help="run the face landmarker on every n-th frame (faster, coarser)")
+  qc.add_argument("--face_frame", default="lrs2", choices=sorted(tracking.FACE_FRAMES),
+                  help="box-crop models only: where faces sit in their training frames")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   if not args.videos and not args.prepared:
     parser.error("give video files or --prepared DIR:SPLIT")
   if args.fix and len(args.videos) != 1:
     parser.error("--fix needs exactly one input video")
+  if args.qc or any(pathlib.Path(v).is_dir() or pathlib.Path(v).suffix.lower() in
+                    qc_batch.LIST_EXTENSIONS for v in args.videos):
+    if args.prepared:
+      parser.error("--prepared is not a sync-QC input")
+    return _run_qc(args, parser)
   ckpt = args.checkpoint or offsets.DEFAULT_MODEL
   if args.checkpoint is None:
     if not (offsets.DEFAULT_MODEL / "model.json").exists():
@@ -81,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
       print(offsets.describe(r))
     if args.fix:
-      offsets.fix_offset(path, args.fix, r["offset_frames"])
+      offsets.fix_offset(path, args.fix, r["offset_ms"])
       if not args.json:
         print(f"wrote {args.fix} with the audio moved by {-r['offset_ms']:+.0f} ms")
   if args.prepared:

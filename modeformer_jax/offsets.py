@@ -88,15 +88,17 @@ def detect_shifted(embedder: embedding.Embedder, path: str, shifts: Sequence[int
   return out
 
 
-def fix_offset(src: str, dst: str, offset_frames: float) -> None:
-  """Copies ``src`` to ``dst`` with the audio moved earlier by ``offset_frames`` (no re-encode).
+def fix_offset(src: str, dst: str, offset_ms: float) -> None:
+  """Copies ``src`` to ``dst`` with the audio moved earlier by ``offset_ms`` (no re-encode).
 
-  Packets are copied as they are; only audio timestamps change, so the video stream is
-  bit-identical. Audio that would start before zero is dropped. Fractional frames are
-  honoured to the audio stream's time base.
+  ``offset_ms`` is a measured offset (positive = audio late), so the copy plays the audio
+  that much earlier. Packets are copied as they are; only audio timestamps change (by the
+  nearest tick of the audio stream's time base, one sample for the usual 1/sample-rate
+  base), so the video stream is bit-identical. Audio that would start before zero is
+  dropped.
   """
   import av
-  shift_s = offset_frames / windows.FPS
+  shift_s = float(offset_ms) / 1000.0
   with av.open(src) as inp, av.open(dst, "w") as out:
     vin = inp.streams.video[0]
     ain = inp.streams.audio[0] if inp.streams.audio else None

@@ -113,9 +113,9 @@ def test_detect_runs_and_plots(exported, synthetic_dir, tmp_path, capsys):
 def test_fix_moves_audio_without_touching_video(synthetic_dir, tmp_path):
   src = sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
   late = tmp_path / "late.mp4"
-  offsets.fix_offset(str(src), str(late), -3)  # delay audio by 3 frames (120 ms)
+  offsets.fix_offset(str(src), str(late), -120)  # delay audio by 3 frames (120 ms)
   fixed = tmp_path / "fixed.mp4"
-  offsets.fix_offset(str(late), str(fixed), 3)  # and move it back
+  offsets.fix_offset(str(late), str(fixed), 120)  # and move it back
   a = features.decode(str(src))
   b = features.decode(str(late))
   c = features.decode(str(fixed))

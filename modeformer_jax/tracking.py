@@ -1,0 +1,264 @@
+"""Every face through a long video: detection, shot changes, tracks and their lip crops.
+
+``features``/``crops`` cut one face out of a short clip. Sync QC of long material needs every
+face, frame by frame, in bounded memory:
+
+* ``FaceObserver``: MediaPipe FaceMesh (up to ``max_faces`` faces, tracking mode) on each
+  frame; where it finds nobody, BlazeFace (short- then full-range). Each face gives the
+  geometry the landmark crop uses (``crops.face_geometry``): mouth centre, inter-ocular
+  distance (IOD), roll.
+* ``ShotDetector``: a cut is a large change of a small grey thumbnail between consecutive
+  frames. A cut ends every track (the face tracker restarts too).
+* ``Tracker``: links faces frame to frame (mouth within ``link_iod`` IODs of the track's
+  last position); a track ends after ``max_gap`` frames without its face or at a cut.
+  ``crops_for(lo, hi, frames)`` returns each track's lip crops for frames ``lo .. hi - 1``,
+  filled over gaps and smoothed exactly as ``crops.landmark_track`` does for a clip, which
+  needs ``LOOKAHEAD`` frames beyond ``hi`` to have been observed.
+
+Crops follow the model's ``CropSpec``: ``landmarks`` is the training crop itself; a ``box``
+crop (face-cropped datasets) is the box taken from a virtual face-crop frame placed on the
+face: the frame where the mouth and IOD sit where they sit in the training data
+(``FACE_FRAMES``, measured with FaceMesh). ``haar`` models are not supported here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import cv2
+import numpy as np
+
+from modeformer_jax import crops
+from modeformer_jax.input_spec import LIP_SIZE, CropSpec
+
+# Mouth x, mouth y and IOD as fractions of a face-cropped frame's side, by FaceMesh
+# (mean of 6 clips x 50 frames each): where a face sits in the frames a box model saw.
+FACE_FRAMES = {
+    "lrs2": (0.483, 0.540, 0.232),        # ../shared/data/real_clips/lrs2_crop (160x160)
+    "vox2": (0.443, 0.519, 0.225),        # ../shared/data/real_clips/vox2_crop (224x224)
+    "synthetic": (0.499, 0.582, 0.302),   # data_prep.synthetic (the demo's data)
+}
+
+
+@dataclasses.dataclass
+class Face:
+  """One face in one frame (full-resolution pixels)."""
+  x: float          # mouth centre
+  y: float
+  iod: float        # inter-ocular distance
+  roll: float       # radians, eye line
+  source: int       # 1 FaceMesh, 2 BlazeFace
+
+  def geometry(self) -> np.ndarray:
+    return np.array([self.x, self.y, self.iod, self.roll, self.source], np.float64)
+
+
+class FaceObserver:
+  """All faces of a frame (see the module docstring)."""
+
+  def __init__(self, max_faces: int = 4, max_side: int = crops._MESH_MAX_SIDE):
+    self.max_faces, self.max_side = max_faces, max_side
+    self._mp = crops._mediapipe()
+    self._mesh = None
+    self._det: dict[int, Any] = {}
+    self.reset()
+
+  def reset(self) -> None:
+    """A fresh FaceMesh tracker (after a cut: no state carried over)."""
+    with crops._quiet_stderr():
+      if self._mesh is not None:
+        self._mesh.close()
+      self._mesh = self._mp.solutions.face_mesh.FaceMesh(
+          static_image_mode=False, max_num_faces=self.max_faces, refine_landmarks=False,
+          min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+  def _detector(self, model: int):
+    if model not in self._det:
+      with crops._quiet_stderr():
+        self._det[model] = self._mp.solutions.face_detection.FaceDetection(
+            model_selection=model, min_detection_confidence=0.4)
+    return self._det[model]
+
+  def observe(self, frame: np.ndarray) -> list[Face]:
+    h, w = frame.shape[:2]
+    scale = min(1.0, self.max_side / max(h, w))
+    img = frame if scale == 1.0 else cv2.resize(
+        frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    img = np.ascontiguousarray(img)
+    lips = list(crops.LIP_POINTS)
+    faces = []
+    with crops._quiet_stderr():
+      res = self._mesh.process(img)
+      for lm in res.multi_face_landmarks or []:
+        pts = np.array([(p.x * w, p.y * h) for p in lm.landmark])
+        faces.append(_face(pts[list(crops._RIGHT_EYE)].mean(0),
+                           pts[list(crops._LEFT_EYE)].mean(0), pts[lips].mean(0), 1))
+      if not faces:
+        for model in (0, 1):
+          res = self._detector(model).process(img)
+          for d in res.detections or []:
+            kp = np.array([(k.x * w, k.y * h) for k in d.location_data.relative_keypoints])
+            faces.append(_face(kp[0], kp[1], kp[3], 2))
+          if faces:
+            break
+    return faces
+
+  def close(self) -> None:
+    with crops._quiet_stderr():
+      self._mesh.close()
+      for d in self._det.values():
+        d.close()
+
+
+def _face(right: np.ndarray, left: np.ndarray, mouth: np.ndarray, source: int) -> Face:
+  eyes = left - right
+  return Face(float(mouth[0]), float(mouth[1]), float(np.hypot(*eyes)),
+              float(np.arctan2(eyes[1], eyes[0])), source)
+
+
+class ShotDetector:
+  """Flags a cut when the mean absolute change of a 64x36 grey thumbnail exceeds
+  ``threshold`` grey levels (a talking head changes by 1-5; a cut by 30 or more)."""
+
+  def __init__(self, threshold: float = 25.0):
+    self.threshold = threshold
+    self._prev: np.ndarray | None = None
+
+  def is_cut(self, frame: np.ndarray) -> bool:
+    g = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (64, 36),
+                   interpolation=cv2.INTER_AREA).astype(np.float32)
+    cut = self._prev is not None and float(np.abs(g - self._prev).mean()) > self.threshold
+    self._prev = g
+    return cut
+
+
+@dataclasses.dataclass
+class Track:
+  """One face followed through consecutive frames of one shot."""
+  id: int
+  start: int                              # first frame with the face
+  geom: list[np.ndarray]                  # [x, y, iod, roll, source] per frame from base
+  last_seen: int
+  base: int = -1                          # frame of geom[0] (older rows are forgotten)
+  ended: bool = False
+  thumbnail: np.ndarray | None = None     # a face crop for reports
+
+  def __post_init__(self):
+    if self.base < 0:
+      self.base = self.start
+
+  @property
+  def end(self) -> int:
+    """One past the last frame with the face."""
+    return self.last_seen + 1
+
+  def observed(self, lo: int, hi: int) -> np.ndarray:
+    """Geometry rows for frames ``lo .. hi - 1`` (NaN where the face was not seen)."""
+    out = np.full((hi - lo, 5), np.nan)
+    a, b = max(lo, self.base), min(hi, self.base + len(self.geom))
+    if a < b:
+      out[a - lo:b - lo] = np.stack(self.geom[a - self.base:b - self.base])
+    return out
+
+
+class Tracker:
+  """Links faces into tracks and cuts lip crops from them (see the module docstring)."""
+
+  def __init__(self, crop: CropSpec, max_gap: int = 12, link_iod: float = 1.0,
+               face_frame: str = "lrs2"):
+    if crop.method == "haar":
+      raise ValueError("sync QC crops lips from face landmarks; a model trained on Haar crops "
+                       "is not supported (use a landmark or a box model)")
+    if face_frame not in FACE_FRAMES:
+      raise ValueError(f"unknown face_frame {face_frame!r}; expected one of {list(FACE_FRAMES)}")
+    self.crop, self.max_gap, self.link_iod = crop, max_gap, link_iod
+    self.face_frame = FACE_FRAMES[face_frame]
+    opts = crop.options
+    self.smooth = int(opts.get("smooth_frames", 5))
+    self.lookahead = max_gap + self.smooth // 2 + 1
+    self.tracks: list[Track] = []
+    self._next_id = 0
+
+  def update(self, t: int, faces: list[Face], cut: bool) -> None:
+    """Adds frame ``t``'s faces; ``cut`` ends every open track first."""
+    open_ = [tr for tr in self.tracks if not tr.ended]
+    for tr in open_:
+      if cut or t - tr.last_seen > self.max_gap:
+        tr.ended = True
+    open_ = [tr for tr in open_ if not tr.ended]
+    # Greedy matching, nearest pairs first; the distance is in the track's IODs.
+    pairs = []
+    for i, f in enumerate(faces):
+      for j, tr in enumerate(open_):
+        g = tr.geom[tr.last_seen - tr.base]
+        pairs.append((float(np.hypot(f.x - g[0], f.y - g[1]) / max(g[2], 1.0)), i, j))
+    used_f, used_t = set(), set()
+    for d, i, j in sorted(pairs):
+      if d > self.link_iod or i in used_f or j in used_t:
+        continue
+      used_f.add(i)
+      used_t.add(j)
+      tr = open_[j]
+      while tr.base + len(tr.geom) < t:        # frames without the face
+        tr.geom.append(np.full(5, np.nan))
+      tr.geom.append(faces[i].geometry())
+      tr.last_seen = t
+    for i, f in enumerate(faces):
+      if i not in used_f:
+        self.tracks.append(Track(self._next_id, t, [f.geometry()], t))
+        self._next_id += 1
+
+  def _crop(self, frame: np.ndarray, g: np.ndarray) -> np.ndarray:
+    cx, cy, iod, roll = g
+    if self.crop.method == "landmarks":
+      o = self.crop.options
+      return crops._landmark_crop(frame, cx, cy, iod, roll if o["roll"] else 0.0,
+                                  width_iod=float(o["width_iod"]))
+    # Box: the training frame's window, on a virtual face-crop frame around this face.
+    fx, fy, fiod = self.face_frame
+    side = iod / fiod
+    x0, y0 = cx - fx * side, cy - fy * side
+    top, bottom, left, right = self.crop.box
+    h, w = LIP_SIZE
+    sx, sy = (right - left) * side / w, (bottom - top) * side / h
+    m = np.array([[sx, 0, x0 + left * side + (sx - 1) / 2],
+                  [0, sy, y0 + top * side + (sy - 1) / 2]])
+    flags = cv2.INTER_AREA if min(sx, sy) > 1.5 else cv2.INTER_LINEAR
+    return cv2.warpAffine(frame, m, (w, h), flags=flags | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+  def crops_for(self, lo: int, hi: int, frames: np.ndarray
+                ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Lip crops of frames ``lo .. hi - 1`` (``frames[i]`` is frame ``lo + i``) per track.
+
+    Returns ``{track id: (frame numbers [n], crops uint8 [n, 48, 96, 3])}`` for tracks with
+    their face in that span. Frames up to ``hi - 1 + lookahead`` must have been observed
+    (or the track ended), so gap filling and smoothing see what they would see on a whole
+    clip.
+    """
+    out = {}
+    margin = self.max_gap + self.smooth
+    for tr in self.tracks:
+      a, b = max(lo, tr.start), min(hi, tr.end)
+      if a >= b:
+        continue
+      wa, wb = max(tr.base, a - margin), min(tr.end, b + margin)
+      geom = tr.observed(wa, wb)
+      track = crops._fill_and_smooth(geom, self.smooth)[a - wa:b - wa]
+      idx = np.arange(a, b)
+      cr = np.stack([self._crop(frames[t - lo], track[t - a]) for t in idx])
+      if tr.thumbnail is None:
+        tr.thumbnail = cr[len(cr) // 2]
+      out[tr.id] = (idx, cr)
+    return out
+
+  def prune(self, before: int) -> None:
+    """Forgets tracks that ended before frame ``before`` (their crops are all cut) and the
+    geometry of open tracks that no crop at or after ``before`` can need."""
+    self.tracks = [tr for tr in self.tracks if not (tr.ended and tr.end + self.smooth < before)]
+    keep = before - self.max_gap - 2 * self.smooth
+    for tr in self.tracks:
+      if keep > tr.base and tr.last_seen - keep > 0:
+        drop = min(keep - tr.base, len(tr.geom) - 1)
+        del tr.geom[:drop]
+        tr.base += drop
