@@ -365,9 +365,10 @@ class Analyzer:
     for tr in tracks:
       won = [s for s in good if s["track"] == tr]
       frames = [b for (t, b) in blocks.data if t == tr]
+      n_windows = int(sum(d["n"][0] for (t, _), d in blocks.data.items() if t == tr))
       result["tracks"].append({
           "id": tr, "start_s": min(frames) * hop_f / FPS, "end_s": (max(frames) + 1) * hop_f / FPS,
-          "segments_won": len(won),
+          "segments_won": len(won), "num_frames": n_windows + windows.WINDOW_FRAMES - 1,
           "offset_ms": float(np.median([s["offset_ms"] for s in won])) if won else None,
           "confidence": float(np.mean([s["confidence"] for s in won])) if won else None,
           "thumbnail": _png64(thumbs.get(tr))})

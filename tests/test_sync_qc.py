@@ -1,0 +1,124 @@
+"""Sync QC: streaming decode, sub-frame peak, tolerances' signs, tracking and the analyzer."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from modeformer_jax import detect, features, stream, sync_qc, tolerances, tracking, windows
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _write(path, frames, audio):
+  from data_prep.synthetic.encode import write_mp4
+  write_mp4(path, frames, audio)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def synthetic_mp4(tmp_path_factory):
+  from data_prep.synthetic.clip import render_clip
+  from data_prep.synthetic.speakers import make_speaker
+  frames, audio = render_clip(make_speaker(5, 30), 6.0, 7, audio_offset_frames=2)
+  return _write(tmp_path_factory.mktemp("qc") / "p2.mp4", frames, audio)
+
+
+def test_tolerance_signs_follow_the_standards():
+  # Positive = audio late (lags). EBU R37 allows 40 ms of lead (audio early) and 60 of lag.
+  ebu = tolerances.STANDARDS["EBU R37"]
+  assert ebu.passes(-40) and not ebu.passes(-41)      # audio 41 ms early: fails
+  assert ebu.passes(60) and not ebu.passes(61)        # audio 61 ms late: fails
+  atsc = tolerances.STANDARDS["ATSC IS-191"]
+  assert atsc.passes(-15) and not atsc.passes(-16) and atsc.passes(45) and not atsc.passes(46)
+  det = tolerances.STANDARDS["ITU-R BT.1359 detectability"]
+  acc = tolerances.STANDARDS["ITU-R BT.1359 acceptability"]
+  assert (det.early_ms, det.late_ms, acc.early_ms, acc.late_ms) == (45, 125, 90, 185)
+  assert tolerances.verdicts(100)["ITU-R BT.1359 detectability"] == "pass"
+  assert tolerances.verdicts(-50)["ITU-R BT.1359 detectability"] == "fail"
+  assert tolerances.verdicts(None)["EBU R37"] == "unknown"
+  v = tolerances.file_verdicts([10, 20, 70])
+  assert v["EBU R37"]["verdict"] == "fail" and v["EBU R37"]["segments_fail"] == 1
+  assert tolerances.file_verdicts([])["EBU R37"]["verdict"] == "unknown"
+
+
+def test_stream_matches_whole_file_decode(synthetic_mp4):
+  dec = features.decode(synthetic_mp4)
+  chunks = list(stream.stream_chunks(synthetic_mp4, chunk_frames=20))
+  assert [c.start for c in chunks] == list(range(0, dec.frames.shape[0], 20))
+  np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), dec.frames)
+  audio = np.concatenate([c.audio for c in chunks])
+  np.testing.assert_array_equal(audio, dec.audio)
+  ms = stream.MelStream()
+  parts = [ms.push(audio[s:s + 4321]) for s in range(0, audio.size, 4321)]
+  parts.append(ms.finish(dec.frames.shape[0]))
+  mel = np.concatenate(parts, axis=1)
+  ref = features.log_mel(dec.audio, dec.frames.shape[0])
+  np.testing.assert_allclose(mel[:, :ref.shape[1]], ref, atol=1e-5)
+
+
+@pytest.mark.skipif(not (SHARED / "real_clips").exists(), reason="../shared/data absent")
+def test_stream_matches_decode_on_variable_frame_rate_video():
+  path = next((SHARED / "real_clips" / "raw").glob("*vfr*.mp4"))
+  dec = features.decode(str(path))
+  chunks = list(stream.stream_chunks(str(path), chunk_frames=33))
+  np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), dec.frames)
+  np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), dec.audio, atol=1e-6)
+
+
+def test_subframe_peak_recovers_a_known_peak():
+  # A smooth peak at +17.3 ms sampled on the QC grid (12.5 ms hops, five 2.5 ms phases).
+  max_s = windows.mel_start(15)
+  s = np.arange(-max_s, max_s + 1)
+  ms_grid = sync_qc.MEL_MS * s[None] + sync_qc._PHASE_MS[:, None]
+  curve = np.exp(-0.5 * ((ms_grid - 17.3) / 30.0) ** 2)
+  grid, mean = sync_qc.fine_grid(curve * 3, np.full_like(curve, 3), max_s)
+  assert np.all(np.diff(grid) > 0) and np.allclose(np.diff(grid), 2.5)
+  est = sync_qc.subframe_peak(grid, mean, 0.0, 40.0, 20.0)
+  assert abs(est - 17.3) < 0.5, est
+
+
+def test_phase_offsets_are_the_window_contracts_rounding():
+  for t in range(12):
+    exact = 1000 * t / windows.FPS
+    start = 1000 * windows.mel_start(t) / 80
+    assert abs(start - exact - sync_qc._PHASE_MS[t % 5]) < 1e-9
+
+
+def test_tracker_links_two_faces_and_a_cut_ends_tracks():
+  crop = tracking.crops.CropSpec("landmarks")
+  tr = tracking.Tracker(crop, max_gap=3)
+  face = lambda x: tracking.Face(x, 100.0, 40.0, 0.0, 1)  # noqa: E731
+  for t in range(10):
+    faces = [face(100 + t), face(300 - t)] if t != 4 else [face(104)]   # one missed frame
+    tr.update(t, faces, cut=False)
+  assert len(tr.tracks) == 2 and all(t.start == 0 and t.last_seen == 9 for t in tr.tracks)
+  tr.update(10, [face(110)], cut=True)
+  assert len(tr.tracks) == 3 and tr.tracks[0].ended and tr.tracks[1].ended
+  assert tr.tracks[2].start == 10
+
+
+def test_shot_detector_flags_a_cut_only():
+  det = tracking.ShotDetector()
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)
+  b = 255 - a
+  assert [det.is_cut(f) for f in (a, a, a, b, b)] == [False, False, False, True, False]
+
+
+def test_analyzer_measures_an_offset_in_ms_and_detect_cli_writes_reports(synthetic_mp4,
+                                                                         tmp_path, capsys):
+  """The shipped model on a synthetic clip whose audio is 80 ms late."""
+  rc = detect.main(["--qc", synthetic_mp4, "--out", str(tmp_path), "--json"])
+  (r,) = json.loads(capsys.readouterr().out)
+  assert rc == 0
+  g = r["global"]
+  assert g["measurable_segments"] == g["num_segments"] == 2
+  assert abs(g["offset_ms"] - 80) <= 10 and g["offset_frames"] == 2, g
+  assert r["tolerances"]["EBU R37"]["verdict"] == "fail"      # 80 ms late > 60
+  assert r["tolerances"]["ITU-R BT.1359 detectability"]["verdict"] == "pass"
+  assert (tmp_path / "results.jsonl").exists() and (tmp_path / "summary.csv").exists()
+  assert (tmp_path / "index.html").exists() and list((tmp_path / "reports").glob("*.html"))
+  # A rerun skips the finished file.
+  rc = detect.main(["--qc", synthetic_mp4, "--out", str(tmp_path), "--json"])
+  assert rc == 0 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
