@@ -9,6 +9,9 @@ Alignment
   plays with frame ``t + k``); the speech plan extends ``max(32, |k|)`` frames beyond the clip
   on both sides, so the shifted audio is continuous speech rather than zero padding. For
   ``|k| > 32`` the margin, hence the clip's random stream, depends on ``k``.
+  ``audio_offset_samples = d`` delays by ``d`` samples instead (sub-frame offsets: 320 is
+  +20 ms); the margin is then ``max(32, ceil(|d| / 640))`` frames, so ``d = 640 k`` gives the
+  same clip as ``audio_offset_frames = k``.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ MIN_MARGIN_FRAMES = 32                    # speech-plan margin beyond each clip 
 
 
 def render_clip(speaker: SpeakerParams | dict, seconds: float, seed: int | Sequence[int],
-                audio_offset_frames: int = 0, scene: SceneParams | dict | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                audio_offset_frames: int = 0, scene: SceneParams | dict | None = None,
+                audio_offset_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Renders one clip.
 
   Args:
@@ -38,6 +41,8 @@ def render_clip(speaker: SpeakerParams | dict, seconds: float, seed: int | Seque
     seed: int or sequence of ints; the clip's random content.
     audio_offset_frames: delay of the audio against the video, in frames (positive: late).
     scene: the video's scene; by default one is drawn from ``seed``.
+    audio_offset_samples: delay of the audio in samples at 16 kHz (positive: late); replaces
+      ``audio_offset_frames``, which must then be 0.
 
   Returns:
     ``frames`` uint8 ``[T, 160, 160, 3]`` RGB at 25 fps and ``audio`` float32 ``[640 T]``
@@ -52,8 +57,14 @@ def render_clip(speaker: SpeakerParams | dict, seconds: float, seed: int | Seque
   num_frames = int(round(seconds * FPS))
   if num_frames < 1:
     raise ValueError(f"a clip needs at least one frame, got {seconds} s")
-  k = int(audio_offset_frames)
-  margin = max(MIN_MARGIN_FRAMES, abs(k))
+  if audio_offset_samples is None:
+    delay = int(audio_offset_frames) * SAMPLES_PER_FRAME
+  elif audio_offset_frames:
+    raise ValueError("give audio_offset_frames or audio_offset_samples, not both")
+  else:
+    delay = int(audio_offset_samples)
+  # Whole frames of plan beyond the shift; for delay = 640 k this is max(32, |k|) as before.
+  margin = max(MIN_MARGIN_FRAMES, -(-abs(delay) // SAMPLES_PER_FRAME))
   rng = np.random.default_rng(np.random.SeedSequence(key + [margin]))
   t0 = -margin / FPS
   total = num_frames + 2 * margin
@@ -63,7 +74,7 @@ def render_clip(speaker: SpeakerParams | dict, seconds: float, seed: int | Seque
   audio_rng = np.random.default_rng(rng.integers(2 ** 63))
   video_rng = np.random.default_rng(rng.integers(2 ** 63))
   ext = synthesize_audio(segs, sp, scene, audio_rng, t0, total * SAMPLES_PER_FRAME)
-  start = (margin - k) * SAMPLES_PER_FRAME
+  start = margin * SAMPLES_PER_FRAME - delay
   audio = ext[start:start + num_frames * SAMPLES_PER_FRAME].copy()
   frames = render_video(sp, scene, open_f, round_f, video_rng)
   return frames, audio
