@@ -292,9 +292,11 @@ class Analyzer:
       observer.close()
       if bar is not None:
         bar.close()
-    thumbs = {tr.id: tr.thumbnail for tr in tracker.tracks}
+    seen = tracker.summaries()
+    thumbs = {k: v["thumbnail"] for k, v in seen.items()}
+    mouths = {k: v["mouth"] for k, v in seen.items()}
     result = self._summarise(path, info, t_next, blocks, speech, rms_hist, cuts, whole_idx,
-                             max_s, hop_f, win_blocks, thumbs)
+                             max_s, hop_f, win_blocks, thumbs, mouths)
     wall = time.perf_counter() - t_start
     result["timing"] = {"wall_s": round(wall, 2),
                         "realtime_factor": round(t_next / FPS / wall, 2) if wall else None,
@@ -304,7 +306,7 @@ class Analyzer:
 
   # ---------------------------------------------------------------------------------------
   def _summarise(self, path, info, num_frames, blocks, speech, rms_hist, cuts, whole_idx,
-                 max_s, hop_f, win_blocks, thumbs) -> dict[str, Any]:
+                 max_s, hop_f, win_blocks, thumbs, mouths) -> dict[str, Any]:
     o = self.options
     # Speech threshold: absolute, and above the file's noise floor (10th percentile level).
     cum = np.cumsum(rms_hist[::-1])          # from the quietest bin up
@@ -371,6 +373,7 @@ class Analyzer:
           "segments_won": len(won), "num_frames": n_windows + windows.WINDOW_FRAMES - 1,
           "offset_ms": float(np.median([s["offset_ms"] for s in won])) if won else None,
           "confidence": float(np.mean([s["confidence"] for s in won])) if won else None,
+          "mouth_xy": [round(v, 1) for v in mouths[tr]] if tr in mouths else None,
           "thumbnail": _png64(thumbs.get(tr))})
     return result
 

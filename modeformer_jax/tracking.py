@@ -142,6 +142,13 @@ class Track:
   base: int = -1                          # frame of geom[0] (older rows are forgotten)
   ended: bool = False
   thumbnail: np.ndarray | None = None     # a face crop for reports
+  mouth_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))  # x, y, n
+
+  @property
+  def mouth(self) -> tuple[float, float]:
+    """Mean mouth position over the frames the face was seen (pixels)."""
+    return (float(self.mouth_sum[0] / max(1, self.mouth_sum[2])),
+            float(self.mouth_sum[1] / max(1, self.mouth_sum[2])))
 
   def __post_init__(self):
     if self.base < 0:
@@ -177,6 +184,7 @@ class Tracker:
     self.smooth = int(opts.get("smooth_frames", 5))
     self.lookahead = max_gap + self.smooth // 2 + 1
     self.tracks: list[Track] = []
+    self.finished: dict[int, dict] = {}     # pruned tracks: thumbnail and mean mouth
     self._next_id = 0
 
   def update(self, t: int, faces: list[Face], cut: bool) -> None:
@@ -203,9 +211,11 @@ class Tracker:
         tr.geom.append(np.full(5, np.nan))
       tr.geom.append(faces[i].geometry())
       tr.last_seen = t
+      tr.mouth_sum += (faces[i].x, faces[i].y, 1)
     for i, f in enumerate(faces):
       if i not in used_f:
-        self.tracks.append(Track(self._next_id, t, [f.geometry()], t))
+        self.tracks.append(Track(self._next_id, t, [f.geometry()], t,
+                                 mouth_sum=np.array([f.x, f.y, 1.0])))
         self._next_id += 1
 
   def _crop(self, frame: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -252,9 +262,17 @@ class Tracker:
       out[tr.id] = (idx, cr)
     return out
 
+  def summaries(self) -> dict[int, dict]:
+    """``{track id: {"thumbnail", "mouth"}}`` of every track seen so far."""
+    return self.finished | {tr.id: {"thumbnail": tr.thumbnail, "mouth": tr.mouth}
+                            for tr in self.tracks}
+
   def prune(self, before: int) -> None:
     """Forgets tracks that ended before frame ``before`` (their crops are all cut) and the
     geometry of open tracks that no crop at or after ``before`` can need."""
+    gone = [tr for tr in self.tracks if tr.ended and tr.end + self.smooth < before]
+    for tr in gone:
+      self.finished[tr.id] = {"thumbnail": tr.thumbnail, "mouth": tr.mouth}
     self.tracks = [tr for tr in self.tracks if not (tr.ended and tr.end + self.smooth < before)]
     keep = before - self.max_gap - 2 * self.smooth
     for tr in self.tracks:

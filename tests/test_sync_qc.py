@@ -122,3 +122,68 @@ def test_analyzer_measures_an_offset_in_ms_and_detect_cli_writes_reports(synthet
   # A rerun skips the finished file.
   rc = detect.main(["--qc", synthetic_mp4, "--out", str(tmp_path), "--json"])
   assert rc == 0 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+  return sync_qc.Analyzer(None, sync_qc.QCOptions())    # the shipped default model
+
+
+def test_segments_offsets_in_ms_and_unmeasurable_stretches(analyzer, tmp_path):
+  """+60 ms (1.5 frames) speech, then silence, then no face: generated with known truth."""
+  from data_prep.synthetic import long as long_mat
+  spec = {"seed": 1, "drift_ppm": 0.0, "pieces": [
+      {"seconds": 9, "speaker": 3, "offset_ms": 60.0, "kind": "speech"},
+      {"seconds": 7, "offset_ms": 60.0, "kind": "silence"},
+      {"seconds": 7, "offset_ms": 60.0, "kind": "noface"}]}
+  truth = long_mat.make_long_video(tmp_path / "long.mp4", spec, progress=False)
+  r = analyzer.analyze(str(tmp_path / "long.mp4"))
+  inside = lambda s, a, b: a <= s["start_s"] and s["end_s"] <= b   # noqa: E731
+  speech = [s for s in r["segments"] if inside(s, 0, 9)]
+  quiet = [s for s in r["segments"] if inside(s, 9, 16)]
+  blank = [s for s in r["segments"] if inside(s, 16, 23)]
+  assert len(speech) == 5 and len(quiet) == 3 and len(blank) == 3, truth["pieces"]
+  for s in speech:
+    assert s["measurable"] and s["offset_frames"] in (1, 2), s
+    assert abs(s["offset_ms"] - 60) <= 20, s
+  assert all(not s["measurable"] and s["reason"] == "no speech" for s in quiet), quiet
+  assert all(not s["measurable"] and s["reason"] == "no face" for s in blank), blank
+  assert abs(r["global"]["offset_ms"] - 60) <= 15
+
+
+def test_the_speaking_face_is_chosen_in_a_two_face_composite(analyzer, tmp_path):
+  from data_prep.synthetic import long as long_mat
+  truth = long_mat.make_composite(tmp_path / "two.mp4", 3, 4, 8.0, offset_ms=-40.0, seed=2,
+                                  side="right")
+  r = analyzer.analyze(str(tmp_path / "two.mp4"))
+  assert len(r["tracks"]) >= 2
+  x0, _, x1, _ = truth["speaker_box"]
+  where = {t["id"]: t["mouth_xy"][0] for t in r["tracks"]}
+  good = [s for s in r["segments"] if s["measurable"]]
+  assert good and all(x0 <= where[s["track"]] < x1 for s in good), (truth["speaker_box"], good)
+  assert abs(r["global"]["offset_ms"] + 40) <= 15
+
+
+def test_fix_restores_sync_to_within_one_mel_hop(analyzer, tmp_path):
+  """A clip 70 ms late (not a whole frame), measured and fixed, against the in-sync render."""
+  from data_prep.synthetic.clip import render_clip
+  from data_prep.synthetic.speakers import make_speaker
+  sp = make_speaker(9, 3)
+  frames, audio = render_clip(sp, 8.0, 11, audio_offset_samples=70 * 16)
+  _, ref = render_clip(sp, 8.0, 11)
+  late = _write(tmp_path / "late.mp4", frames, audio)
+  rc = detect.main(["--qc", late, "--fix", str(tmp_path / "fixed.mp4"), "--out",
+                    str(tmp_path / "qc"), "--json", "--no_report"])
+  assert rc == 0
+  fixed = features.decode(str(tmp_path / "fixed.mp4")).audio
+  # Lag of the fixed audio against the in-sync rendering: GCC-PHAT (plain cross-correlation
+  # of voiced speech can pick a neighbouring pitch period).
+  n = 16000 * 7
+  a, b = np.zeros(2 * n), np.zeros(2 * n)
+  a[:min(n, fixed.size)] = fixed[:n]
+  b[:n] = ref[:n]
+  cross = np.fft.rfft(a) * np.conj(np.fft.rfft(b))
+  r = np.fft.irfft(cross / np.maximum(np.abs(cross), 1e-12))
+  lag = int(np.argmax(r))
+  lag = lag - 2 * n if lag > n else lag
+  assert abs(lag) <= 200, f"fixed audio is {lag / 16:.1f} ms off (one mel hop = 12.5 ms)"

@@ -15,6 +15,8 @@ One module per concern, in the order a clip is made:
   clip        one clip: plan, audio and frames aligned, with the optional audio offset
   encode      deterministic h264/AAC mp4 writing
   dataset     the LRS2 layout, speaker splits, resumable parallel generation and the CLI
+  long        long test videos with known truth for sync QC (offsets per piece in ms, drift,
+              cuts, silence, no face, a two-face composite): ``python -m data_prep.synthetic.long``
   constants   frame rate, sample rate and frame size
 
 The names below are re-exported so ``from data_prep import synthetic`` serves its callers.

@@ -1,0 +1,153 @@
+"""Sync QC against known truth: per-segment frame and ms errors, drift, faces, speed, memory.
+
+  python -m data_prep.synthetic.long --out /tmp/longmat --minutes 1          # the material
+  python -m bench.sync_qc --material /tmp/longmat --checkpoint demo_out/run \\
+      --face_frame synthetic --out bench/sync_qc_demo.json
+  python -m bench.sync_qc --material /tmp/longmat --only real_concat --out bench/sync_qc_real.json
+  python -m bench.sync_qc --speed 360p,720p,1080p --minutes 0.5             # real-time factor
+  python -m bench.sync_qc --rss 1,10 --size 640x360                           # peak RSS vs length
+
+Each file is analysed in a fresh process (so its peak RSS is its own). A segment is scored
+when it lies inside one piece of the truth: speech with a face must be measured (frames
+right when the answer is one of the whole frames nearest the truth, i.e. within 20 ms;
+ms error against the truth at the segment's centre); silent or faceless pieces must be
+reported unmeasurable. Segments that straddle a piece boundary are not scored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _analyse(path: str, checkpoint: str | None, face_frame: str, extra: dict) -> dict:
+  """Runs one analysis in a child process; returns its result JSON."""
+  code = ("import json,sys; from modeformer_jax import sync_qc; "
+          "o=sync_qc.QCOptions(face_frame=sys.argv[3], **json.loads(sys.argv[4])); "
+          "r=sync_qc.Analyzer(sys.argv[2] or None, o).analyze(sys.argv[1]); "
+          "[t.pop('thumbnail', None) for t in r['tracks']]; print('@@'+json.dumps(r))")
+  out = subprocess.run([sys.executable, "-c", code, path, checkpoint or "", face_frame,
+                        json.dumps(extra)], capture_output=True, text=True, check=False)
+  for line in out.stdout.splitlines():
+    if line.startswith("@@"):
+      return json.loads(line[2:])
+  raise RuntimeError(f"analysis of {path} failed:\n{out.stderr[-3000:]}")
+
+
+def _truth_at(truth: dict, t: float) -> tuple[float, str, int]:
+  for i, p in enumerate(truth["pieces"]):
+    if p["start_s"] <= t < p["end_s"] or (i == len(truth["pieces"]) - 1 and t == p["end_s"]):
+      frac = (t - p["start_s"]) / max(1e-9, p["end_s"] - p["start_s"])
+      off = p["offset_ms_start"] + frac * (p["offset_ms_end"] - p["offset_ms_start"])
+      return off, p["kind"], i
+  return float("nan"), "none", -1
+
+
+def score(result: dict, truth: dict) -> dict:
+  """Per-segment comparison with the truth (see the module docstring)."""
+  frame_ok, errs, silent_ok, silent_n, measured, must = 0, [], 0, 0, 0, 0
+  for s in result["segments"]:
+    _, k0, i0 = _truth_at(truth, s["start_s"])
+    _, k1, i1 = _truth_at(truth, s["end_s"] - 1e-6)
+    if i0 != i1 or i0 < 0:
+      continue
+    if k0 != "speech":
+      silent_n += 1
+      silent_ok += not s["measurable"]
+      continue
+    must += 1
+    if not s["measurable"]:
+      continue
+    measured += 1
+    true_ms, _, _ = _truth_at(truth, (s["start_s"] + s["end_s"]) / 2)
+    frame_ok += abs(s["offset_frames"] * 40.0 - true_ms) <= 20.0 + 1e-6
+    errs.append(abs(s["offset_ms"] - true_ms))
+  e = np.array(errs) if errs else np.array([np.nan])
+  out = {"speech_segments": must, "measured": measured, "frames_right": frame_ok,
+         "frames_right_pct": round(100 * frame_ok / max(1, must), 1),
+         "ms_err_median": round(float(np.median(e)), 2),
+         "ms_err_p95": round(float(np.percentile(e, 95)), 2),
+         "unmeasurable_right": f"{silent_ok}/{silent_n}"}
+  if truth.get("drift_ppm"):
+    true_slope = truth["drift_ppm"] * 1e-3 * 60
+    got = result["drift"]["ms_per_min"]
+    out["drift_true_ms_per_min"] = round(true_slope, 2)
+    out["drift_ms_per_min"] = got
+    out["drift_verdict"] = result["drift"]["verdict"]
+    out["drift_rel_err"] = None if got is None else round(abs(got - true_slope) / true_slope, 3)
+  if "speaker_side" in truth:
+    tracks = {t["id"]: t for t in result["tracks"]}
+    x0, _, x1, _ = truth["speaker_box"]
+    chosen = [s["track"] for s in result["segments"] if s["measurable"]]
+    right = sum(x0 <= (tracks[c]["mouth_xy"] or [-1])[0] < x1 for c in chosen)
+    out["speaker_chosen"] = f"{right}/{len(chosen)}"
+  return out
+
+
+def _machine() -> str:
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--material", help="folder written by data_prep.synthetic.long")
+  ap.add_argument("--only", default="", help="comma-separated video stems to run")
+  ap.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")
+  ap.add_argument("--face_frame", default="lrs2")
+  ap.add_argument("--speed", default="", help="sizes for the real-time factor, e.g. 720p")
+  ap.add_argument("--rss", default="", help="minutes for peak RSS, e.g. 1,10,60")
+  ap.add_argument("--size", default="640x360", help="frame size of the --rss material")
+  ap.add_argument("--minutes", type=float, default=0.5, help="length of --speed material")
+  ap.add_argument("--workdir", default="/tmp/bench_sync_qc")
+  ap.add_argument("--out", default=None, help="write the rows as JSON here")
+  args = ap.parse_args(argv)
+  rows = []
+  print(f"machine: {_machine()}")
+  if args.material:
+    only = set(filter(None, args.only.split(",")))
+    for tp in sorted(pathlib.Path(args.material).glob("*.truth.json")):
+      truth = json.loads(tp.read_text())
+      video = tp.with_name(truth["video"])
+      if (only and video.stem not in only) or video.stem.startswith("long_"):
+        continue
+      r = _analyse(str(video), args.checkpoint, args.face_frame, {})
+      row = {"video": video.name, "duration_s": r["duration_s"], **score(r, truth),
+             "global_ms": r["global"]["offset_ms"], "rtf": r["timing"]["realtime_factor"],
+             "peak_rss_mb": r["timing"]["peak_rss_mb"]}
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  if args.speed or args.rss:
+    from data_prep.synthetic import long as long_mat
+    work = pathlib.Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
+    jobs = [(s, args.minutes, sizes[s]) for s in filter(None, args.speed.split(","))]
+    w, h = (int(v) for v in args.size.split("x"))
+    jobs += [(f"{m}min", float(m), (w, h)) for m in filter(None, args.rss.split(","))]
+    for name, minutes, size in jobs:
+      path = work / f"bench_{size[0]}x{size[1]}_{minutes:g}min.mp4"
+      if not path.exists():
+        long_mat.make_benchmark_video(path, minutes=minutes, size=size, progress=False)
+      t = time.perf_counter()
+      r = _analyse(str(path), args.checkpoint, args.face_frame, {})
+      row = {"video": path.name, "size": f"{size[0]}x{size[1]}", "minutes": minutes,
+             "rtf": r["timing"]["realtime_factor"], "wall_s": round(time.perf_counter() - t, 1),
+             "peak_rss_mb": r["timing"]["peak_rss_mb"],
+             "global_ms": r["global"]["offset_ms"]}
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps({"machine": _machine(), "rows": rows},
+                                                 indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
