@@ -4,6 +4,7 @@
   python -m bench.sync_qc --material /tmp/longmat --checkpoint demo_out/run \\
       --face_frame synthetic --out bench/sync_qc_demo.json
   python -m bench.sync_qc --material /tmp/longmat --only real_concat --out bench/sync_qc_real.json
+  python -m bench.sync_qc --real_pair ../shared/data/real_clips --window 3    # relative, real
   python -m bench.sync_qc --speed 360p,720p,1080p --minutes 0.5             # real-time factor
   python -m bench.sync_qc --rss 1,10 --size 640x360                           # peak RSS vs length
 
@@ -12,6 +13,11 @@ when it lies inside one piece of the truth: speech with a face must be measured 
 right when the answer is one of the whole frames nearest the truth, i.e. within 20 ms;
 ms error against the truth at the segment's centre); silent or faceless pieces must be
 reported unmeasurable. Segments that straddle a piece boundary are not scored.
+
+Real clips are not known to be in sync, so ``--real_pair`` concatenates the same clips
+twice with different injected offsets (A and B, by 20 to 160 ms apart, not whole frames)
+and scores each clip's measured difference against the injected one: the clip's own offset
+cancels. A clip's measurement is the median over the segments inside it.
 """
 from __future__ import annotations
 
@@ -25,6 +31,48 @@ import sys
 import time
 
 import numpy as np
+
+
+# Offsets of the two real concatenations (ms); differences of 20..160 ms, none whole frames.
+PAIR_A = (0.0, 20.0, -60.0, 100.0, 40.0, -120.0, 60.0, -20.0)
+PAIR_B = (-100.0, 60.0, 40.0, -20.0, -60.0, 20.0, -40.0, 100.0)
+
+
+def real_pair(root: pathlib.Path, work: pathlib.Path, checkpoint: str | None,
+              face_frame: str, extra: dict) -> dict:
+  """Relative offsets on real clips (see the module docstring)."""
+  from data_prep.synthetic import long as long_mat
+  clips = long_mat._real_clip_list(root)
+  rows = {}
+  for name, offs in (("A", PAIR_A), ("B", PAIR_B)):
+    path = work / f"real_pair_{name}.mp4"
+    o = [offs[i % len(offs)] for i in range(len(clips))]
+    if not path.exists():
+      long_mat.make_real_concat(path, clips, o, progress=False)
+    truth = json.loads(path.with_name(path.stem + ".truth.json").read_text())
+    r = _analyse(str(path), checkpoint, face_frame, extra)
+    for piece in truth["pieces"]:
+      segs = [s for s in r["segments"] if s["measurable"] and piece["start_s"] <= s["start_s"]
+              and s["end_s"] <= piece["end_s"]]
+      if segs:
+        rows.setdefault(piece["source"], {})[name] = (
+            float(np.median([s["offset_ms"] for s in segs])), piece["offset_ms"],
+            float(np.median([s["offset_frames"] for s in segs])))
+  errs, frames_ok, per = [], 0, []
+  for src, d in rows.items():
+    if len(d) < 2:
+      continue
+    (ma, ta, fa), (mb, tb, fb) = d["A"], d["B"]
+    err = (ma - mb) - (ta - tb)
+    errs.append(abs(err))
+    frames_ok += abs((fa - fb) * 40.0 - (ta - tb)) <= 20.0 + 1e-6
+    per.append({"clip": src.split("real_clips/")[-1], "true_diff_ms": ta - tb,
+                "measured_diff_ms": round(ma - mb, 1)})
+  e = np.array(errs) if errs else np.array([np.nan])
+  return {"video": "real_pair", "clips_scored": len(errs), "of_clips": len(clips),
+          "diff_frames_right": frames_ok,
+          "diff_ms_err_median": round(float(np.median(e)), 2),
+          "diff_ms_err_p95": round(float(np.percentile(e, 95)), 2), "per_clip": per}
 
 
 def _analyse(path: str, checkpoint: str | None, face_frame: str, extra: dict) -> dict:
@@ -106,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--size", default="640x360", help="frame size of the --rss material")
   ap.add_argument("--minutes", type=float, default=0.5, help="length of --speed material")
   ap.add_argument("--workdir", default="/tmp/bench_sync_qc")
+  ap.add_argument("--real_pair", default=None, help="real_clips folder: relative offsets")
+  ap.add_argument("--window", type=float, default=5.0, help="segment length, s")
   ap.add_argument("--out", default=None, help="write the rows as JSON here")
   args = ap.parse_args(argv)
   rows = []
+  extra = {"window_s": args.window}
   print(f"machine: {_machine()}")
   if args.material:
     only = set(filter(None, args.only.split(",")))
@@ -117,12 +168,18 @@ def main(argv: list[str] | None = None) -> int:
       video = tp.with_name(truth["video"])
       if (only and video.stem not in only) or video.stem.startswith("long_"):
         continue
-      r = _analyse(str(video), args.checkpoint, args.face_frame, {})
+      r = _analyse(str(video), args.checkpoint, args.face_frame, extra)
       row = {"video": video.name, "duration_s": r["duration_s"], **score(r, truth),
              "global_ms": r["global"]["offset_ms"], "rtf": r["timing"]["realtime_factor"],
              "peak_rss_mb": r["timing"]["peak_rss_mb"]}
       print(json.dumps(row), flush=True)
       rows.append(row)
+  if args.real_pair:
+    work = pathlib.Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    row = real_pair(pathlib.Path(args.real_pair), work, args.checkpoint, args.face_frame, extra)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
   if args.speed or args.rss:
     from data_prep.synthetic import long as long_mat
     work = pathlib.Path(args.workdir)
