@@ -7,6 +7,8 @@
   python -m bench.sync_qc --real_pair ../shared/data/real_clips --window 3    # relative, real
   python -m bench.sync_qc --speed 360p,720p,1080p --minutes 0.5             # real-time factor
   python -m bench.sync_qc --rss 1,10 --size 640x360                           # peak RSS vs length
+  python -m bench.sync_qc --rss_trace /tmp/bench_sync_qc/bench_320x180_60min.mp4 \
+      --out bench/sync_qc_rss_trace.jsonl      # RSS against input minutes, one long run
 
 Each file is analysed in a fresh process (so its peak RSS is its own). A segment is scored
 when it lies inside one piece of the truth: speech with a face must be measured (frames
@@ -139,6 +141,46 @@ def score(result: dict, truth: dict) -> dict:
   return out
 
 
+def rss_trace(path: str, out: str | None, every_s: float = 20.0) -> None:
+  """Analyses ``path`` in this process, sampling resident memory (VmRSS) and the input
+  position every ``every_s`` s; each sample is printed and appended to ``out`` (JSON lines)
+  as it is taken, so a run stopped early keeps its trace."""
+  import threading
+
+  from modeformer_jax import stream, sync_qc
+  pos = {"frames": 0}
+  real = stream.stream_chunks
+
+  def counting(*a, **kw):
+    for ch in real(*a, **kw):
+      pos["frames"] = ch.start + len(ch.frames)
+      yield ch
+
+  stream.stream_chunks = counting
+  done = threading.Event()
+  t0 = time.perf_counter()
+
+  def sample() -> None:
+    while not done.wait(every_s):
+      rss = next(int(line.split()[1]) for line in open("/proc/self/status")
+                 if line.startswith("VmRSS")) / 1024
+      row = {"wall_s": round(time.perf_counter() - t0, 1),
+             "input_min": round(pos["frames"] / 25 / 60, 3), "rss_mb": round(rss, 1)}
+      print(json.dumps(row), flush=True)
+      if out:
+        with open(out, "a") as f:
+          f.write(json.dumps(row) + "\n")
+
+  threading.Thread(target=sample, daemon=True).start()
+  r = sync_qc.Analyzer(None).analyze(path)
+  done.set()
+  row = {"final": True, "input_min": r["duration_s"] / 60, **r["timing"]}
+  print(json.dumps(row), flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
 def _machine() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
@@ -155,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--minutes", type=float, default=0.5, help="length of --speed material")
   ap.add_argument("--workdir", default="/tmp/bench_sync_qc")
   ap.add_argument("--real_pair", default=None, help="real_clips folder: relative offsets")
+  ap.add_argument("--rss_trace", default=None, help="a long video: RSS against input time")
   ap.add_argument("--window", type=float, default=5.0, help="segment length, s")
   ap.add_argument("--out", default=None, help="write the rows as JSON here")
   args = ap.parse_args(argv)
   rows = []
   extra = {"window_s": args.window}
   print(f"machine: {_machine()}")
+  if args.rss_trace:
+    rss_trace(args.rss_trace, args.out)
+    return 0
   if args.material:
     only = set(filter(None, args.only.split(",")))
     for tp in sorted(pathlib.Path(args.material).glob("*.truth.json")):

@@ -13,7 +13,8 @@ Per segment (``window_s`` long, every ``hop_s``):
   ``min_face`` of the segment's positions. Confidence = the mean similarity at the chosen
   offset minus the median over all offsets (as ``protocol.detect_offset``).
 * **Whole frames**: the most frequent best offset of the segment's positions (the standard
-  protocol's per-frame vote).
+  protocol's per-frame vote, ``vote_frames``) says where to look; the reported
+  ``offset_frames`` is the whole frame nearest the sub-frame estimate below.
 * **Sub-frame**: the audio window of video frame ``t`` starts at mel frame ``round(3.2 t)``,
   so audio windows ``s`` mel frames later sit ``12.5 s + 12.5 (round(3.2 t) - 3.2 t)`` ms
   away: the five phases of ``t mod 5`` sample the similarity curve on a 2.5 ms grid. A
@@ -449,7 +450,11 @@ def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int,
     loo = np.array([ms_of(sums - p["sum"], cnt - p["cnt"]) for p in parts])
     n = len(parts)
     unc = float(math.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
-  return {"offset_frames": k, "offset_ms": round(est, 2),
+  # The whole-frame answer is the frame nearest the sub-frame estimate: near a half frame
+  # the per-position vote (kept as vote_frames) splits between the two neighbours, while
+  # the ms estimate is good to a few ms.
+  return {"offset_frames": int(round(est / FRAME_MS)), "vote_frames": k,
+          "offset_ms": round(est, 2),
           "uncertainty_ms": None if unc is None else round(unc, 2),
           "confidence": round(conf, 4), "vote_fraction": round(float(hist[pick] / hist.sum()), 3)}
 
