@@ -103,6 +103,7 @@ def _truth_at(truth: dict, t: float) -> tuple[float, str, int]:
 def score(result: dict, truth: dict) -> dict:
   """Per-segment comparison with the truth (see the module docstring)."""
   frame_ok, errs, silent_ok, silent_n, measured, must = 0, [], 0, 0, 0, 0
+  near_half: list[float] = []
   for s in result["segments"]:
     _, k0, i0 = _truth_at(truth, s["start_s"])
     _, k1, i1 = _truth_at(truth, s["end_s"] - 1e-6)
@@ -117,14 +118,20 @@ def score(result: dict, truth: dict) -> dict:
       continue
     measured += 1
     true_ms, _, _ = _truth_at(truth, (s["start_s"] + s["end_s"]) / 2)
-    frame_ok += abs(s["offset_frames"] * 40.0 - true_ms) <= 20.0 + 1e-6
+    right = abs(s["offset_frames"] * 40.0 - true_ms) <= 20.0 + 1e-6
+    frame_ok += right
+    if not right:   # how close the truth is to a half frame, where either answer is near
+      x = (true_ms - 20.0) % 40.0
+      near_half.append(min(x, 40.0 - x))
     errs.append(abs(s["offset_ms"] - true_ms))
   e = np.array(errs) if errs else np.array([np.nan])
   out = {"speech_segments": must, "measured": measured, "frames_right": frame_ok,
          "frames_right_pct": round(100 * frame_ok / max(1, must), 1),
          "ms_err_median": round(float(np.median(e)), 2),
          "ms_err_p95": round(float(np.percentile(e, 95)), 2),
-         "unmeasurable_right": f"{silent_ok}/{silent_n}"}
+         "unmeasurable_right": f"{silent_ok}/{silent_n}",
+         # Largest distance (ms) of a wrong-frame segment's truth from a half frame.
+         "wrong_frames_max_ms_from_half": round(max(near_half), 2) if near_half else None}
   if truth.get("drift_ppm"):
     true_slope = truth["drift_ppm"] * 1e-3 * 60
     got = result["drift"]["ms_per_min"]

@@ -57,10 +57,10 @@ class QCOptions:
   window_s: float = 5.0          # segment length
   hop_s: float = 1.0             # segment step (window_s must be a multiple of it)
   max_offset_frames: int = 15    # search range, +-frames
-  min_speech: float = 0.3        # fraction of a segment's audio that must be speech
+  min_speech: float = 0.2        # fraction of a segment's audio that must be speech
   min_face: float = 0.5          # fraction of a segment's windows with the chosen face
   vad_db: float = -45.0          # speech: 12.5 ms RMS above this (dBFS) ...
-  vad_above_floor_db: float = 15.0   # ... and this far above the file's noise floor
+  vad_above_floor_db: float = 10.0   # ... and this far above the file's noise floor
   fit_ms: float = 20.0           # half-width of the parabola fit around the peak
   max_faces: int = 4             # faces tracked at once
   detect_every: int = 1          # run the face landmarker on every n-th frame
