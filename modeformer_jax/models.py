@@ -76,6 +76,53 @@ class _GroupNormAuto(nn.Module):
     return nn.GroupNorm(num_groups=g, dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
+# How 3D convolutions with a temporal kernel run. "auto": on the CPU backend as a sum of 2D
+# convolutions over the time taps (time folded into the batch), elsewhere as one 3D
+# convolution. The two are the same function (tests/test_models.py compares them); on XLA's
+# CPU backend the 2D form runs 1.5x faster (bench/RESULTS.md, "CPU speed").
+CONV3D_IMPL = "auto"     # 'auto' | 'native' | '2d'
+
+
+def _conv3d_as_2d(impl: str) -> bool:
+  if impl not in ("auto", "native", "2d"):
+    raise ValueError(f"CONV3D_IMPL must be 'auto', 'native' or '2d', got {impl!r}")
+  return impl == "2d" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
+class Conv(nn.Module):
+  """``nn.Conv`` without bias and with SAME padding (same parameter tree: ``kernel``), whose
+  3D form with a temporal kernel > 1 and temporal stride 1 can run as 2D convolutions:
+  ``y[t] = sum_d conv2d(x[t + d - p], k[d])`` with zero frames beyond the clip."""
+  features: int
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...] | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nd = len(self.kernel_size)
+    strides = tuple(self.strides or (1,) * nd)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    kt = self.kernel_size[0]
+    if nd == 3 and kt > 1 and strides[0] == 1 and _conv3d_as_2d(CONV3D_IMPL):
+      b, t = x.shape[:2]
+      lo = (kt - 1) // 2
+      xp = jnp.pad(x, ((0, 0), (lo, kt - 1 - lo)) + ((0, 0),) * 3)
+      out = None
+      for d in range(kt):
+        y = jax.lax.conv_general_dilated(
+            xp[:, d:d + t].reshape(b * t, *x.shape[2:]), kernel[d], strides[1:], "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        out = y if out is None else out + y
+      return out.reshape(b, t, *out.shape[1:])
+    spec = "NDHWC" if nd == 3 else "NHWC"
+    return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
+                                        dimension_numbers=(spec, spec[1:-1] + "IO", spec))
+
+
 class ResidualBlock(nn.Module):
   """Basic (two-conv) ResNet block for 2D or 3D inputs, chosen by ``len(kernel)``."""
   features: int
@@ -89,15 +136,13 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(_norm, self.norm, self.norm_groups, train, self.bn_axis_name,
                              self.dtype, self.param_dtype)
     residual = x
-    y = conv(self.features, self.kernel, strides=self.strides, padding="SAME",
-             name="conv1")(x)
+    y = conv(self.features, self.kernel, strides=self.strides, name="conv1")(x)
     y = nn.relu(norm(name="norm1")(y))
-    y = conv(self.features, self.kernel, padding="SAME", name="conv2")(y)
+    y = conv(self.features, self.kernel, name="conv2")(y)
     y = norm(name="norm2")(y)
     if residual.shape != y.shape:
       residual = conv(self.features, (1,) * len(self.kernel), strides=self.strides,
@@ -128,9 +173,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     nd = len(self.stem_kernel)
-    x = nn.Conv(self.widths[0], self.stem_kernel, strides=self.stem_strides, padding="SAME",
-                use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="stem_conv")(x)
+    x = Conv(self.widths[0], self.stem_kernel, strides=self.stem_strides, dtype=self.dtype,
+             param_dtype=self.param_dtype, name="stem_conv")(x)
     x = _norm(self.norm, self.norm_groups, train, self.bn_axis_name, self.dtype,
               self.param_dtype, name="stem_norm")(x)
     x = nn.relu(x)

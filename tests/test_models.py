@@ -168,3 +168,35 @@ def test_config_files_take_variants_from_the_model(variant):
   """configs/ restate no model field: their model sub-config is the variant's ModelConfig."""
   assert ModelConfig.from_mapping(common.model_config(variant)) == models.model_config(variant)
   assert models.model_config("paper") == ModelConfig()  # the defaults are the paper's model
+
+
+@pytest.mark.parametrize("kernel,strides", [((3, 3, 3), (1, 1, 1)), ((3, 5, 5), (1, 4, 4)),
+                                             ((3, 3, 3), (1, 2, 2)), ((1, 1, 1), (1, 2, 2)),
+                                             ((7, 7), (2, 1))])
+def test_conv_matches_flax_conv_in_both_3d_forms(kernel, strides, monkeypatch):
+  """``models.Conv`` (3D as a sum of 2D convs, or native) equals ``nn.Conv`` (SAME, no bias)
+  with the same parameters, to float tolerance."""
+  import flax.linen as nn
+  from modeformer_jax import models
+  shape = (2, 5, 12, 24, 6) if len(kernel) == 3 else (2, 20, 16, 6)
+  x = jax.random.normal(jax.random.key(0), shape)
+  ref_mod = nn.Conv(8, kernel, strides=strides, padding="SAME", use_bias=False)
+  params = ref_mod.init(jax.random.key(1), x)
+  ref = ref_mod.apply(params, x)
+  for impl in ("native", "2d"):
+    monkeypatch.setattr(models, "CONV3D_IMPL", impl)
+    mine = models.Conv(8, kernel, strides=strides)
+    assert jax.tree.structure(mine.init(jax.random.key(1), x)) == jax.tree.structure(params)
+    np.testing.assert_allclose(mine.apply(params, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_video_tower_same_in_both_conv_forms(monkeypatch):
+  from modeformer_jax import models
+  model = ModEFormer(models.model_config("tiny"))
+  params = model.init(jax.random.key(0))
+  frames = jax.random.randint(jax.random.key(1), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
+  out = {}
+  for impl in ("native", "2d"):
+    monkeypatch.setattr(models, "CONV3D_IMPL", impl)
+    out[impl] = np.asarray(jax.jit(model.embed_video)(params, frames))
+  np.testing.assert_allclose(out["2d"], out["native"], rtol=1e-4, atol=1e-4)
