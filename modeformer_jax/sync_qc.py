@@ -250,7 +250,10 @@ class Analyzer:
       vad_tail = x[n * 200:]
 
     try:
-      for ch in stream.stream_chunks(path, o.chunk_frames):
+      # Fewer frames per chunk for large pictures: a chunk is held about three times
+      # (decoder output, the stacked chunk, the crop delay), ~128 MB a copy at most.
+      chunk = max(10, min(o.chunk_frames, int(128e6 // (3 * info.width * info.height))))
+      for ch in stream.stream_chunks(path, chunk):
         vad(ch.audio)
         m = mel_stream.push(ch.audio)
         mel_buf = np.concatenate([mel_buf, m], axis=1)
