@@ -76,17 +76,20 @@ class _GroupNormAuto(nn.Module):
     return nn.GroupNorm(num_groups=g, dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
-# How 3D convolutions with a temporal kernel run. "auto": on the CPU backend as a sum of 2D
-# convolutions over the time taps (time folded into the batch), elsewhere as one 3D
-# convolution. The two are the same function (tests/test_models.py compares them); on XLA's
-# CPU backend the 2D form runs 1.5x faster (bench/RESULTS.md, "CPU speed").
+# How 3D convolutions with a temporal kernel run: "native" (one 3D convolution), "2d" (a sum
+# of 2D convolutions over the time taps, time folded into the batch) or "auto". The two are
+# the same function (tests/test_models.py). Measured on XLA:CPU (bench/RESULTS.md, "CPU
+# speed"): the 2D form makes the tiny model's eval 1.8x and training 2.4x faster, but the
+# paper model's 10x slower, so "auto" takes it only on the CPU backend for narrow trunks.
 CONV3D_IMPL = "auto"     # 'auto' | 'native' | '2d'
+AUTO_2D_MAX_WIDTH = 128  # "auto": the 2D form for trunks at most this wide (tiny: 96)
 
 
-def _conv3d_as_2d(impl: str) -> bool:
+def _conv3d_as_2d(impl: str, max_width: int | None = None) -> bool:
   if impl not in ("auto", "native", "2d"):
     raise ValueError(f"CONV3D_IMPL must be 'auto', 'native' or '2d', got {impl!r}")
-  return impl == "2d" or (impl == "auto" and jax.default_backend() == "cpu")
+  return impl == "2d" or (impl == "auto" and max_width is not None
+                          and max_width <= AUTO_2D_MAX_WIDTH and jax.default_backend() == "cpu")
 
 
 class Conv(nn.Module):
@@ -98,6 +101,7 @@ class Conv(nn.Module):
   strides: tuple[int, ...] | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  trunk_width: int | None = None   # widest layer of the trunk, for CONV3D_IMPL="auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -107,7 +111,7 @@ class Conv(nn.Module):
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     kt = self.kernel_size[0]
-    if nd == 3 and kt > 1 and strides[0] == 1 and _conv3d_as_2d(CONV3D_IMPL):
+    if nd == 3 and kt > 1 and strides[0] == 1 and _conv3d_as_2d(CONV3D_IMPL, self.trunk_width):
       b, t = x.shape[:2]
       lo = (kt - 1) // 2
       xp = jnp.pad(x, ((0, 0), (lo, kt - 1 - lo)) + ((0, 0),) * 3)
@@ -133,10 +137,12 @@ class ResidualBlock(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  trunk_width: int | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                             trunk_width=self.trunk_width)
     norm = functools.partial(_norm, self.norm, self.norm_groups, train, self.bn_axis_name,
                              self.dtype, self.param_dtype)
     residual = x
@@ -174,7 +180,7 @@ class ResNet(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     nd = len(self.stem_kernel)
     x = Conv(self.widths[0], self.stem_kernel, strides=self.stem_strides, dtype=self.dtype,
-             param_dtype=self.param_dtype, name="stem_conv")(x)
+             param_dtype=self.param_dtype, trunk_width=max(self.widths), name="stem_conv")(x)
     x = _norm(self.norm, self.norm_groups, train, self.bn_axis_name, self.dtype,
               self.param_dtype, name="stem_norm")(x)
     x = nn.relu(x)
@@ -187,8 +193,8 @@ class ResNet(nn.Module):
       for b in range(n):
         strides = self.stage_strides if (stage > 0 and b == 0) else (1,) * nd
         x = block_cls(width, strides, kernel, self.norm, self.norm_groups, self.bn_axis_name,
-                      self.dtype, self.param_dtype, name=f"stage{stage + 1}_block{b + 1}")(
-                          x, train)
+                      self.dtype, self.param_dtype, max(self.widths),
+                      name=f"stage{stage + 1}_block{b + 1}")(x, train)
     return x
 
 
