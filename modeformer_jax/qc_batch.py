@@ -29,9 +29,9 @@ import hashlib
 import json
 import math
 import multiprocessing
+import multiprocessing.reduction
 import os
 import pathlib
-import pickle
 import sys
 import time
 import traceback
@@ -520,7 +520,9 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
   todo = [p for p in paths if needs_run(p)]
   if workers > 1 and todo:
     try:
-      pickle.dumps(make_analyzer)
+      # The serializer spawn itself uses to hand the initializer to a worker; nothing is
+      # loaded, only checked that it can be sent.
+      multiprocessing.reduction.ForkingPickler.dumps(make_analyzer)
     except Exception as e:  # noqa: BLE001 -- turned into a clearer error
       raise TypeError("make_analyzer must be picklable for workers > 1: use a top-level "
                       "function or functools.partial of one, not a lambda or closure") from e
