@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BEAM_STAMP := $(VENV)/.installed-beam
 
 .PHONY: demo test venv clean
 
@@ -16,12 +17,18 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
 	@touch $(STAMP)
 
+# The Beam extra (data preparation on Apache Beam) is optional: the demo runs without it,
+# the test suite installs it to test the Beam path.
+$(BEAM_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[beam]'
+	@touch $(BEAM_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m modeformer_jax.demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) $(BEAM_STAMP)
 	$(PY) -m pytest -q tests
 
 clean:

@@ -37,5 +37,10 @@ setup(
         "absl-py>=2.1",
         "tensorboardX>=2.6.2",
     ],
-    extras_require={"dev": ["pytest>=8.0", "pytest-timeout>=2.3"]},
+    extras_require={
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
+        # Data preparation on Apache Beam (data_prep/beam_prepare.py): DirectRunner, Dataflow,
+        # Flink, Spark. Optional: local preparation and everything else run without it.
+        "beam": ["apache-beam>=2.77.0"],
+    },
 )

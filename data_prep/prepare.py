@@ -4,9 +4,9 @@
   python -m data_prep.prepare --layout lrs3 --src /data/lrs3 --out /data/lrs3_prep --workers 16
   python -m data_prep.prepare --layout raw --src ~/videos --out /tmp/mine --val_fraction 0.1 \\
       --group_by '^([^/]+)/'
-  # across machines (shared output folder): task I of T, then anyone may finalize
-  python -m data_prep.prepare ... --num_tasks 4 --task_index 2
-  python -m data_prep.prepare ... --finalize
+  # on Apache Beam (pip install -e '.[beam]'): the same shards, any Beam runner
+  python -m data_prep.prepare ... --runner DirectRunner --workers 8
+  python -m data_prep.prepare ... --runner DataflowRunner --project P --region R ...
 
 What it writes in ``--out`` (format: ``modeformer_jax.records``)
   ``{split}.array_record-{i:05d}-of-{n:05d}``   one msgpack record per clip, in input order
@@ -36,9 +36,16 @@ Determinism and resume
   the same records as an uninterrupted one; when everything is already there it prints
   "nothing to do" and touches nothing. ``prepare_plan.json`` pins the inputs and sharding:
   a rerun with other inputs or options into the same folder is refused rather than mixed.
-  With ``--num_tasks T --task_index I`` task I does the shards whose global index
-  (over splits in order) is ``I mod T``; whichever task finds every shard finished writes
-  ``manifest.json`` and ``report.json`` (or run ``--finalize``). Tasks must share ``--out``.
+
+Executors
+  The plan (inputs, splits, shards; ``make_plan``), the per-clip function
+  (``process_item``), the shard writer (``write_shard``) and the manifest (``finalize``)
+  are shared; only the executor differs. ``--runner local`` (the default) runs them in
+  this machine's processes and needs no Beam. Any other ``--runner`` hands the same plan to
+  Apache Beam (``data_prep.beam_prepare``): one machine's DirectRunner, or Dataflow, Flink
+  or Spark for datasets that need a cluster; Beam retries failed work and the output is
+  record-identical to local preparation. Beam replaced the former ``--num_tasks`` /
+  ``--task_index`` scheme (hand-launched processes over a shared folder).
 
 Bad input
   A file that yields no clip (``features.FeatureError`` kinds: corrupt, no_video, no_audio,
@@ -53,6 +60,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -64,7 +72,7 @@ import shlex
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -185,50 +193,56 @@ def _shard_done(out: pathlib.Path, name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------
-# The run.
+# The run: a plan, then shards written by an executor (local processes or Beam).
 # ----------------------------------------------------------------------------------------
 
-def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
-            splits: Sequence[str] | str | None = None,
-            shards_per_split: int | str = "auto", workers: int = 1, num_tasks: int = 1,
-            task_index: int = 0, min_frames: int = features.MIN_FRAMES,
-            lip_codec: str = "jpeg", limit: int | None = None,
-            val_fraction: float | None = None, test_fraction: float | None = None,
-            group_by: str | None = None, seed: int = 0, feature_layout: str | None = None,
-            crop_box: Sequence[float] | None = None, audio_shift: int = 0,
-            name: str | None = None,
-            finalize_only: bool = False, progress: bool = True,
-            command: str | None = None) -> dict:
-  """Prepares (or resumes preparing) ``src`` into shards in ``out``; see the module docstring.
+class Shard(NamedTuple):
+  """One output file: its split, its name and the inputs it holds, in order."""
+  split: str
+  name: str
+  items: list[layouts.Item]
 
-  Args:
-    layout: one of ``layouts.LAYOUTS``.
-    splits: splits to prepare (default: every split the layout finds). A requested split
-      without inputs gets one empty shard.
-    shards_per_split: 'auto' (``CLIPS_PER_SHARD`` inputs per shard) or a number.
-    limit: at most this many inputs per split (the first ones in sorted order).
-    val_fraction, test_fraction, group_by, seed: seeded splits, see ``layouts``.
-    feature_layout: key of ``input_spec.LAYOUT_CROPS``, the lip-crop method (default
-      ``FEATURE_LAYOUTS[layout]``).
-    crop_box: override of a box layout's window (top, bottom, left, right) as fractions.
-    audio_shift: delay every clip's audio by this many video frames (negative: advance)
-      before the mel: the correction of a dataset-wide offset measured with
-      ``detect --prepared`` (the paper found LRS2 off by one frame).
-      Recorded in the manifest.
-    finalize_only: write manifest/report from finished shards, process nothing.
-    progress: show the tqdm bar (status lines are printed either way).
 
-  Returns:
-    The ``report.json`` dict once every shard exists (else without the totals), plus
-    ``run``: what this call did (shards written, already done, finalized).
+@dataclasses.dataclass
+class Plan:
+  """Everything a run does, fixed before any input is touched (both executors use it)."""
+  out: pathlib.Path
+  src: pathlib.Path
+  plan: dict                 # the content of prepare_plan.json
+  shards: list[Shard]        # global order: splits in order, then shard index
+  options: dict              # per-clip options shared by every job (crop, codec, ...)
+  name: str                  # dataset name for the manifest
+  command: str               # the equivalent command line, for the manifest
+
+  def jobs(self, shard: Shard) -> list[dict]:
+    """The ``process_item`` jobs of ``shard``, in record order."""
+    return [dict(self.options, path=it.path, clip_id=it.clip_id, speaker=it.speaker,
+                 split=it.split, source=_relative(it.path, self.src)) for it in shard.items]
+
+  def todo(self) -> list[Shard]:
+    """Shards without a finished file (and its report) in ``out``."""
+    return [sh for sh in self.shards if not _shard_done(self.out, sh.name)]
+
+
+def make_plan(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
+              splits: Sequence[str] | str | None = None,
+              shards_per_split: int | str = "auto", min_frames: int = features.MIN_FRAMES,
+              lip_codec: str = "jpeg", limit: int | None = None,
+              val_fraction: float | None = None, test_fraction: float | None = None,
+              group_by: str | None = None, seed: int = 0, feature_layout: str | None = None,
+              crop_box: Sequence[float] | None = None, audio_shift: int = 0,
+              name: str | None = None, command: str | None = None,
+              log: Callable[[str], None] = print) -> Plan:
+  """Lists the inputs, cuts them into shards and binds ``out`` to them (``prepare_plan.json``).
+
+  Arguments as ``prepare``. Raises ValueError when ``out`` already holds a preparation of
+  other inputs or options.
   """
   if layout not in layouts.LAYOUTS:
     raise ValueError(f"unknown layout {layout!r}; expected one of {layouts.LAYOUTS}")
   feature_layout = feature_layout or FEATURE_LAYOUTS[layout]
   if lip_codec not in records.LIP_CODECS:
     raise ValueError(f"unknown lip_codec {lip_codec!r}; expected one of {records.LIP_CODECS}")
-  if not 0 <= task_index < num_tasks:
-    raise ValueError(f"need 0 <= task_index < num_tasks, got {task_index}, {num_tasks}")
   if crop_box is not None:
     crop_box = [float(v) for v in crop_box]
   # Validates the layout and the box; the spec goes into the plan and the manifest.
@@ -237,9 +251,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
     splits = [s for s in splits.split(",") if s]
   src = pathlib.Path(src).resolve()
   out = pathlib.Path(out).resolve()
-  log = lambda msg: print(msg, flush=True)  # noqa: E731 -- a few lines, even without the bar
 
-  # Inputs and sharding.
   items = layouts.list_items(layout, src, val_fraction=val_fraction,
                              test_fraction=test_fraction, group_by=group_by, seed=seed,
                              splits=splits)
@@ -253,11 +265,11 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
   if limit is not None:
     by_split = {s: v[:int(limit)] for s, v in by_split.items()}
   split_names = sorted(by_split, key=layouts._split_key)
-  shards = []   # (split, name, items), global order = split order, then shard index
+  shards = []
   for s in split_names:
     n = num_shards(len(by_split[s]), shards_per_split)
     for i, (a, b) in enumerate(shard_bounds(len(by_split[s]), n)):
-      shards.append((s, records.shard_name(s, i, n), by_split[s][a:b]))
+      shards.append(Shard(s, records.shard_name(s, i, n), by_split[s][a:b]))
 
   plan = {
       "format_version": records.FORMAT_VERSION, "layout": layout, "source_root": str(src),
@@ -265,7 +277,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
       "input_spec": spec.to_dict(), "audio_shift": int(audio_shift),
       "lip_codec": lip_codec, "jpeg_quality": records.JPEG_QUALITY,
       "splits": {s: {"num_inputs": len(by_split[s]),
-                     "shards": [nm for sp, nm, _ in shards if sp == s],
+                     "shards": [sh.name for sh in shards if sh.split == s],
                      "inputs_sha256": _inputs_digest(by_split[s], src)} for s in split_names},
   }
   out.mkdir(parents=True, exist_ok=True)
@@ -278,102 +290,178 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
                        f"(differs in {diff}); use another --out, or delete {out} to start over")
   else:
     _write_json(plan_path, plan)
+  if command is None:
+    command = _command_line(layout, src, out, splits, shards_per_split, min_frames,
+                            lip_codec, limit, val_fraction, test_fraction, group_by, seed,
+                            feature_layout, crop_box, audio_shift)
+  options = dict(crop=spec.crop.to_dict(), min_frames=int(min_frames), lip_codec=lip_codec,
+                 audio_shift=int(audio_shift))
+  return Plan(out, src, plan, shards, options, name or src.name, command)
 
-  mine = [i for i in range(len(shards)) if i % num_tasks == task_index]
-  todo = [i for i in mine if not _shard_done(out, shards[i][1])]
-  written = []
-  if finalize_only:
-    todo = []
-  elif not todo:
-    log(f"nothing to do: all {len(mine)} shards of task {task_index}/{num_tasks} in {out} "
-        "are complete")
+
+def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
+            splits: Sequence[str] | str | None = None,
+            shards_per_split: int | str = "auto", workers: int = 1,
+            min_frames: int = features.MIN_FRAMES,
+            lip_codec: str = "jpeg", limit: int | None = None,
+            val_fraction: float | None = None, test_fraction: float | None = None,
+            group_by: str | None = None, seed: int = 0, feature_layout: str | None = None,
+            crop_box: Sequence[float] | None = None, audio_shift: int = 0,
+            name: str | None = None, runner: str = "local",
+            pipeline_args: Sequence[str] = (), worker_path_map: str | None = None,
+            progress: bool = True,
+            command: str | None = None) -> dict:
+  """Prepares (or resumes preparing) ``src`` into shards in ``out``; see the module docstring.
+
+  Args:
+    layout: one of ``layouts.LAYOUTS``.
+    splits: splits to prepare (default: every split the layout finds). A requested split
+      without inputs gets one empty shard.
+    shards_per_split: 'auto' (``CLIPS_PER_SHARD`` inputs per shard) or a number.
+    workers: local processes (``runner='local'``; <= 1: in this process), or the
+      DirectRunner's worker processes when ``pipeline_args`` do not set them.
+    limit: at most this many inputs per split (the first ones in sorted order).
+    val_fraction, test_fraction, group_by, seed: seeded splits, see ``layouts``.
+    feature_layout: key of ``input_spec.LAYOUT_CROPS``, the lip-crop method (default
+      ``FEATURE_LAYOUTS[layout]``).
+    crop_box: override of a box layout's window (top, bottom, left, right) as fractions.
+    audio_shift: delay every clip's audio by this many video frames (negative: advance)
+      before the mel: the correction of a dataset-wide offset measured with
+      ``detect --prepared`` (the paper found LRS2 off by one frame).
+      Recorded in the manifest.
+    runner: 'local' (this machine's processes, no Beam needed) or an Apache Beam runner
+      name (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner, ...);
+      see ``data_prep.beam_prepare``.
+    pipeline_args: further Beam pipeline options (``--project=...``), Beam runners only.
+    worker_path_map: Beam runners only: ``LOCAL_PREFIX=URL_PREFIX[,...]``, where workers
+      find this machine's ``src``/``out`` (e.g. ``/gcs/b=gs://b``); see ``beam_prepare``.
+    progress: show the tqdm bar (status lines are printed either way).
+
+  Returns:
+    The ``report.json`` dict, plus ``run``: what this call did (shards written, shards
+    already done, whether it wrote the manifest).
+  """
+  log = lambda msg: print(msg, flush=True)  # noqa: E731 -- a few lines, even without the bar
+  plan = make_plan(layout, src, out, splits=splits, shards_per_split=shards_per_split,
+                   min_frames=min_frames, lip_codec=lip_codec, limit=limit,
+                   val_fraction=val_fraction, test_fraction=test_fraction,
+                   group_by=group_by, seed=seed, feature_layout=feature_layout,
+                   crop_box=crop_box, audio_shift=audio_shift, name=name, command=command,
+                   log=log)
+  out = plan.out
+  todo = plan.todo()
+  written: list[str] = []
+  if not todo:
+    log(f"nothing to do: all {len(plan.shards)} shards in {out} are complete")
   else:
-    log(f"{len(items)} inputs in {len(shards)} shards; task {task_index}/{num_tasks}: "
-        f"{len(mine) - len(todo)} shards done, {len(todo)} to do, {workers} workers")
-    written = _process_shards(out, src, [shards[i] for i in todo], workers,
-                              dict(crop=spec.crop.to_dict(), min_frames=int(min_frames),
-                                   lip_codec=lip_codec, audio_shift=int(audio_shift)),
-                              progress)
-
-  missing = [nm for _, nm, _ in shards if not _shard_done(out, nm)]
-  run = {"shards_written": written, "shards_already_done": len(mine) - len(todo),
-         "finalized": False, "missing_shards": missing}
+    n_inputs = sum(len(sh.items) for sh in plan.shards)
+    log(f"{n_inputs} inputs in {len(plan.shards)} shards: {len(plan.shards) - len(todo)} "
+        f"done, {len(todo)} to do; runner {runner}")
+    if runner == "local":
+      if pipeline_args or worker_path_map:
+        raise ValueError(f"Beam options {list(pipeline_args) or worker_path_map} need a Beam "
+                         "--runner")
+      written = _process_shards(plan, todo, workers, progress)
+    else:
+      # Imported here: Beam is an optional extra and local preparation never needs it.
+      try:
+        from data_prep import beam_prepare
+      except ImportError as e:
+        raise ImportError(f"--runner {runner} needs Apache Beam: pip install -e '.[beam]' "
+                          f"(or --runner local) [{e}]") from e
+      written = beam_prepare.run(plan, todo, runner, pipeline_args, workers,
+                                 beam_prepare.parse_path_map(worker_path_map))
+  missing = [sh.name for sh in plan.todo()]
   if missing:
-    if finalize_only:
-      raise FileNotFoundError(f"{out}: cannot finalize, {len(missing)} shards are unfinished: "
-                              f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    log(f"{len(missing)} shards of other tasks are unfinished; the last task to finish (or "
-        "--finalize) writes the manifest")
-    return {"run": run}
+    raise RuntimeError(f"{out}: {len(missing)} shards were not written: {missing[:5]}")
+  run = {"shards_written": written, "shards_already_done": len(plan.shards) - len(todo),
+         "finalized": False}
   manifest_path = out / records.MANIFEST
-  if manifest_path.is_file() and (out / records.REPORT).is_file() and not written \
-      and not finalize_only:
+  if manifest_path.is_file() and (out / records.REPORT).is_file() and not written:
     report = json.loads((out / records.REPORT).read_text())
-  else:
-    if command is None:
-      command = _command_line(layout, src, out, splits, shards_per_split, min_frames,
-                              lip_codec, limit, val_fraction, test_fraction, group_by, seed,
-                              feature_layout, crop_box, audio_shift)
-    report = _finalize(out, src, plan, shards, name or src.name, command)
+  elif runner != "local" and written and manifest_path.is_file():
+    # The pipeline finalized in its last step (so a detached cloud job ends complete).
+    report = json.loads((out / records.REPORT).read_text())
     run["finalized"] = True
+  else:
+    report = finalize(plan)
+    run["finalized"] = True
+  if run["finalized"]:
     log(f"wrote {manifest_path}: {report['written']} of {report['inputs']} clips; skipped "
         f"{report['skipped'] or 'none'}")
   return {**report, "run": run}
 
 
-def _process_shards(out: pathlib.Path, src: pathlib.Path, todo: list, workers: int,
-                    options: dict, progress: bool) -> list[str]:
-  """Writes the shards in ``todo`` (split, name, items); returns their names."""
-  jobs = [dict(options, path=it.path, clip_id=it.clip_id, speaker=it.speaker, split=it.split,
-               source=_relative(it.path, src))
-          for _, _, shard_items in todo for it in shard_items]
+def write_shard(out: pathlib.Path, shard: Shard, results: Iterable[dict],
+                on_result: Callable[[dict], None] | None = None,
+                tmp_suffix: str = ".tmp") -> dict:
+  """Writes ``shard`` from ``process_item`` results given in item order; returns its stats.
+
+  The records go to ``<name><tmp_suffix>``, then the shard's ``.report.json`` is written,
+  and only then is the file renamed to its final name: a final shard always has its report,
+  and a writer killed midway leaves only a temporary file.
+  """
+  tmp = out / f"{shard.name}{tmp_suffix}"
+  if tmp.exists():
+    tmp.unlink()   # left by a killed run
+  stats = {"shard": shard.name, "split": shard.split, "inputs": len(shard.items),
+           "written": 0, "num_frames": 0, "seconds": 0.0, "skipped": []}
+  writer = ArrayRecordWriter(str(tmp), records.WRITER_OPTIONS)
+  try:
+    results = iter(results)
+    for it in shard.items:
+      r = next(results)
+      if r["ok"]:
+        writer.write(r["record"])
+        stats["written"] += 1
+        stats["num_frames"] += r["num_frames"]
+        stats["seconds"] += r["seconds"]
+      else:
+        stats["skipped"].append({"path": it.path, "clip_id": it.clip_id,
+                                 "kind": r["kind"], "reason": r["reason"]})
+      if on_result is not None:
+        on_result(r)
+  finally:
+    writer.close()
+  stats["seconds"] = round(stats["seconds"], 3)
+  stats["bytes"] = tmp.stat().st_size
+  _write_json(out / f"{shard.name}.report.json", stats)
+  os.replace(tmp, out / shard.name)
+  return stats
+
+
+def _process_shards(plan: Plan, todo: list[Shard], workers: int, progress: bool) -> list[str]:
+  """The local executor: writes the shards in ``todo`` with ``workers`` processes."""
+  jobs = [job for sh in todo for job in plan.jobs(sh)]
   results = _ordered_results(jobs, workers)
   bar = tqdm.tqdm(total=len(jobs), unit="clip", disable=not progress, dynamic_ncols=True)
   t0 = time.perf_counter()
   video_seconds = 0.0
+
+  def on_result(r: dict) -> None:
+    nonlocal video_seconds
+    video_seconds += r.get("seconds", 0.0)
+    bar.update()
+    bar.set_postfix_str(f"{video_seconds / max(time.perf_counter() - t0, 1e-9):.1f} "
+                        "s video/s", refresh=False)
+
   done = []
   try:
-    for split, name, shard_items in todo:
-      bar.set_description(name)
-      tmp = out / f"{name}.tmp"
-      if tmp.exists():
-        tmp.unlink()   # left by a killed run
-      writer = ArrayRecordWriter(str(tmp), records.WRITER_OPTIONS)
-      stats = {"shard": name, "split": split, "inputs": len(shard_items), "written": 0,
-               "num_frames": 0, "seconds": 0.0, "skipped": []}
-      try:
-        for it in shard_items:
-          r = next(results)
-          if r["ok"]:
-            writer.write(r["record"])
-            stats["written"] += 1
-            stats["num_frames"] += r["num_frames"]
-            stats["seconds"] += r["seconds"]
-            video_seconds += r["seconds"]
-          else:
-            stats["skipped"].append({"path": it.path, "clip_id": it.clip_id,
-                                     "kind": r["kind"], "reason": r["reason"]})
-          bar.update()
-          bar.set_postfix_str(f"{video_seconds / max(time.perf_counter() - t0, 1e-9):.1f} "
-                              "s video/s", refresh=False)
-      finally:
-        writer.close()
-      stats["seconds"] = round(stats["seconds"], 3)
-      stats["bytes"] = tmp.stat().st_size
-      # The report goes first: a shard under its final name always has one.
-      _write_json(out / f"{name}.report.json", stats)
-      os.replace(tmp, out / name)
-      done.append(name)
+    for sh in todo:
+      bar.set_description(sh.name)
+      write_shard(plan.out, sh, results, on_result)
+      done.append(sh.name)
   finally:
     bar.close()
     results.close()
   return done
 
 
-def _finalize(out: pathlib.Path, src: pathlib.Path, plan: dict, shards: list, name: str,
-              command: str) -> dict:
-  """Writes manifest.json and report.json from the finished shards' reports."""
-  reports = {nm: json.loads((out / f"{nm}.report.json").read_text()) for _, nm, _ in shards}
+def finalize(p: Plan) -> dict:
+  """Writes manifest.json and report.json from the finished shards' reports; returns the report."""
+  out, src, plan, name, command = p.out, p.src, p.plan, p.name, p.command
+  reports = {sh.name: json.loads((out / f"{sh.name}.report.json").read_text())
+             for sh in p.shards}
   split_info, split_counts = {}, {}
   skipped_files = []
   for split in plan["splits"]:
@@ -420,6 +508,8 @@ def _finalize(out: pathlib.Path, src: pathlib.Path, plan: dict, shards: list, na
   }
   _write_json(out / records.REPORT, report)
   _write_json(out / records.MANIFEST, manifest)   # last: its presence marks a finished set
+  for leftover in out.glob("*.tmp"):
+    leftover.unlink()   # partial shards of attempts that died (every shard is final now)
   return report
 
 
@@ -443,7 +533,8 @@ def _command_line(layout, src, out, splits, shards_per_split, min_frames, lip_co
 def main(argv: list[str] | None = None) -> dict:
   """CLI entry point (see the module docstring)."""
   p = argparse.ArgumentParser(description="Prepare videos into ArrayRecord shards of lip "
-                              "crops and mel spectrograms (resumable).")
+                              "crops and mel spectrograms (resumable).",
+                              allow_abbrev=False)  # unknown options go to Beam verbatim
   p.add_argument("--layout", required=True, choices=layouts.LAYOUTS)
   p.add_argument("--src", required=True, help="dataset root")
   p.add_argument("--out", required=True, help="output folder (shards, manifest, report)")
@@ -452,11 +543,16 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--shards_per_split", default="auto",
                  help=f"'auto' ({CLIPS_PER_SHARD} inputs per shard) or a number")
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                 help="worker processes (<= 1: in this process)")
-  p.add_argument("--num_tasks", type=int, default=1, help="machines sharing the work")
-  p.add_argument("--task_index", type=int, default=0)
-  p.add_argument("--finalize", action="store_true",
-                 help="only write manifest/report from finished shards")
+                 help="worker processes (<= 1: in this process); with --runner "
+                 "DirectRunner its worker processes")
+  p.add_argument("--runner", default="local",
+                 help="'local' (default, no Beam needed) or an Apache Beam runner: "
+                 "DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner, ...; "
+                 "options this parser does not know go to Beam (e.g. --project, "
+                 "--temp_location, --flink_master); README 'Data preparation on Beam'")
+  p.add_argument("--worker_path_map", default=None,
+                 help="Beam runners whose workers cannot mount --src/--out: "
+                 "LOCAL_PREFIX=URL_PREFIX[,...], e.g. /gcs/my-bucket=gs://my-bucket")
   p.add_argument("--min_frames", type=int, default=features.MIN_FRAMES)
   p.add_argument("--lip_codec", default="jpeg", choices=records.LIP_CODECS)
   p.add_argument("--limit", type=int, default=None, help="at most N inputs per split")
@@ -474,17 +570,20 @@ def main(argv: list[str] | None = None) -> dict:
                  help="delay all audio by N frames (correct a dataset-wide offset)")
   p.add_argument("--name", default=None, help="dataset name (default: --src folder name)")
   p.add_argument("--no_progress", action="store_true")
-  a = p.parse_args(argv)
+  a, beam_args = p.parse_known_args(argv)
+  if beam_args and a.runner == "local":
+    p.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options need a "
+            "Beam --runner)")
   shards = a.shards_per_split if a.shards_per_split == "auto" else int(a.shards_per_split)
   crop_box = [float(v) for v in a.crop_box.split(",")] if a.crop_box else None
   argv = sys.argv[1:] if argv is None else argv
   return prepare(a.layout, a.src, a.out, splits=a.splits, shards_per_split=shards,
-                 workers=a.workers, num_tasks=a.num_tasks, task_index=a.task_index,
+                 workers=a.workers, runner=a.runner, pipeline_args=beam_args,
+                 worker_path_map=a.worker_path_map,
                  min_frames=a.min_frames, lip_codec=a.lip_codec, limit=a.limit,
                  val_fraction=a.val_fraction, test_fraction=a.test_fraction,
                  group_by=a.group_by, seed=a.seed, feature_layout=a.feature_layout,
                  crop_box=crop_box, audio_shift=a.audio_shift, name=a.name,
-                 finalize_only=a.finalize,
                  progress=not a.no_progress,
                  command=shlex.join(["python", "-m", "data_prep.prepare", *argv]))
 

@@ -330,22 +330,27 @@ def test_kill_and_resume_gives_the_same_records(synthetic_src, reference, tmp_pa
     assert (out / name).read_bytes() == (ref_out / name).read_bytes()
 
 
-def test_tasks_split_the_shards(synthetic_src, reference, tmp_path):
+def test_rerun_after_the_last_shard_writes_the_manifest(synthetic_src, reference, tmp_path):
+  """Killed between the last shard and the manifest: the rerun processes nothing, finalizes."""
   ref_out, _ = reference
-  out = tmp_path / "tasks"
-  kw = dict(shards_per_split=SHARDS, workers=1, num_tasks=2, progress=False, limit=None)
-  first = prep.prepare("lrs2", synthetic_src, out, task_index=1, **kw)
-  assert not first["run"]["finalized"] and len(first["run"]["missing_shards"]) == 5
-  assert not (out / records.MANIFEST).exists()
-  with pytest.raises(FileNotFoundError, match="cannot finalize"):
-    prep.prepare("lrs2", synthetic_src, out, finalize_only=True, **kw)
-  second = prep.prepare("lrs2", synthetic_src, out, task_index=0, **kw)
-  assert second["run"]["finalized"] and len(second["run"]["shards_written"]) == 5
+  out = tmp_path / "unfinalized"
+  out.mkdir()
+  for p in ref_out.iterdir():
+    if p.name not in (records.MANIFEST, records.REPORT):
+      (out / p.name).write_bytes(p.read_bytes())
+  with pytest.raises(FileNotFoundError, match="no manifest"):
+    records.read_manifest(out)
+  report = prep.prepare("lrs2", synthetic_src, out, shards_per_split=SHARDS, workers=1,
+                        progress=False)
+  assert report["run"]["shards_written"] == [] and report["run"]["finalized"]
+  assert report["run"]["shards_already_done"] == 3 * SHARDS
   assert _all_records(out) == _all_records(ref_out)
+  assert json.loads((out / records.REPORT).read_text()) == \
+      json.loads((ref_out / records.REPORT).read_text())
 
 
-def test_bad_inputs_are_reported_and_counted(tmp_path):
-  src = tmp_path / "src"
+def _bad_inputs_folder(src: pathlib.Path) -> pathlib.Path:
+  """Two good videos and one of each kind of bad input (and a non-video file)."""
   src.mkdir()
   _write_video(src / "good_a.mp4", 2.0, 2.0)
   _write_video(src / "good_b.mov", 1.6, 1.6)
@@ -356,6 +361,11 @@ def test_bad_inputs_are_reported_and_counted(tmp_path):
   good = (src / "good_a.mp4").read_bytes()
   (src / "truncated.mp4").write_bytes(good[:len(good) // 3])
   (src / "readme.txt").write_text("not a video")
+  return src
+
+
+def test_bad_inputs_are_reported_and_counted(tmp_path):
+  src = _bad_inputs_folder(tmp_path / "src")
   out = tmp_path / "out"
   report = prep.prepare("folder", src, out, workers=2, shards_per_split=2, progress=False)
   kinds = {pathlib.Path(s["path"]).name: s["kind"] for s in report["skipped_files"]}
