@@ -18,7 +18,11 @@ setup(
         "ml-collections>=1.1.0",
         "grain>=0.2.18",
         "array-record>=0.8.6",
+        # The TFDS builder (data_prep/tfds_builder.py); builds and reads without TensorFlow.
         "tensorflow-datasets>=4.9.10",
+        # TFDS 4.9.10 imports it for builders defined in a package but declares it only for
+        # Python < 3.9.
+        "importlib-resources>=6.0",
         "librosa>=0.11.0",   # the mel filterbank
         "soxr>=0.5",          # audio resampling
         "scipy>=1.13",        # synthetic speech filters

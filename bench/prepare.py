@@ -4,11 +4,14 @@
   .venv/bin/python -m bench.prepare --clips 200 --workers 16
   .venv/bin/python -m bench.prepare --src ../shared/data/real_clips/vox2_crop --layout folder \\
       --feature_layout vox2
+  .venv/bin/python -m bench.prepare --runners local,DirectRunner --codecs jpeg   # Beam vs local
 
-Prepares the same inputs twice (jpeg, then raw lip codec) with ``data_prep.prepare`` into a
-temporary folder and prints, per codec: seconds of video prepared per wall second, the same
+Prepares the same inputs once per runner and lip codec with ``data_prep.prepare`` into a
+temporary folder and prints, per run: seconds of video prepared per wall second, the same
 per worker process ("per core": workers are single-threaded apart from the video decoder),
-and shard bytes on disk per hour of video. Wall time includes starting the worker processes.
+and shard bytes on disk per hour of video. Wall time includes starting the worker processes
+(and, for Beam, building and running the pipeline). With more than one runner it also
+checks that every runner wrote byte-identical shards.
 """
 from __future__ import annotations
 
@@ -25,17 +28,17 @@ from modeformer_jax import records
 
 
 def run(src: pathlib.Path, layout: str, out: pathlib.Path, codec: str, workers: int,
-        feature_layout: str | None) -> dict:
+        feature_layout: str | None, runner: str = "local") -> dict:
   """One timed preparation; returns its figures."""
   t0 = time.perf_counter()
   report = prep.prepare(layout, src, out, workers=workers, lip_codec=codec,
-                        feature_layout=feature_layout, progress=False)
+                        feature_layout=feature_layout, progress=False, runner=runner)
   wall = time.perf_counter() - t0
   manifest = records.read_manifest(out)
   seconds = sum(s["seconds"] for s in manifest["splits"].values())
   shard_bytes = sum((out / n).stat().st_size for s in manifest["splits"].values()
                     for n in s["shards"])
-  return {"codec": codec, "clips": report["written"], "skipped": report["skipped"],
+  return {"runner": runner, "codec": codec, "clips": report["written"], "skipped": report["skipped"],
           "video_s": seconds, "wall_s": wall, "video_s_per_s": seconds / wall,
           "per_core": seconds / wall / max(1, workers),
           "gb_per_hour": shard_bytes / seconds * 3600 / 1e9}
@@ -49,6 +52,9 @@ def main() -> None:
   p.add_argument("--src", default=None, help="prepare this dataset root instead")
   p.add_argument("--layout", default="lrs2")
   p.add_argument("--feature_layout", default=None)
+  p.add_argument("--runners", default="local",
+                 help="comma-separated: local and/or Beam runners (DirectRunner needs '.[beam]')")
+  p.add_argument("--codecs", default="jpeg,raw")
   a = p.parse_args()
   print(f"machine: {machine()}")
   with tempfile.TemporaryDirectory() as tmp:
@@ -71,13 +77,23 @@ def main() -> None:
       src, layout = pathlib.Path(a.src), a.layout
     src_bytes = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     print(f"source: {src} ({layout}), {src_bytes / 1e6:.1f} MB of files; workers={a.workers}")
-    print(f"{'codec':6} {'clips':>5} {'video s':>8} {'wall s':>7} {'video s/s':>9} "
-          f"{'per core':>8} {'GB/hour':>8}  skipped")
-    for codec in ("jpeg", "raw"):
-      r = run(src, layout, tmp / f"out_{codec}", codec, a.workers, a.feature_layout)
-      print(f"{codec:6} {r['clips']:5d} {r['video_s']:8.1f} {r['wall_s']:7.1f} "
-            f"{r['video_s_per_s']:9.1f} {r['per_core']:8.1f} {r['gb_per_hour']:8.3f}  "
-            f"{r['skipped'] or '-'}")
+    print(f"{'runner':12} {'codec':6} {'clips':>5} {'video s':>8} {'wall s':>7} "
+          f"{'video s/s':>9} {'per core':>8} {'GB/hour':>8}  skipped")
+    runners = a.runners.split(",")
+    for codec in a.codecs.split(","):
+      for runner in runners:
+        r = run(src, layout, tmp / f"out_{codec}_{runner}", codec, a.workers,
+                a.feature_layout, runner)
+        print(f"{runner:12} {codec:6} {r['clips']:5d} {r['video_s']:8.1f} {r['wall_s']:7.1f} "
+              f"{r['video_s_per_s']:9.1f} {r['per_core']:8.1f} {r['gb_per_hour']:8.3f}  "
+              f"{r['skipped'] or '-'}", flush=True)
+      if len(runners) > 1:
+        shards = [sorted((tmp / f"out_{codec}_{rn}").glob("*.array_record-?????-of-?????"))
+                  for rn in runners]
+        same = all([f.read_bytes() for f in s] == [f.read_bytes() for f in shards[0]]
+                   and [f.name for f in s] == [f.name for f in shards[0]] for s in shards)
+        print(f"{codec}: shards of {', '.join(runners)} byte-identical: {same} "
+              f"({len(shards[0])} shards)")
 
 
 if __name__ == "__main__":

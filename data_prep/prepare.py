@@ -216,12 +216,24 @@ class Plan:
 
   def jobs(self, shard: Shard) -> list[dict]:
     """The ``process_item`` jobs of ``shard``, in record order."""
-    return [dict(self.options, path=it.path, clip_id=it.clip_id, speaker=it.speaker,
-                 split=it.split, source=_relative(it.path, self.src)) for it in shard.items]
+    return [make_job(self.options, it, self.src) for it in shard.items]
 
   def todo(self) -> list[Shard]:
     """Shards without a finished file (and its report) in ``out``."""
     return [sh for sh in self.shards if not _shard_done(self.out, sh.name)]
+
+
+def job_options(spec: input_spec.InputSpec, min_frames: int = features.MIN_FRAMES,
+                lip_codec: str = "jpeg", audio_shift: int = 0) -> dict:
+  """The per-clip options every ``process_item`` job of one preparation shares."""
+  return dict(crop=spec.crop.to_dict(), min_frames=int(min_frames), lip_codec=lip_codec,
+              audio_shift=int(audio_shift))
+
+
+def make_job(options: dict, item: layouts.Item, src: pathlib.Path) -> dict:
+  """The ``process_item`` job of one input (``options`` from ``job_options``)."""
+  return dict(options, path=item.path, clip_id=item.clip_id, speaker=item.speaker,
+              split=item.split, source=_relative(item.path, src))
 
 
 def make_plan(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
@@ -294,8 +306,7 @@ def make_plan(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
     command = _command_line(layout, src, out, splits, shards_per_split, min_frames,
                             lip_codec, limit, val_fraction, test_fraction, group_by, seed,
                             feature_layout, crop_box, audio_shift)
-  options = dict(crop=spec.crop.to_dict(), min_frames=int(min_frames), lip_codec=lip_codec,
-                 audio_shift=int(audio_shift))
+  options = job_options(spec, min_frames, lip_codec, audio_shift)
   return Plan(out, src, plan, shards, options, name or src.name, command)
 
 
@@ -457,6 +468,19 @@ def _process_shards(plan: Plan, todo: list[Shard], workers: int, progress: bool)
   return done
 
 
+def feature_description(lip_codec: str, feature_layout: str, audio_shift: int) -> dict:
+  """What the records hold (mel parameters, fps, lip size and codec, crop, alignment)."""
+  feats = dict(features.MEL_CONFIG)
+  feats.update({
+      "fps": float(features.FPS), "lip_size": list(input_spec.LIP_SIZE),
+      "lip_codec": lip_codec, "jpeg_quality": records.JPEG_QUALITY,
+      "mel_per_frame": input_spec.MEL_CONFIG["mel_per_frame"], "mel_dtype": "float16",
+      "feature_layout": feature_layout, "audio_shift": int(audio_shift),
+      "alignment": ALIGNMENT_NOTE,
+  })
+  return feats
+
+
 def finalize(p: Plan) -> dict:
   """Writes manifest.json and report.json from the finished shards' reports; returns the report."""
   out, src, plan, name, command = p.out, p.src, p.plan, p.name, p.command
@@ -490,14 +514,8 @@ def finalize(p: Plan) -> dict:
   }
   if report["inputs"] != report["written"] + sum(total_kinds.values()):
     raise AssertionError(f"{out}: shard reports do not add up: {report['splits']}")
-  feats = dict(features.MEL_CONFIG)
-  feats.update({
-      "fps": float(features.FPS), "lip_size": list(input_spec.LIP_SIZE),
-      "lip_codec": plan["lip_codec"], "jpeg_quality": plan["jpeg_quality"],
-      "mel_per_frame": input_spec.MEL_CONFIG["mel_per_frame"], "mel_dtype": "float16",
-      "feature_layout": plan["feature_layout"], "audio_shift": plan["audio_shift"],
-      "alignment": ALIGNMENT_NOTE,
-  })
+  feats = feature_description(plan["lip_codec"], plan["feature_layout"], plan["audio_shift"])
+  feats["jpeg_quality"] = plan["jpeg_quality"]
   manifest = {
       "format_version": records.FORMAT_VERSION, "dataset": name, "layout": plan["layout"],
       "source_root": str(src), "input_spec": plan["input_spec"], "features": feats,
@@ -530,8 +548,8 @@ def _command_line(layout, src, out, splits, shards_per_split, min_frames, lip_co
   return shlex.join(args)
 
 
-def main(argv: list[str] | None = None) -> dict:
-  """CLI entry point (see the module docstring)."""
+def parser() -> argparse.ArgumentParser:
+  """The CLI's options (unknown ones are Beam pipeline options)."""
   p = argparse.ArgumentParser(description="Prepare videos into ArrayRecord shards of lip "
                               "crops and mel spectrograms (resumable).",
                               allow_abbrev=False)  # unknown options go to Beam verbatim
@@ -570,6 +588,12 @@ def main(argv: list[str] | None = None) -> dict:
                  help="delay all audio by N frames (correct a dataset-wide offset)")
   p.add_argument("--name", default=None, help="dataset name (default: --src folder name)")
   p.add_argument("--no_progress", action="store_true")
+  return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+  """CLI entry point (see the module docstring)."""
+  p = parser()
   a, beam_args = p.parse_known_args(argv)
   if beam_args and a.runner == "local":
     p.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options need a "

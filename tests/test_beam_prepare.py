@@ -190,3 +190,27 @@ def test_pipeline_with_a_worker_path_map_equals_local_prep(src, local, tmp_path)
                         worker_path_map=f"{tmp_path}={tmp_path}/.,{src}={src}/.")
   assert report["run"]["finalized"] and report["written"] == 15
   _same_folder(local, out)
+
+
+def test_readme_runner_commands_use_real_options():
+  """Every option in the README's Beam commands is this CLI's or the installed Beam's."""
+  import re
+  import shlex
+
+  from apache_beam.options.pipeline_options import PipelineOptions
+  text = (REPO / "README.md").read_text()
+  section = text[text.index("### Data preparation on Apache Beam"):
+                 text.index("### TensorFlow Datasets")]
+  commands = [" ".join(m.split()) for m in
+              re.findall(r"python -m data_prep\.prepare (.*?)(?:\n\n|\n#|\n```)",
+                         section.replace("\\\n", " "), re.S)]
+  runners = set()
+  for cmd in commands:
+    known, beam_args = prep.parser().parse_known_args(shlex.split(cmd))
+    runners.add(known.runner)
+    # Beam drops (with a warning) what it cannot parse: nothing may be dropped here.
+    parsed = PipelineOptions(beam_args).get_all_options(retain_unknown_options=False)
+    unknown = [a for a in beam_args if a.startswith("--")
+               and a[2:].split("=")[0] not in parsed]
+    assert not unknown, (cmd, unknown)
+  assert runners == {"DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"}
