@@ -18,6 +18,11 @@ of the sorted inputs, each shard's records are written in input position order, 
 record bytes come from the same deterministic ``process_item``. Only ``manifest.json``'s
 ``created`` and ``command`` differ.
 
+Why not ``array_record``'s own Beam sinks: they are not in the PyPI wheel (array-record
+0.8.6 ships only ``array_record.python``), and a generic sharded sink assigns records to
+shards its own way, so the output would not match local preparation. A DoFn per shard with
+``ArrayRecordWriter`` (the local writer) gives the same files.
+
 Retries: Beam commits a bundle's output once even when the bundle ran twice, so a retried
 extraction neither adds nor loses a clip. The writer still checks: a position seen twice is
 written once (the duplicates are the same bytes), a missing position fails the shard, and

@@ -15,15 +15,15 @@ What it writes in ``--out`` (format: ``modeformer_jax.records``)
   ``report.json``                               inputs / written / skipped by kind, with reasons
   ``prepare_plan.json``                         the inputs and sharding this folder is bound to
 
-Why ArrayRecord written directly rather than a TFDS builder
-  A TFDS ``GeneratorBasedBuilder`` with ``file_format='array_record'`` would give standard
-  shard names and split metadata, but encoding our tensors goes through TFDS's feature
-  connectors, whose code paths pull in TensorFlow, and its distributed mode needs Beam. We
-  write the shards with ``array_record``'s own ``ArrayRecordWriter`` instead: the same shard
-  naming (``{split}.array_record-XXXXX-of-YYYYY``), split metadata in ``manifest.json``, and
-  random access through grain's ``ArrayRecordDataSource`` (``records.open_split``), with
-  fewer moving parts. Writer option ``group_size:1`` makes every record its own chunk, so
-  reading one clip decompresses only that clip.
+Why ArrayRecord written directly rather than through a TFDS builder
+  TFDS would wrap every record in a ``tf.train.Example``, pick its own shard sizes and keep
+  split metadata in its own files; the loader, ``eval`` and ``detect --prepared`` read this
+  folder format. We write the shards with ``array_record``'s own ``ArrayRecordWriter``:
+  the same shard naming (``{split}.array_record-XXXXX-of-YYYYY``), split metadata and the
+  input spec in ``manifest.json``, and random access through grain's
+  ``ArrayRecordDataSource`` (``records.open_split``). Writer option ``group_size:1`` makes
+  every record its own chunk, so reading one clip decompresses only that clip. For readers
+  that expect TFDS, ``data_prep.tfds_builder`` builds the same records as a TFDS dataset.
 
 Determinism and resume
   Inputs come sorted (``layouts``); each split is cut into shards of contiguous chunks

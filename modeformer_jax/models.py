@@ -78,30 +78,92 @@ class _GroupNormAuto(nn.Module):
 
 # How 3D convolutions with a temporal kernel run: "native" (one 3D convolution), "2d" (a sum
 # of 2D convolutions over the time taps, time folded into the batch) or "auto". The two are
-# the same function (tests/test_models.py). Measured on XLA:CPU (bench/RESULTS.md, "CPU
-# speed"): the 2D form makes the tiny model's eval 1.8x and training 2.4x faster, but the
-# paper model's 10x slower, so "auto" takes it only on the CPU backend for narrow trunks.
-CONV3D_IMPL = "auto"     # 'auto' | 'native' | '2d'
-AUTO_2D_MAX_WIDTH = 128  # "auto": the 2D form for trunks at most this wide (tiny: 96)
+# the same function (tests/test_models.py). Measured per layer on XLA:CPU
+# (`bench/conv3d_layers.py [--grad]`, bench/RESULTS.md "CPU speed"):
+# - forward: the 2D form is 1.1-2.5x faster for the stems and the stride-1 layers on maps of
+#   at least 3x3, but XLA's 2D convolution collapses on tiny maps (2x3: 9 GFLOP/s against
+#   40 for the 3D conv; 88x slower on the paper model's 512-wide last stage) and loses on
+#   wide stride-2 layers;
+# - backward of stride-2 layers: the native form's gradients are 10-50x slower than the 2D
+#   form's (XLA's input gradient of a strided 3D conv), except where the output map is tiny
+#   and wide (paper stage 4: 2.6x faster native).
+# So "auto" decides per layer, on the CPU backend only, and a strided layer may run its
+# forward in one form and its backward in the other (an exact custom VJP).
+CONV3D_IMPL = "auto"          # 'auto' | 'native' | '2d'
+AUTO_2D_MIN_MAP = 3           # "auto": the 2D form needs maps at least 3x3 ...
+AUTO_2D_STRIDED_MAX_IN = 32   # ... and a strided forward at most this many input channels
+AUTO_NATIVE_BWD_MIN_OUT = 256  # strided backward: native on tiny maps with this many outputs
 
 
-def _conv3d_as_2d(impl: str, max_width: int | None = None) -> bool:
+def _conv3d_forms(impl: str, x_shape: tuple[int, ...], strides: tuple[int, ...],
+                  features: int) -> tuple[bool, bool]:
+  """(forward as 2D, backward as 2D) for a 3D conv with a temporal kernel > 1 on ``x_shape``."""
   if impl not in ("auto", "native", "2d"):
     raise ValueError(f"CONV3D_IMPL must be 'auto', 'native' or '2d', got {impl!r}")
-  return impl == "2d" or (impl == "auto" and max_width is not None
-                          and max_width <= AUTO_2D_MAX_WIDTH and jax.default_backend() == "cpu")
+  if impl != "auto":
+    return (impl == "2d",) * 2
+  if jax.default_backend() != "cpu":
+    return False, False
+  h, w, cin = x_shape[-3:]
+  sh, sw = strides[1:]
+  fwd = min(h, w) >= AUTO_2D_MIN_MAP and (max(sh, sw) == 1 or cin <= AUTO_2D_STRIDED_MAX_IN)
+  if max(sh, sw) == 1:
+    return fwd, fwd
+  out_map = min(-(-h // sh), -(-w // sw))
+  bwd = out_map >= AUTO_2D_MIN_MAP or features < AUTO_NATIVE_BWD_MIN_OUT
+  return fwd, bwd
+
+
+def _conv3d_native(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
+  return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
+                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
+def _conv3d_2d(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
+  """``y[t] = sum_d conv2d(x[t + d - p], k[d])``, zero frames beyond the clip."""
+  b, t = x.shape[:2]
+  kt = kernel.shape[0]
+  lo = (kt - 1) // 2
+  xp = jnp.pad(x, ((0, 0), (lo, kt - 1 - lo)) + ((0, 0),) * 3)
+  out = None
+  for d in range(kt):
+    y = jax.lax.conv_general_dilated(
+        xp[:, d:d + t].reshape(b * t, *x.shape[2:]), kernel[d], strides[1:], "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = y if out is None else out + y
+  return out.reshape(b, t, *out.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv3d_mixed(x: Array, kernel: Array, strides: tuple[int, ...], fwd_2d: bool) -> Array:
+  """The conv in one form forward and the other backward (the same linear map)."""
+  return (_conv3d_2d if fwd_2d else _conv3d_native)(x, kernel, strides)
+
+
+def _conv3d_mixed_fwd(x, kernel, strides, fwd_2d):
+  return _conv3d_mixed(x, kernel, strides, fwd_2d), (x, kernel)
+
+
+def _conv3d_mixed_bwd(strides, fwd_2d, res, g):
+  x, kernel = res
+  other = _conv3d_native if fwd_2d else _conv3d_2d
+  # The conv is linear, so the VJP never uses this primal: XLA drops its computation.
+  _, vjp = jax.vjp(lambda a, k: other(a, k, strides), x, kernel)
+  return vjp(g)
+
+
+_conv3d_mixed.defvjp(_conv3d_mixed_fwd, _conv3d_mixed_bwd)
 
 
 class Conv(nn.Module):
   """``nn.Conv`` without bias and with SAME padding (same parameter tree: ``kernel``), whose
-  3D form with a temporal kernel > 1 and temporal stride 1 can run as 2D convolutions:
-  ``y[t] = sum_d conv2d(x[t + d - p], k[d])`` with zero frames beyond the clip."""
+  3D form with a temporal kernel > 1 and temporal stride 1 can run as 2D convolutions
+  (``_conv3d_2d``), forward, backward or both (``_conv3d_forms``)."""
   features: int
   kernel_size: tuple[int, ...]
   strides: tuple[int, ...] | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  trunk_width: int | None = None   # widest layer of the trunk, for CONV3D_IMPL="auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -110,18 +172,11 @@ class Conv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    kt = self.kernel_size[0]
-    if nd == 3 and kt > 1 and strides[0] == 1 and _conv3d_as_2d(CONV3D_IMPL, self.trunk_width):
-      b, t = x.shape[:2]
-      lo = (kt - 1) // 2
-      xp = jnp.pad(x, ((0, 0), (lo, kt - 1 - lo)) + ((0, 0),) * 3)
-      out = None
-      for d in range(kt):
-        y = jax.lax.conv_general_dilated(
-            xp[:, d:d + t].reshape(b * t, *x.shape[2:]), kernel[d], strides[1:], "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        out = y if out is None else out + y
-      return out.reshape(b, t, *out.shape[1:])
+    if nd == 3 and self.kernel_size[0] > 1 and strides[0] == 1:
+      fwd, bwd = _conv3d_forms(CONV3D_IMPL, x.shape, strides, self.features)
+      if fwd != bwd:
+        return _conv3d_mixed(x, kernel, strides, fwd)
+      return (_conv3d_2d if fwd else _conv3d_native)(x, kernel, strides)
     spec = "NDHWC" if nd == 3 else "NHWC"
     return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
                                         dimension_numbers=(spec, spec[1:-1] + "IO", spec))
@@ -137,12 +192,10 @@ class ResidualBlock(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  trunk_width: int | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                             trunk_width=self.trunk_width)
+    conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(_norm, self.norm, self.norm_groups, train, self.bn_axis_name,
                              self.dtype, self.param_dtype)
     residual = x
@@ -180,7 +233,7 @@ class ResNet(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     nd = len(self.stem_kernel)
     x = Conv(self.widths[0], self.stem_kernel, strides=self.stem_strides, dtype=self.dtype,
-             param_dtype=self.param_dtype, trunk_width=max(self.widths), name="stem_conv")(x)
+             param_dtype=self.param_dtype, name="stem_conv")(x)
     x = _norm(self.norm, self.norm_groups, train, self.bn_axis_name, self.dtype,
               self.param_dtype, name="stem_norm")(x)
     x = nn.relu(x)
@@ -193,8 +246,7 @@ class ResNet(nn.Module):
       for b in range(n):
         strides = self.stage_strides if (stage > 0 and b == 0) else (1,) * nd
         x = block_cls(width, strides, kernel, self.norm, self.norm_groups, self.bn_axis_name,
-                      self.dtype, self.param_dtype, max(self.widths),
-                      name=f"stage{stage + 1}_block{b + 1}")(x, train)
+                      self.dtype, self.param_dtype, name=f"stage{stage + 1}_block{b + 1}")(x, train)
     return x
 
 

@@ -1,4 +1,6 @@
 """Model tests: shapes, parameter count, modality independence, determinism, bf16, retrace."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,3 +202,37 @@ def test_video_tower_same_in_both_conv_forms(monkeypatch):
     monkeypatch.setattr(models, "CONV3D_IMPL", impl)
     out[impl] = np.asarray(jax.jit(model.embed_video)(params, frames))
   np.testing.assert_allclose(out["2d"], out["native"], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_conv_form_is_chosen_per_layer():
+  """'auto' takes the 2D form where it was measured faster (bench/conv3d_layers.py)."""
+  from modeformer_jax import models
+  forms = functools.partial(models._conv3d_forms, "auto")
+  assert forms((96, 5, 48, 96, 3), (1, 2, 2), 64) == (True, True)      # stems
+  assert forms((96, 5, 6, 12, 128), (1, 1, 1), 128) == (True, True)    # stride 1, maps >= 3x3
+  assert forms((96, 5, 2, 3, 512), (1, 1, 1), 512) == (False, False)   # tiny maps
+  assert forms((96, 5, 12, 24, 64), (1, 2, 2), 128) == (False, True)   # wide strided
+  assert forms((96, 5, 3, 6, 256), (1, 2, 2), 512) == (False, False)   # ... to a tiny map
+  assert models._conv3d_forms("2d", (1, 5, 2, 3, 512), (1, 1, 1), 8) == (True, True)
+  assert models._conv3d_forms("native", (1, 5, 48, 96, 3), (1, 1, 1), 8) == (False, False)
+  with pytest.raises(ValueError, match="CONV3D_IMPL"):
+    models._conv3d_forms("fast", (1, 5, 8, 8, 3), (1, 1, 1), 8)
+
+
+@pytest.mark.parametrize("strides", [(1, 1, 1), (1, 2, 2)])
+def test_mixed_forms_have_the_native_gradients(strides):
+  """Forward in one form, backward in the other: values and both gradients as native."""
+  from modeformer_jax import models
+  x = jax.random.normal(jax.random.key(0), (2, 5, 12, 24, 6))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 6, 8)) * 0.1
+  r = jax.random.normal(jax.random.key(2), models._conv3d_native(x, k, strides).shape)
+  loss = lambda f: lambda a, b: jnp.vdot(f(a, b), r)  # noqa: E731
+  ref = jax.value_and_grad(loss(lambda a, b: models._conv3d_native(a, b, strides)),
+                           argnums=(0, 1))(x, k)
+  for fwd_2d in (True, False):
+    got = jax.jit(jax.value_and_grad(
+        loss(lambda a, b, f=fwd_2d: models._conv3d_mixed(a, b, strides, f)),
+        argnums=(0, 1)))(x, k)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4)
+    for g, want in zip(got[1], ref[1]):
+      np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)

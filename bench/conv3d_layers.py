@@ -1,0 +1,98 @@
+"""Where the 3D video trunk's time goes: each conv layer shape, native 3D vs the 2D form.
+
+  python -m bench.conv3d_layers --variant paper --windows 96
+
+Times the forward of one ``models.Conv`` per distinct layer shape of the variant's video
+trunk (the input of one 100-frame clip's windows: ``--windows`` x 5 frames), once with each
+formulation (``models.CONV3D_IMPL`` 'native' and '2d'), interleaved, best of ``--repeats``;
+prints ms, GFLOP/s and the fraction of a same-process matmul peak.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.common import machine, matmul_peak
+from modeformer_jax import models
+
+
+def layer_shapes(cfg: models.ModelConfig, windows: int, frames: int = 5) -> list[dict]:
+  """(input shape, features, kernel, strides) of every distinct 3D conv of the video trunk."""
+  h, w = cfg.lip_size if hasattr(cfg, "lip_size") else (48, 96)
+  shapes = []
+  sh, sw = cfg.video_stem_strides[1:]
+  shapes.append(dict(name="stem", x=(windows, frames, h, w, cfg.video_channels),
+                     f=cfg.cnn_widths[0], k=cfg.video_stem_kernel,
+                     s=cfg.video_stem_strides))
+  h, w = -(-h // sh), -(-w // sw)
+  h, w = -(-h // 2), -(-w // 2)           # the max-pool after the stem
+  c = cfg.cnn_widths[0]
+  for i, width in enumerate(cfg.cnn_widths):
+    stride = (1, 1, 1) if i == 0 else (1, 2, 2)
+    if stride != (1, 1, 1) or c != width:
+      shapes.append(dict(name=f"stage{i + 1}.down", x=(windows, frames, h, w, c), f=width,
+                         k=(3, 3, 3), s=stride))
+      h, w = -(-h // 2), -(-w // 2)
+    shapes.append(dict(name=f"stage{i + 1}", x=(windows, frames, h, w, width), f=width,
+                       k=(3, 3, 3), s=(1, 1, 1)))
+    c = width
+  return shapes
+
+
+def _time(fn, x, repeats: int) -> float:
+  jax.block_until_ready(fn(x))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--variant", default="paper")
+  ap.add_argument("--windows", type=int, default=96)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--grad", action="store_true",
+                  help="time forward + backward (gradients for the input and the kernel)")
+  a = ap.parse_args(argv)
+  peak = matmul_peak()
+  print(f"machine: {machine()}; matmul peak {peak / 1e9:.1f} GFLOP/s")
+  cfg = models.model_config(a.variant)
+  print(f"{'layer':12} {'input':>24} {'out':>4} {'GFLOP':>7} {'native ms':>10} {'2d ms':>8} "
+        f"{'native %pk':>10} {'2d %pk':>7}")
+  rng = np.random.default_rng(0)
+  for L in layer_shapes(cfg, a.windows):
+    x = jnp.asarray(rng.standard_normal(L["x"], np.float32))
+    conv = models.Conv(L["f"], L["k"], strides=L["s"])
+    params = conv.init(jax.random.key(0), x)
+    out = jax.eval_shape(conv.apply, params, x).shape
+    passes = (2 if L["name"] == "stem" else 3) if a.grad else 1
+    flops = 2 * np.prod(out) * np.prod(L["k"]) * L["x"][-1] * passes
+    res = {}
+    for impl in ("native", "2d", "native", "2d"):
+      models.CONV3D_IMPL = impl
+      if a.grad:   # d(sum y * r)/d(params, x): the backward convolutions of training
+        r = jnp.asarray(rng.standard_normal(out, np.float32))
+        # The stem's input is the frames: training needs only its kernel's gradient.
+        argnums = 0 if L["name"] == "stem" else (0, 1)
+        g = jax.jit(jax.grad(lambda p, v, c=conv, r=r: jnp.vdot(c.apply(p, v), r),
+                             argnums=argnums))
+        fn = functools.partial(g, params)
+      else:
+        fn = jax.jit(lambda v, p=params, c=conv: c.apply(p, v))   # traced under this impl
+      res[impl] = min(res.get(impl, float("inf")), _time(fn, x, a.repeats))
+    models.CONV3D_IMPL = "auto"
+    print(f"{L['name']:12} {str(L['x']):>24} {L['f']:4d} {flops / 1e9:7.2f} "
+          f"{1e3 * res['native']:10.1f} {1e3 * res['2d']:8.1f} "
+          f"{flops / res['native'] / peak:10.1%} {flops / res['2d'] / peak:7.1%}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
