@@ -204,7 +204,7 @@ def _direct_args(runner: str, args: list[str], workers: int) -> list[str]:
 
 def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
         pipeline_args: Sequence[str] = (), workers: int = 1,
-        path_map: Mapping[str, str] | None = None) -> list[str]:
+        path_map: Mapping[str, str] | None = None) -> tuple[list[str], bool]:
   """Writes the shards in ``todo`` (and then the manifest) with a Beam pipeline.
 
   Args:
@@ -217,7 +217,7 @@ def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
       the manifest is written here after the pipeline rather than by a worker.
 
   Returns:
-    The names of the shards written.
+    The names of the shards written, and whether the pipeline wrote the manifest.
   """
   out = plan.out
   args = _direct_args(runner, [f"--runner={runner}", *pipeline_args], workers)
@@ -249,7 +249,8 @@ def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
     grouped = ((grouped, pipeline | "EmptyShards" >> beam.Create([(n, []) for n in empty]))
                | "AllShards" >> beam.Flatten())
   written = grouped | "WriteShards" >> beam.ParDo(_WriteShard(str(out), sizes, path_map))
-  if map_path(str(out), path_map) == str(out):
+  finalizes = map_path(str(out), path_map) == str(out)
+  if finalizes:
     # Workers see the folder: the pipeline finishes the job itself, launcher or not.
     _ = (written
          | "AllWritten" >> beam.combiners.ToList()
@@ -266,4 +267,4 @@ def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
     print("beam counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())),
           flush=True)
   inputs.unlink(missing_ok=True)
-  return [sh.name for sh in todo if prepare._shard_done(out, sh.name)]
+  return [sh.name for sh in todo if prepare._shard_done(out, sh.name)], finalizes

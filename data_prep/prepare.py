@@ -362,6 +362,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
   out = plan.out
   todo = plan.todo()
   written: list[str] = []
+  pipeline_finalized = False
   if not todo:
     log(f"nothing to do: all {len(plan.shards)} shards in {out} are complete")
   else:
@@ -380,20 +381,21 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
       except ImportError as e:
         raise ImportError(f"--runner {runner} needs Apache Beam: pip install -e '.[beam]' "
                           f"(or --runner local) [{e}]") from e
-      written = beam_prepare.run(plan, todo, runner, pipeline_args, workers,
-                                 beam_prepare.parse_path_map(worker_path_map))
+      written, pipeline_finalized = beam_prepare.run(
+          plan, todo, runner, pipeline_args, workers,
+          beam_prepare.parse_path_map(worker_path_map))
   missing = [sh.name for sh in plan.todo()]
   if missing:
     raise RuntimeError(f"{out}: {len(missing)} shards were not written: {missing[:5]}")
   run = {"shards_written": written, "shards_already_done": len(plan.shards) - len(todo),
          "finalized": False}
   manifest_path = out / records.MANIFEST
-  if manifest_path.is_file() and (out / records.REPORT).is_file() and not written:
-    report = json.loads((out / records.REPORT).read_text())
-  elif runner != "local" and written and manifest_path.is_file():
+  if pipeline_finalized:
     # The pipeline finalized in its last step (so a detached cloud job ends complete).
     report = json.loads((out / records.REPORT).read_text())
     run["finalized"] = True
+  elif manifest_path.is_file() and (out / records.REPORT).is_file() and not written:
+    report = json.loads((out / records.REPORT).read_text())
   else:
     report = finalize(plan)
     run["finalized"] = True

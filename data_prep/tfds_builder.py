@@ -173,12 +173,12 @@ def _beam_example(indexed: tuple[int, dict]) -> Iterator[tuple[int, dict]]:
 def build(config: str, manual_dir: str, data_dir: str,
           beam_pipeline_options: str | None = None) -> tfds.core.DatasetBuilder:
   """Builds ``modeformer_clips/<config>`` from ``manual_dir`` into ``data_dir``."""
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  beam_options = None
   if beam_pipeline_options:
     from apache_beam.options.pipeline_options import PipelineOptions
-    flags = [f"--{kv}" for kv in beam_pipeline_options.split(",") if kv]
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=manual_dir, beam_options=PipelineOptions(flags))
+    beam_options = PipelineOptions([f"--{kv}" for kv in beam_pipeline_options.split(",") if kv])
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                                 beam_options=beam_options)
   # ArrayRecord: random access (tfds.data_source) and no TensorFlow (TFRecord needs it).
   builder = ModeformerClips(config=config, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare(download_config=download_config)
