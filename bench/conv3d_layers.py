@@ -1,11 +1,14 @@
 """Where the 3D video trunk's time goes: each conv layer shape, native 3D vs the 2D form.
 
   python -m bench.conv3d_layers --variant paper --windows 96
+  python -m bench.conv3d_layers --map_sweep     # 3x3 convs, 64 channels, small maps
 
 Times the forward of one ``models.Conv`` per distinct layer shape of the variant's video
 trunk (the input of one 100-frame clip's windows: ``--windows`` x 5 frames), once with each
 formulation (``models.CONV3D_IMPL`` 'native' and '2d'), interleaved, best of ``--repeats``;
-prints ms, GFLOP/s and the fraction of a same-process matmul peak.
+prints ms, GFLOP/s and the fraction of a same-process matmul peak. ``--map_sweep`` instead
+times one 3x3 2D conv (batch 480) and one 3x3x3 3D conv (96 x 5 frames), 64 channels, on
+maps of 1..6 x 2..12, and prints the GFLOP/s of each.
 """
 from __future__ import annotations
 
@@ -18,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import machine, matmul_peak
-from modeformer_jax import models
+from modeformer_jax import input_spec, models
 
 
 def layer_shapes(cfg: models.ModelConfig, windows: int, frames: int = 5) -> list[dict]:
   """(input shape, features, kernel, strides) of every distinct 3D conv of the video trunk."""
-  h, w = cfg.lip_size if hasattr(cfg, "lip_size") else (48, 96)
+  h, w = input_spec.LIP_SIZE
   shapes = []
   sh, sw = cfg.video_stem_strides[1:]
   shapes.append(dict(name="stem", x=(windows, frames, h, w, cfg.video_channels),
@@ -54,6 +57,30 @@ def _time(fn, x, repeats: int) -> float:
   return best
 
 
+def map_sweep(repeats: int, channels: int = 64) -> None:
+  """GFLOP/s of a 3x3 2D conv and a 3x3x3 3D conv over the same work, by map size."""
+  print(f"machine: {machine()}; {channels} channels; GFLOP/s as '2d / 3d'")
+  rng = np.random.default_rng(0)
+  dn2, dn3 = ("NHWC", "HWIO", "NHWC"), ("NDHWC", "DHWIO", "NDHWC")
+  conv2 = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                            dimension_numbers=dn2))
+  conv3 = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1, 1), "SAME",
+                                                            dimension_numbers=dn3))
+  c = channels
+  for h in (1, 2, 3, 4, 6):
+    row = []
+    for w in (2, 3, 4, 6, 12):
+      x2 = jnp.asarray(rng.standard_normal((480, h, w, c), np.float32))
+      k2 = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32))
+      x3 = jnp.asarray(rng.standard_normal((96, 5, h, w, c), np.float32))
+      k3 = jnp.asarray(rng.standard_normal((3, 3, 3, c, c), np.float32))
+      flops2 = 2 * 480 * h * w * 9 * c * c
+      g2 = flops2 / _time(functools.partial(conv2, k=k2), x2, repeats) / 1e9
+      g3 = 3 * flops2 / _time(functools.partial(conv3, k=k3), x3, repeats) / 1e9
+      row.append(f"{h}x{w}: {g2:5.1f} / {g3:5.1f}")
+    print(" | ".join(row), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--variant", default="paper")
@@ -61,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--grad", action="store_true",
                   help="time forward + backward (gradients for the input and the kernel)")
+  ap.add_argument("--map_sweep", action="store_true")
   a = ap.parse_args(argv)
+  if a.map_sweep:
+    map_sweep(a.repeats)
+    return
   peak = matmul_peak()
   print(f"machine: {machine()}; matmul peak {peak / 1e9:.1f} GFLOP/s")
   cfg = models.model_config(a.variant)

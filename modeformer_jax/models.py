@@ -82,7 +82,7 @@ class _GroupNormAuto(nn.Module):
 # (`bench/conv3d_layers.py [--grad]`, bench/RESULTS.md "CPU speed"):
 # - forward: the 2D form is 1.1-2.5x faster for the stems and the stride-1 layers on maps of
 #   at least 3x3, but XLA's 2D convolution collapses on tiny maps (2x3: 9 GFLOP/s against
-#   40 for the 3D conv; 88x slower on the paper model's 512-wide last stage) and loses on
+#   36 for the 3D conv; 88x slower on the paper model's 512-wide last stage) and loses on
 #   wide stride-2 layers;
 # - backward of stride-2 layers: the native form's gradients are 10-50x slower than the 2D
 #   form's (XLA's input gradient of a strided 3D conv), except where the output map is tiny
