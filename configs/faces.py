@@ -16,8 +16,9 @@ Every dataset is prepared with ``--feature_layout landmarks`` so they share one 
   python -m modeformer_jax.train --config configs/faces.py --workdir runs/faces \\
       --config.init_from=modeformer_jax/weights/grid_s1
 
-Arguments: ``variant`` (default tiny), ``steps``, ``batch``, ``num_hard``, ``noaug`` (every
-augmentation off, for measuring their effect), e.g. ``configs/faces.py:steps=500,noaug``.
+Arguments: ``variant`` (default tiny), ``steps``, ``batch``, ``num_hard``, ``lr``, ``noaug``
+(every augmentation off, for measuring their effect), ``exact`` (hard negatives from +-1
+frame, no tolerance in the loss), e.g. ``configs/faces.py:steps=500,noaug``.
 Single augmentations are switched with overrides (``--config.data.flip=False``).
 
 LRC-AR clips are 25-32 frames: hard negatives are drawn only at shifts inside the clip
@@ -34,10 +35,16 @@ DATA = "data/lrc_ar_landmarks,data/grid_s1_landmarks,data/synthetic_landmarks"
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the multi-speaker config."""
-  a = common.parse_arg(arg, variant="tiny", steps=6000, batch=32, num_hard=4, noaug=False)
+  a = common.parse_arg(arg, variant="tiny", steps=6000, batch=32, num_hard=4, noaug=False,
+                       exact=False, lr=5e-4)
   c = common.training_config(variant=a.variant, data_dir=DATA, batch_size=a.batch,
                              num_hard=a.num_hard, total_steps=a.steps)
-  c.optim.lr = 5e-4            # starts from the GRID model (init_from), so a smaller step
+  c.optim.lr = a.lr            # starts from a trained model (init_from), so a smaller step
+  if a.exact:
+    # Teach the exact frame: hard negatives from one frame away, and no same-clip window
+    # but the true one spared as a negative. The protocol forgives +-1 frame; people
+    # measuring their videos' offset do not (faces_v1 was often off by one, constantly).
+    c.data.min_shift, c.loss.tolerance = 1, 0
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 100
   c.data.workers = 1

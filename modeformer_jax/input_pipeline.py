@@ -230,8 +230,17 @@ def train_iterator(data_dir: str, split: str, *, global_batch: int, spec: Exampl
 
 
 def spec_from_config(config: Any) -> ExampleSpec:
-  """ExampleSpec from a training config (``config.num_hard`` and ``config.data``)."""
+  """ExampleSpec from a training config (``config.num_hard`` and ``config.data``).
+
+  Raises ValueError when every hard negative would fall inside the loss's tolerance (the
+  loss masks those windows, so the run would silently train without hard negatives).
+  """
   d = config.data
+  tolerance = config.get("loss", {}).get("tolerance", None)
+  if tolerance is not None and int(config.num_hard) > 0 and int(d.min_shift) <= int(tolerance):
+    raise ValueError(f"data.min_shift={d.min_shift} <= loss.tolerance={tolerance}: hard "
+                     "negatives that close are masked by the loss; raise min_shift or lower "
+                     "the tolerance")
   return ExampleSpec(num_hard=int(config.num_hard), min_shift=int(d.min_shift),
                      max_shift=int(d.max_shift), entries_per_clip=int(d.entries_per_clip),
                      brightness=float(d.get("brightness", 0.0)),

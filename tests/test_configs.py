@@ -71,3 +71,16 @@ def test_cli_help_lists_the_modules_flags(capsys):
     summary.main(["--config", str(CONFIGS / "modeformer.py:micro"), "--dpth", "1"])
   assert e.value.code == 2
   assert "dpth" in capsys.readouterr().err
+
+
+def test_faces_exact_teaches_one_frame_and_hard_negatives_inside_tolerance_are_refused():
+  c = config_utils.load_config(str(CONFIGS / "faces.py:exact,steps=10"))
+  assert (c.data.min_shift, c.loss.tolerance, c.total_steps) == (1, 0, 10)
+  assert input_pipeline.spec_from_config(c).min_shift == 1
+  default = config_utils.load_config(str(CONFIGS / "faces.py"))
+  assert (default.data.min_shift, default.loss.tolerance) == (2, 1)
+  # The loss would mask every +-1 hard negative: a run that trains on fewer negatives than
+  # it says must not start.
+  bad = config_utils.load_config(str(CONFIGS / "faces.py"), "--config.data.min_shift=1")
+  with pytest.raises(ValueError, match="tolerance"):
+    input_pipeline.spec_from_config(bad)
