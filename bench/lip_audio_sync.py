@@ -104,11 +104,37 @@ def measure(path: str) -> dict:
           "peak_correlation": peak, "face_frames": float(np.isfinite(opening).mean())}
 
 
+def plot_against_model(rows: list[dict], path: str, summary: dict) -> str:
+  """Scatter of the model's whole-frame answer against the model-free lag, one dot a clip."""
+  from modeformer_jax import plots
+  fig, (ax,) = plots._new_figure(size=(6.5, 5.0))
+  pts = [r for r in rows if r["model_frames"] is not None]
+  x = np.array([r["lag_frames"] for r in pts])
+  y = np.array([r["model_frames"] for r in pts])
+  ax.scatter(x, y, s=30)
+  for r, xi, yi in zip(pts, x, y):
+    ax.annotate(pathlib.Path(r["file"]).parent.name + "/" + pathlib.Path(r["file"]).stem[:12],
+                (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points")
+  lim = max(4.0, float(np.abs(np.concatenate([x, y])).max()) + 0.5)
+  ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--", label="equal")
+  ax.set_xlim(-lim, lim)
+  ax.set_ylim(-lim, lim)
+  ax.axhline(0, color="black", lw=0.5)
+  ax.axvline(0, color="black", lw=0.5)
+  ax.set_xlabel("mouth opening vs loudness lag (frames, + = audio late; no model)")
+  ax.set_ylabel("model's offset at zero injected shift (frames)")
+  r = summary.get("pearson_with_model")
+  ax.set_title("Each clip's own sync, two ways" + (f" (Pearson r = {r:.2f})" if r else ""))
+  ax.legend(loc="upper left", fontsize=8)
+  return plots._save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("videos", nargs="+")
   parser.add_argument("--compare", help="a bench.detect_shifts JSON: its detections at 0")
   parser.add_argument("--json_out")
+  parser.add_argument("--plot", help="PNG: the model's frames against this lag, per clip")
   args = parser.parse_args(argv)
   detected = {}
   if args.compare:
@@ -141,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     rank = lambda v: np.argsort(np.argsort(v))
     summary["spearman_with_model"] = float(np.corrcoef(rank(x), rank(y))[0, 1])
   print(json.dumps(summary))
+  if args.plot and len(both) >= 1:
+    plot_against_model(rows, args.plot, summary)
   if args.json_out:
     pathlib.Path(args.json_out).write_text(json.dumps(
         {"machine": machine(), "summary": summary, "rows": rows, "skipped": failed}, indent=1))
