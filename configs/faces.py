@@ -1,6 +1,8 @@
 """Many real faces on a CPU: LRC-AR + GRID s1 + synthetic, landmark-centred mouth crops.
 
-The recipe of the shipped default detector (modeformer_jax/weights/faces_v1/MODEL_CARD.md).
+The recipe of the shipped detectors: faces_v1 (``--config.init_from=modeformer_jax/weights/grid_s1``)
+and the default faces_v2 (``configs/faces.py:steps=5000,exact,lr=3e-4`` from faces_v1); their
+model cards are in modeformer_jax/weights/.
 Every dataset is prepared with ``--feature_layout landmarks`` so they share one input spec::
 
   python -m data_prep.prepare --layout folder --feature_layout landmarks \\

@@ -78,7 +78,7 @@ LOWER_HALF_BOX = (0.5, 1.0, 0.0, 1.0)
 # centred on the mean of the lip landmarks; its width is ``width_iod`` IODs (mouth corners
 # are ~1 IOD apart, so the crop shows the mouth with cheeks and chin edge), its height is
 # half its width (the 48x96 aspect). Smoothing is a centred moving average over frames.
-# ``max_gap_frames`` is recorded in the specs written so far (faces_v1 and its data) but
+# ``max_gap_frames`` is recorded in the specs written so far (faces_v1/v2 and their data) but
 # nothing enforces it yet: crops.landmark_track interpolates gaps of any length and only
 # rejects a clip with a face in under half its frames. Kept so recorded specs still match.
 LANDMARK_DEFAULTS: dict = {"width_iod": 2.0, "roll": True, "smooth_frames": 5,

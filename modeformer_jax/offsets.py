@@ -27,7 +27,7 @@ log = logging.getLogger("modeformer_jax.offsets")
 
 WEIGHTS = pathlib.Path(__file__).resolve().parent / "weights"
 # The model ``detect`` uses without --checkpoint.
-DEFAULT_MODEL = WEIGHTS / "faces_v1"
+DEFAULT_MODEL = WEIGHTS / "faces_v2"
 LAYOUT_CHOICES = ("auto", *input_spec.LAYOUT_CROPS)
 
 

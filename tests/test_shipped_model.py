@@ -63,9 +63,9 @@ def test_shipped_model_detects_an_injected_shift_on_grid(shipped, grid_dir):
 
 
 # --------------------------------------------------------------------------------------
-# The default detector (faces_v1): many speakers, landmark crops.
+# The default detector (faces_v2): many speakers, landmark crops.
 # --------------------------------------------------------------------------------------
-FACES = offsets.WEIGHTS / "faces_v1"
+FACES = offsets.WEIGHTS / "faces_v2"
 
 
 def test_default_detector_is_the_multi_speaker_model():
