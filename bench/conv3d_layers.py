@@ -2,13 +2,16 @@
 
   python -m bench.conv3d_layers --variant paper --windows 96
   python -m bench.conv3d_layers --map_sweep     # 3x3 convs, 64 channels, small maps
+  python -m bench.conv3d_layers --split_grads --variant paper --windows 8   # training's
 
 Times the forward of one ``models.Conv`` per distinct layer shape of the variant's video
 trunk (the input of one 100-frame clip's windows: ``--windows`` x 5 frames), once with each
 formulation (``models.CONV3D_IMPL`` 'native' and '2d'), interleaved, best of ``--repeats``;
 prints ms, GFLOP/s and the fraction of a same-process matmul peak. ``--map_sweep`` instead
 times one 3x3 2D conv (batch 480) and one 3x3x3 3D conv (96 x 5 frames), 64 channels, on
-maps of 1..6 x 2..12, and prints the GFLOP/s of each.
+maps of 1..6 x 2..12, and prints the GFLOP/s of each. ``--split_grads`` times, per layer,
+the forward in each form and each gradient (input, kernel) alone in each form, the matmul
+forms included, and marks what ``CONV3D_IMPL='auto'`` picks: the evidence for its rule.
 """
 from __future__ import annotations
 
@@ -81,6 +84,39 @@ def map_sweep(repeats: int, channels: int = 64) -> None:
     print(" | ".join(row), flush=True)
 
 
+def split_grads(cfg: models.ModelConfig, windows: int, repeats: int) -> None:
+  """Forward, input gradient and kernel gradient of each layer, alone, in every form."""
+  print(f"machine: {machine()}; ms per call, best of {repeats}; * = what 'auto' picks")
+  rng = np.random.default_rng(0)
+  fwd_forms = {"native": models._conv3d_native, "2d": models._conv3d_2d}
+  for L in layer_shapes(cfg, windows):
+    s, k = tuple(L["s"]), tuple(L["k"])
+    x = jnp.asarray(rng.standard_normal(L["x"], np.float32))
+    kern = jnp.asarray(rng.standard_normal((*k, L["x"][-1], L["f"]), np.float32)) * 0.05
+    g = jnp.asarray(rng.standard_normal(
+        jax.eval_shape(lambda a, q: models._conv3d_native(a, q, s), x, kern).shape, np.float32))
+    # The conv is linear: each gradient is one VJP, timed without the forward. The kernel and
+    # the output gradient are arguments (as constants XLA would fold the input gradient away).
+    fns = {}
+    for name, f in fwd_forms.items():
+      fns[("fwd", name)] = jax.jit(lambda a, q, r, f=f: f(a, q, s))
+      fns[("dx", name)] = jax.jit(
+          lambda a, q, r, f=f: jax.vjp(lambda v: f(v, q, s), a)[1](r)[0])
+      fns[("dw", name)] = jax.jit(
+          lambda a, q, r, f=f: jax.vjp(lambda u: f(a, u, s), q)[1](r)[0])
+    fns[("dx", "matmul")] = jax.jit(lambda a, q, r: models._conv3d_dx_matmul(a.shape, r, q, s))
+    fns[("dw", "matmul")] = jax.jit(lambda a, q, r: models._conv3d_dw_matmul(a, r, k, s))
+    fns = {key: functools.partial(fn, q=kern, r=g) for key, fn in fns.items()}
+    res = {key: _time(fn, x, repeats) for key, fn in fns.items()}
+    auto = dict(zip(("fwd", "dx", "dw"), models._conv3d_forms("auto", L["x"], s, L["f"])))
+    cells = []
+    for part in ("fwd", "dx", "dw"):
+      cells.append(part + " " + " ".join(
+          f"{form}{'*' if auto[part] == form else ' '}{1e3 * t:7.1f}"
+          for (p, form), t in res.items() if p == part))
+    print(f"{L['name']:12} {str(L['x']):>22} {L['f']:4d} | " + " | ".join(cells), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--variant", default="paper")
@@ -89,9 +125,14 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--grad", action="store_true",
                   help="time forward + backward (gradients for the input and the kernel)")
   ap.add_argument("--map_sweep", action="store_true")
+  ap.add_argument("--split_grads", action="store_true",
+                  help="forward and each gradient alone, in every form (native, 2d, matmul)")
   a = ap.parse_args(argv)
   if a.map_sweep:
     map_sweep(a.repeats)
+    return
+  if a.split_grads:
+    split_grads(models.model_config(a.variant), a.windows, a.repeats)
     return
   peak = matmul_peak()
   print(f"machine: {machine()}; matmul peak {peak / 1e9:.1f} GFLOP/s")

@@ -84,34 +84,50 @@ class _GroupNormAuto(nn.Module):
 #   at least 3x3, but XLA's 2D convolution collapses on tiny maps (2x3: 9 GFLOP/s against
 #   36 for the 3D conv; 88x slower on the paper model's 512-wide last stage) and loses on
 #   wide stride-2 layers;
-# - backward of stride-2 layers: the native form's gradients are 10-50x slower than the 2D
-#   form's (XLA's input gradient of a strided 3D conv), except where the output map is tiny
-#   and wide (paper stage 4: 2.6x faster native).
-# So "auto" decides per layer, on the CPU backend only, and a strided layer may run its
-# forward in one form and its backward in the other (an exact custom VJP).
+# - backward: XLA's input gradient of a strided 3D conv is 10-50x slower than the 2D form's,
+#   and both forms' gradients are slow on tiny maps and for the kernel of strided layers.
+#   There the gradients are plain matmuls: the kernel's against the input's patches
+#   (``_conv3d_dw_matmul``) and the input's scattered back from the output's
+#   (``_conv3d_dx_matmul``), 2-10x faster than either conv form on those layers (paper
+#   stage-4 stride-2 input gradient: 12.5 ms against 132 native and 414 in 2D, 8 windows;
+#   `bench.conv3d_layers --split_grads`).
+# So "auto" decides per layer, on the CPU backend only, and a layer may run its forward and
+# its two gradients in different forms (an exact custom VJP).
 CONV3D_IMPL = "auto"          # 'auto' | 'native' | '2d'
 AUTO_2D_MIN_MAP = 3           # "auto": the 2D form needs maps at least 3x3 ...
 AUTO_2D_STRIDED_MAX_IN = 32   # ... and a strided forward at most this many input channels
-AUTO_NATIVE_BWD_MIN_OUT = 256  # strided backward: native on tiny maps with this many outputs
+# A stem (few input channels): its kernel gradient as a matmul only from this many outputs
+# (paper stem, 64: 136 ms against 252 in 2D; tiny stem, 16: 54 against 18).
+AUTO_STEM_MATMUL_MIN_OUT = 64
+_STEM_MAX_IN = 4
+# Stride 1 on maps >= 3x3: the kernel gradient native from this many channels (paper stage
+# 1, 64: 47 ms against 69 in 2D; 128 and 256: even), the 2D form below (tiny, 16: 4 vs 10).
+AUTO_NATIVE_DW_MIN_IN = 64
 
 
 def _conv3d_forms(impl: str, x_shape: tuple[int, ...], strides: tuple[int, ...],
-                  features: int) -> tuple[bool, bool]:
-  """(forward as 2D, backward as 2D) for a 3D conv with a temporal kernel > 1 on ``x_shape``."""
+                  features: int) -> tuple[str, str, str]:
+  """Forms of (forward, input gradient, kernel gradient) for a 3D conv with a temporal
+  kernel > 1 on ``x_shape``: each 'native', '2d' or 'matmul' (gradients only)."""
   if impl not in ("auto", "native", "2d"):
     raise ValueError(f"CONV3D_IMPL must be 'auto', 'native' or '2d', got {impl!r}")
   if impl != "auto":
-    return (impl == "2d",) * 2
+    return (impl,) * 3
   if jax.default_backend() != "cpu":
-    return False, False
+    return ("native",) * 3
   h, w, cin = x_shape[-3:]
-  sh, sw = strides[1:]
-  fwd = min(h, w) >= AUTO_2D_MIN_MAP and (max(sh, sw) == 1 or cin <= AUTO_2D_STRIDED_MAX_IN)
-  if max(sh, sw) == 1:
-    return fwd, fwd
-  out_map = min(-(-h // sh), -(-w // sw))
-  bwd = out_map >= AUTO_2D_MIN_MAP or features < AUTO_NATIVE_BWD_MIN_OUT
-  return fwd, bwd
+  strided = max(strides[1:]) > 1
+  tiny = min(h, w) < AUTO_2D_MIN_MAP
+  fwd = "2d" if not tiny and (not strided or cin <= AUTO_2D_STRIDED_MAX_IN) else "native"
+  dx = "matmul" if strided or tiny else fwd
+  stem = cin <= _STEM_MAX_IN
+  if tiny or (strided and (not stem or features >= AUTO_STEM_MATMUL_MIN_OUT)):
+    dw = "matmul"
+  elif not strided and cin >= AUTO_NATIVE_DW_MIN_IN:
+    dw = "native"
+  else:
+    dw = fwd
+  return fwd, dx, dw
 
 
 def _conv3d_native(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
@@ -134,22 +150,78 @@ def _conv3d_2d(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
   return out.reshape(b, t, *out.shape[1:])
 
 
+def _same_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
+  """(low pad, high pad, output size) of XLA's SAME padding along one axis."""
+  out = -(-size // s)
+  total = max((out - 1) * s + k - size, 0)
+  return total // 2, total - total // 2, out
+
+
+def _conv3d_dw_matmul(x: Array, g: Array, kshape: tuple[int, ...],
+                      strides: tuple[int, ...]) -> Array:
+  """Kernel gradient of the SAME 3D conv: the output gradient ``g`` against the input's
+  patches (every tap's strided slice side by side in the channels), one matmul."""
+  pads = [_same_padding(n, k, s) for n, k, s in zip(x.shape[1:4], kshape, strides)]
+  xp = jnp.pad(x, ((0, 0), *[(lo, hi) for lo, hi, _ in pads], (0, 0)))
+  outs = [o for _, _, o in pads]
+  taps = [jax.lax.slice(xp, (0, a, b, c, 0),
+                        (x.shape[0], *[o0 + (o - 1) * s + 1 for o0, o, s in
+                                       zip((a, b, c), outs, strides)], x.shape[-1]),
+                        (1, *strides, 1))
+          for a in range(kshape[0]) for b in range(kshape[1]) for c in range(kshape[2])]
+  dw = jnp.einsum("nthwp,nthwo->po", jnp.concatenate(taps, axis=-1), g)
+  return dw.reshape(*kshape, x.shape[-1], g.shape[-1])
+
+
+def _conv3d_dx_matmul(x_shape: tuple[int, ...], g: Array, kernel: Array,
+                      strides: tuple[int, ...]) -> Array:
+  """Input gradient of the SAME 3D conv: every output position's gradient times the kernel
+  (one matmul), each tap's share added back at its strided place in the padded input."""
+  kshape = kernel.shape[:3]
+  pads = [_same_padding(n, k, s) for n, k, s in zip(x_shape[1:4], kshape, strides)]
+  full = [n + lo + hi for n, (lo, hi, _) in zip(x_shape[1:4], pads)]
+  cols = jnp.einsum("nthwo,abcio->nthwabci", g, kernel)
+  acc = jnp.zeros((x_shape[0], *full, x_shape[-1]), g.dtype)
+  zero = jnp.zeros((), g.dtype)
+  for a in range(kshape[0]):
+    for b in range(kshape[1]):
+      for c in range(kshape[2]):
+        # Interior padding places the tap's values every ``stride`` positions from its offset.
+        cfg = [(0, 0, 0)] + [(o0, n - o0 - (o - 1) * s - 1, s - 1) for o0, n, o, s in
+                             zip((a, b, c), full, g.shape[1:4], strides)] + [(0, 0, 0)]
+        acc = acc + jax.lax.pad(cols[:, :, :, :, a, b, c], zero, cfg)
+  return acc[:, pads[0][0]:pads[0][0] + x_shape[1], pads[1][0]:pads[1][0] + x_shape[2],
+             pads[2][0]:pads[2][0] + x_shape[3]]
+
+
+_CONV3D_FORWARD = {"native": _conv3d_native, "2d": _conv3d_2d}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv3d_mixed(x: Array, kernel: Array, strides: tuple[int, ...], fwd_2d: bool) -> Array:
-  """The conv in one form forward and the other backward (the same linear map)."""
-  return (_conv3d_2d if fwd_2d else _conv3d_native)(x, kernel, strides)
+def _conv3d_mixed(x: Array, kernel: Array, strides: tuple[int, ...],
+                  forms: tuple[str, str, str]) -> Array:
+  """The conv with its forward and its two gradients each in its own form (one linear map)."""
+  return _CONV3D_FORWARD[forms[0]](x, kernel, strides)
 
 
-def _conv3d_mixed_fwd(x, kernel, strides, fwd_2d):
-  return _conv3d_mixed(x, kernel, strides, fwd_2d), (x, kernel)
+def _conv3d_mixed_fwd(x, kernel, strides, forms):
+  return _conv3d_mixed(x, kernel, strides, forms), (x, kernel)
 
 
-def _conv3d_mixed_bwd(strides, fwd_2d, res, g):
+def _conv3d_mixed_bwd(strides, forms, res, g):
   x, kernel = res
-  other = _conv3d_native if fwd_2d else _conv3d_2d
-  # The conv is linear, so the VJP never uses this primal: XLA drops its computation.
-  _, vjp = jax.vjp(lambda a, k: other(a, k, strides), x, kernel)
-  return vjp(g)
+  _, dx_form, dw_form = forms
+  # The conv is linear, so a VJP never uses its primal: XLA drops that computation, and the
+  # input gradient of a stem (whose input is data) is dropped as unused.
+  if dx_form == "matmul":
+    dx = _conv3d_dx_matmul(x.shape, g, kernel, strides)
+  else:
+    dx = jax.vjp(lambda a: _CONV3D_FORWARD[dx_form](a, kernel, strides), x)[1](g)[0]
+  if dw_form == "matmul":
+    dw = _conv3d_dw_matmul(x, g, kernel.shape[:3], strides)
+  else:
+    dw = jax.vjp(lambda k: _CONV3D_FORWARD[dw_form](x, k, strides), kernel)[1](g)[0]
+  return dx, dw.astype(kernel.dtype)
 
 
 _conv3d_mixed.defvjp(_conv3d_mixed_fwd, _conv3d_mixed_bwd)
@@ -157,8 +229,8 @@ _conv3d_mixed.defvjp(_conv3d_mixed_fwd, _conv3d_mixed_bwd)
 
 class Conv(nn.Module):
   """``nn.Conv`` without bias and with SAME padding (same parameter tree: ``kernel``), whose
-  3D form with a temporal kernel > 1 and temporal stride 1 can run as 2D convolutions
-  (``_conv3d_2d``), forward, backward or both (``_conv3d_forms``)."""
+  3D form with a temporal kernel > 1 and temporal stride 1 picks a form for its forward and
+  for each gradient (``_conv3d_forms``): native, 2D convolutions or matmuls."""
   features: int
   kernel_size: tuple[int, ...]
   strides: tuple[int, ...] | None = None
@@ -173,10 +245,10 @@ class Conv(nn.Module):
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if nd == 3 and self.kernel_size[0] > 1 and strides[0] == 1:
-      fwd, bwd = _conv3d_forms(CONV3D_IMPL, x.shape, strides, self.features)
-      if fwd != bwd:
-        return _conv3d_mixed(x, kernel, strides, fwd)
-      return (_conv3d_2d if fwd else _conv3d_native)(x, kernel, strides)
+      forms = _conv3d_forms(CONV3D_IMPL, x.shape, strides, self.features)
+      if len(set(forms)) > 1:
+        return _conv3d_mixed(x, kernel, strides, forms)
+      return _CONV3D_FORWARD[forms[0]](x, kernel, strides)
     spec = "NDHWC" if nd == 3 else "NHWC"
     return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
                                         dimension_numbers=(spec, spec[1:-1] + "IO", spec))

@@ -204,35 +204,72 @@ def test_video_tower_same_in_both_conv_forms(monkeypatch):
   np.testing.assert_allclose(out["2d"], out["native"], rtol=1e-4, atol=1e-4)
 
 
+def test_video_tower_gradients_same_with_auto_forms(monkeypatch):
+  """Training's path: 'auto' mixes forms per layer and gradient; the gradients of the tiny
+  video tower must be the native ones (relative to the largest gradient: some are exactly
+  zero in theory, e.g. attention key biases, and only float noise in practice)."""
+  from modeformer_jax import models
+  model = ModEFormer(models.model_config("tiny"))
+  params = model.init(jax.random.key(0))
+  frames = jax.random.randint(jax.random.key(1), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
+  grads = {}
+  for impl in ("native", "auto"):
+    monkeypatch.setattr(models, "CONV3D_IMPL", impl)
+    grads[impl] = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(model.embed_video(p, frames)))))(
+        params)["video"]
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads["native"]))
+  for want, got in zip(jax.tree.leaves(grads["native"]), jax.tree.leaves(grads["auto"])):
+    np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, atol=1e-5)
+
+
 def test_auto_conv_form_is_chosen_per_layer():
-  """'auto' takes the 2D form where it was measured faster (bench/conv3d_layers.py)."""
+  """'auto' takes the form measured fastest per layer (bench/conv3d_layers.py)."""
   from modeformer_jax import models
   forms = functools.partial(models._conv3d_forms, "auto")
-  assert forms((96, 5, 48, 96, 3), (1, 2, 2), 64) == (True, True)      # stems
-  assert forms((96, 5, 6, 12, 128), (1, 1, 1), 128) == (True, True)    # stride 1, maps >= 3x3
-  assert forms((96, 5, 2, 3, 512), (1, 1, 1), 512) == (False, False)   # tiny maps
-  assert forms((96, 5, 12, 24, 64), (1, 2, 2), 128) == (False, True)   # wide strided
-  assert forms((96, 5, 3, 6, 256), (1, 2, 2), 512) == (False, False)   # ... to a tiny map
-  assert models._conv3d_forms("2d", (1, 5, 2, 3, 512), (1, 1, 1), 8) == (True, True)
-  assert models._conv3d_forms("native", (1, 5, 48, 96, 3), (1, 1, 1), 8) == (False, False)
+  # (forward, input gradient, kernel gradient)
+  assert forms((8, 5, 48, 96, 3), (1, 2, 2), 64) == ("2d", "matmul", "matmul")   # paper stem
+  assert forms((32, 5, 48, 96, 3), (1, 4, 4), 16) == ("2d", "matmul", "2d")      # tiny stem
+  assert forms((96, 5, 6, 12, 16), (1, 1, 1), 16) == ("2d",) * 3       # stride 1, maps >= 3x3
+  assert forms((96, 5, 6, 12, 128), (1, 1, 1), 128) == ("2d", "2d", "native")   # ... wide
+  assert forms((96, 5, 2, 3, 512), (1, 1, 1), 512) == ("native", "matmul", "matmul")  # tiny
+  assert forms((96, 5, 12, 24, 64), (1, 2, 2), 128) == ("native", "matmul", "matmul")
+  assert forms((32, 5, 6, 12, 16), (1, 2, 2), 32) == ("2d", "matmul", "matmul")
+  assert models._conv3d_forms("2d", (1, 5, 2, 3, 512), (1, 1, 1), 8) == ("2d",) * 3
+  assert models._conv3d_forms("native", (1, 5, 48, 96, 3), (1, 1, 1), 8) == ("native",) * 3
   with pytest.raises(ValueError, match="CONV3D_IMPL"):
     models._conv3d_forms("fast", (1, 5, 8, 8, 3), (1, 1, 1), 8)
 
 
-@pytest.mark.parametrize("strides", [(1, 1, 1), (1, 2, 2)])
-def test_mixed_forms_have_the_native_gradients(strides):
-  """Forward in one form, backward in the other: values and both gradients as native."""
+@pytest.mark.parametrize("shape,kernel,strides", [
+    ((2, 5, 12, 24, 6), (3, 3, 3), (1, 1, 1)), ((2, 5, 12, 24, 6), (3, 3, 3), (1, 2, 2)),
+    ((2, 5, 11, 23, 3), (3, 7, 7), (1, 2, 2)), ((2, 5, 13, 22, 3), (3, 5, 5), (1, 4, 4)),
+    ((2, 5, 2, 3, 8), (3, 3, 3), (1, 1, 1)), ((2, 5, 3, 6, 8), (3, 3, 3), (1, 2, 2))])
+def test_every_form_of_the_forward_and_gradients_is_the_native_conv(shape, kernel, strides):
+  """Forward and both gradients in any mix of forms: values and gradients as native (odd
+  map sizes: XLA's SAME padding is uneven there)."""
   from modeformer_jax import models
-  x = jax.random.normal(jax.random.key(0), (2, 5, 12, 24, 6))
-  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 6, 8)) * 0.1
+  x = jax.random.normal(jax.random.key(0), shape)
+  k = jax.random.normal(jax.random.key(1), (*kernel, shape[-1], 8)) * 0.1
   r = jax.random.normal(jax.random.key(2), models._conv3d_native(x, k, strides).shape)
   loss = lambda f: lambda a, b: jnp.vdot(f(a, b), r)  # noqa: E731
   ref = jax.value_and_grad(loss(lambda a, b: models._conv3d_native(a, b, strides)),
                            argnums=(0, 1))(x, k)
-  for fwd_2d in (True, False):
+  # Each gradient form appears with each forward form (a full product is 18 compilations).
+  for forms in (("native", "matmul", "matmul"), ("2d", "matmul", "2d"),
+                ("native", "2d", "matmul"), ("2d", "native", "native")):
     got = jax.jit(jax.value_and_grad(
-        loss(lambda a, b, f=fwd_2d: models._conv3d_mixed(a, b, strides, f)),
+        loss(lambda a, b, f=forms: models._conv3d_mixed(a, b, strides, f)),
         argnums=(0, 1)))(x, k)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-4)
     for g, want in zip(got[1], ref[1]):
-      np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4, err_msg=str(forms))
+
+
+def test_split_grads_benchmark_marks_the_auto_forms(capsys):
+  """bench.conv3d_layers --split_grads: one line per layer, every form timed, auto's marked."""
+  from bench import conv3d_layers
+  conv3d_layers.main(["--split_grads", "--variant", "micro", "--windows", "1", "--repeats", "1"])
+  from modeformer_jax import models
+  lines = capsys.readouterr().out.splitlines()[1:]
+  assert len(lines) == len(conv3d_layers.layer_shapes(models.model_config("micro"), 1))
+  assert all(line.count("*") == 3 and "matmul" in line for line in lines)
