@@ -88,7 +88,6 @@ def split_grads(cfg: models.ModelConfig, windows: int, repeats: int) -> None:
   """Forward, input gradient and kernel gradient of each layer, alone, in every form."""
   print(f"machine: {machine()}; ms per call, best of {repeats}; * = what 'auto' picks")
   rng = np.random.default_rng(0)
-  fwd_forms = {"native": models._conv3d_native, "2d": models._conv3d_2d}
   for L in layer_shapes(cfg, windows):
     s, k = tuple(L["s"]), tuple(L["k"])
     x = jnp.asarray(rng.standard_normal(L["x"], np.float32))
@@ -98,7 +97,7 @@ def split_grads(cfg: models.ModelConfig, windows: int, repeats: int) -> None:
     # The conv is linear: each gradient is one VJP, timed without the forward. The kernel and
     # the output gradient are arguments (as constants XLA would fold the input gradient away).
     fns = {}
-    for name, f in fwd_forms.items():
+    for name, f in models._CONV3D_FORWARD.items():
       fns[("fwd", name)] = jax.jit(lambda a, q, r, f=f: f(a, q, s))
       fns[("dx", name)] = jax.jit(
           lambda a, q, r, f=f: jax.vjp(lambda v: f(v, q, s), a)[1](r)[0])

@@ -194,11 +194,17 @@ def test_conv_matches_flax_conv_in_both_3d_forms(kernel, strides, monkeypatch):
     np.testing.assert_allclose(mine.apply(params, x), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_video_tower_same_in_both_conv_forms(monkeypatch):
-  from modeformer_jax import models
+@pytest.fixture(scope="module")
+def tiny_video():
+  """The tiny model, its parameters and 4 frame windows, shared (its init alone takes ~30 s)."""
   model = ModEFormer(models.model_config("tiny"))
   params = model.init(jax.random.key(0))
   frames = jax.random.randint(jax.random.key(1), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
+  return model, params, frames
+
+
+def test_video_tower_same_in_both_conv_forms(tiny_video, monkeypatch):
+  model, params, frames = tiny_video
   out = {}
   for impl in ("native", "2d"):
     monkeypatch.setattr(models, "CONV3D_IMPL", impl)
@@ -206,14 +212,11 @@ def test_video_tower_same_in_both_conv_forms(monkeypatch):
   np.testing.assert_allclose(out["2d"], out["native"], rtol=1e-4, atol=1e-4)
 
 
-def test_video_tower_gradients_same_with_auto_forms(monkeypatch):
+def test_video_tower_gradients_same_with_auto_forms(tiny_video, monkeypatch):
   """Training's path: 'auto' mixes forms per layer and gradient; the gradients of the tiny
   video tower must be the native ones (relative to the largest gradient: some are exactly
   zero in theory, e.g. attention key biases, and only float noise in practice)."""
-  from modeformer_jax import models
-  model = ModEFormer(models.model_config("tiny"))
-  params = model.init(jax.random.key(0))
-  frames = jax.random.randint(jax.random.key(1), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
+  model, params, frames = tiny_video
   grads = {}
   for impl in ("native", "auto"):
     monkeypatch.setattr(models, "CONV3D_IMPL", impl)
