@@ -154,16 +154,16 @@ def rss_trace(path: str, out: str | None, every_s: float = 20.0) -> None:
   as it is taken, so a run stopped early keeps its trace."""
   import threading
 
-  from modeformer_jax import stream, sync_qc
+  from modeformer_jax import media, sync_qc
   pos = {"frames": 0}
-  real = stream.stream_chunks
+  real = media.Reader.chunks
 
-  def counting(*a, **kw):
-    for ch in real(*a, **kw):
+  def counting(self):
+    for ch in real(self):
       pos["frames"] = ch.start + len(ch.frames)
       yield ch
 
-  stream.stream_chunks = counting
+  media.Reader.chunks = counting
   done = threading.Event()
   t0 = time.perf_counter()
 

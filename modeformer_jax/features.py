@@ -6,16 +6,13 @@ One implementation turns a video file into what the model reads: 48x96 lip crops
 function on a user's file, with the crop of the model's recorded ``InputSpec``
 (``modeformer_jax.input_spec``), so training and inference cannot disagree about features.
 
-Decoding (``decode``)
-  PyAV reads mp4/mov/avi/mkv/mpg. Video is resampled to 25 fps by timestamp: output frame
-  ``t`` is the source frame on screen at time ``t / 25`` s after the first video frame
-  (so 29.97 fps, 30 fps and variable-frame-rate sources all work; frames are repeated or
-  dropped, never blended). The output has ``floor(duration * 25)`` frames, where the
-  duration runs from the first frame's timestamp to the end of the last frame. Audio is
-  down-mixed to mono (the mean of the channels; FFmpeg's stereo down-mix first for more
-  than two), resampled to 16 kHz with soxr, and placed on the same clock:
-  ``audio[n]`` plays at ``n / 16000`` s after the first video frame
-  (audio before it is dropped, a late audio start is padded with silence).
+Decoding (``decode``, from ``modeformer_jax.media``: the one decoding path)
+  PyAV reads mp4/mov/avi/mkv/mxf/mpg. Rotation and sample aspect ratio are honoured; video
+  is resampled to 25 fps by timestamp (output frame ``t`` is the source frame nearest to
+  ``t / 25`` s after the first video frame); the speech channels of every audio stream are
+  mixed to mono, resampled to 16 kHz with soxr and placed on the same clock:
+  ``audio[n]`` plays at ``n / 16000`` s after the first video frame. ``media``'s docstring
+  has the rules.
 
 Mel (``log_mel``, parameters in ``MEL_CONFIG``)
   Pre-emphasis 0.97, centred STFT (periodic Hann window of 800 samples, hop 200, zero
@@ -49,14 +46,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
-import av
 import numpy as np
-import soxr
 
 from modeformer_jax import crops, windows
 from modeformer_jax.input_spec import MEL_CONFIG, SAMPLE_RATE, CropSpec
+# The decoding contract lives in ``media``; these names are part of this module's API too.
+from modeformer_jax.media import (ERROR_KINDS, Decoded, FeatureError, decode,  # noqa: F401
+                                  frame_indices_for_timestamps, num_output_frames)
 from modeformer_jax.windows import FPS
 
 MIN_FRAMES = 35              # 5-frame window + 2 x 15 frames of offset search
@@ -64,45 +61,6 @@ MEL_SILENCE = -4.0           # value of a silent (or padded) mel frame
 
 # audio_short threshold: up to 5 video frames of missing audio are padded with silence.
 MAX_MISSING_AUDIO_S = 0.2
-
-# Timestamps in containers are rounded (often to 1 ms); a frame stamped this little after
-# the instant we sample still counts as showing. Far below half a frame at 30-60 fps.
-_TS_TOLERANCE_S = 1e-3
-
-# A decoded video this much shorter than its declared stream duration is truncated.
-_TRUNCATION_SLACK_S = 0.5
-_TRUNCATION_SLACK_FRAC = 0.1
-
-ERROR_KINDS = ("corrupt", "no_video", "no_audio", "audio_short", "too_short", "no_face")
-
-
-class FeatureError(ValueError):
-  """A file that cannot yield a clip: ``path``, ``kind`` (see ``ERROR_KINDS``), ``reason``."""
-
-  def __init__(self, path: str, kind: str, reason: str):
-    if kind not in ERROR_KINDS:
-      raise ValueError(f"unknown FeatureError kind {kind!r}; expected one of {ERROR_KINDS}")
-    super().__init__(f"{path}: {reason}")
-    self.path = str(path)
-    self.kind = kind
-    self.reason = reason
-
-  def __reduce__(self):
-    # Keeps the exception intact when it crosses a multiprocessing boundary.
-    return (FeatureError, (self.path, self.kind, self.reason))
-
-
-@dataclasses.dataclass
-class Decoded:
-  """A decoded file on a common clock that starts at the first video frame."""
-  path: str
-  frames: np.ndarray      # uint8 [T, H, W, 3] RGB at ``fps``
-  audio: np.ndarray       # float32 [N] mono at ``sample_rate``
-  source_fps: float       # source frames per second of video (average, for VFR)
-  duration: float         # video duration in seconds
-  # Seconds of the video's duration without real audio (late start or early end), which
-  # ``audio`` fills with silence at the start or simply lacks at the end.
-  audio_missing: float = 0.0
 
 
 @dataclasses.dataclass
@@ -114,47 +72,13 @@ class Clip:
   fps: float              # always FPS
   source_fps: float
   duration: float
+  audio_source: str = ""  # which channels/tracks were mixed (``media.AudioChoice.describe``)
+  audio_note: str = ""    # the same when a choice was made, else empty
 
 
 # ----------------------------------------------------------------------------------------
-# Time bookkeeping.
+# Audio shifts.
 # ----------------------------------------------------------------------------------------
-
-def num_output_frames(duration: float, fps: float = FPS) -> int:
-  """Frames at ``fps`` whose whole display interval lies within ``duration`` seconds."""
-  if duration <= 0:
-    return 0
-  return int(math.floor((duration + _TS_TOLERANCE_S) * fps))
-
-
-def frame_indices_for_timestamps(timestamps: np.ndarray, fps: float,
-                                 duration: float) -> np.ndarray:
-  """Source frame index for every output frame of a constant-rate resampling.
-
-  Args:
-    timestamps: presentation time of each source frame in seconds, relative to the
-      output clock's origin (usually the first frame, so the smallest is 0). Need not be
-      sorted; indices refer to this array's order.
-    fps: output frame rate.
-    duration: seconds of video; the output has ``num_output_frames(duration, fps)`` frames.
-
-  Returns:
-    int64 ``[T]``: output frame ``t`` shows the source frame on screen at ``t / fps``,
-    i.e. the latest one whose timestamp is ``<= t / fps`` (1 ms tolerance for rounded
-    timestamps); instants before the first timestamp get the first frame.
-  """
-  ts = np.asarray(timestamps, dtype=np.float64)
-  if ts.ndim != 1:
-    raise ValueError(f"timestamps must be 1-D, got shape {ts.shape}")
-  n_out = num_output_frames(duration, fps)
-  if ts.size == 0 or n_out == 0:
-    return np.zeros((0,), np.int64)
-  order = np.argsort(ts, kind="stable")
-  sorted_ts = ts[order]
-  instants = np.arange(n_out, dtype=np.float64) / fps + _TS_TOLERANCE_S
-  pos = np.searchsorted(sorted_ts, instants, side="right") - 1
-  return order[np.clip(pos, 0, ts.size - 1)].astype(np.int64)
-
 
 def shift_audio(audio: np.ndarray, k_frames: int,
                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -175,121 +99,6 @@ def shift_audio(audio: np.ndarray, k_frames: int,
   else:
     out[:n] = audio[-n:]
   return out
-
-
-# ----------------------------------------------------------------------------------------
-# Decoding.
-# ----------------------------------------------------------------------------------------
-
-def _stream_seconds(stream) -> float | None:
-  if stream.duration is None or stream.time_base is None:
-    return None
-  return float(stream.duration * stream.time_base)
-
-
-def _declares_exact_duration(container) -> bool:
-  # mp4/mov/mkv headers state durations; mpg/avi durations may be bitrate estimates.
-  name = container.format.name or ""
-  return any(key in name for key in ("mp4", "mov", "matroska", "webm"))
-
-
-def decode(path: str, fps: float = FPS, sample_rate: int = SAMPLE_RATE) -> Decoded:
-  """Decodes a video file to RGB frames at ``fps`` and mono float32 audio at ``sample_rate``.
-
-  Raises:
-    FeatureError: kind ``corrupt`` (cannot be opened or decoded, or truncated),
-      ``no_video`` or ``no_audio`` (missing stream or nothing decodable in it).
-  """
-  path = str(path)
-  try:
-    container = av.open(path)
-  except (av.FFmpegError, OSError) as e:
-    raise FeatureError(path, "corrupt", f"cannot open: {e}") from e
-  try:
-    if not container.streams.video:
-      raise FeatureError(path, "no_video", "no video stream")
-    if not container.streams.audio:
-      raise FeatureError(path, "no_audio", "no audio stream")
-    vstream = container.streams.video[0]
-    astream = container.streams.audio[0]
-    vstream.thread_type = "AUTO"
-    declared = _stream_seconds(vstream) if _declares_exact_duration(container) else None
-    src_rate = int(astream.rate or astream.codec_context.sample_rate or 0)
-    if src_rate <= 0:
-      raise FeatureError(path, "no_audio", "audio stream has no sample rate")
-    # Mono and stereo are averaged (FFmpeg's own down-mix adds each channel at -3 dB, which
-    # would make stereo datasets 3 dB louder than mono ones); wider layouts go through
-    # FFmpeg's stereo down-mix first, which knows which channel carries the dialogue.
-    wide = (astream.codec_context.channels or 1) > 2
-    resampler = av.AudioResampler(format="fltp", layout="stereo" if wide else None)
-
-    frames: list[np.ndarray] = []
-    times: list[float] = []
-    chunks: list[np.ndarray] = []
-    audio_start: float | None = None
-    nominal = float(vstream.average_rate or vstream.guessed_rate or fps)
-    try:
-      for packet in container.demux(vstream, astream):
-        for frame in packet.decode():
-          if packet.stream.type == "video":
-            t = frame.time if frame.pts is not None else None
-            if t is None:
-              t = (times[-1] + 1.0 / nominal) if times else 0.0
-            times.append(float(t))
-            frames.append(frame.to_ndarray(format="rgb24"))
-          else:
-            if audio_start is None and frame.pts is not None:
-              audio_start = float(frame.time)
-            for out in resampler.resample(frame):
-              chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
-      for out in resampler.resample(None):
-        chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
-    except av.FFmpegError as e:
-      at = f" at {times[-1]:.2f} s" if times else ""
-      raise FeatureError(path, "corrupt", f"decoding failed{at}: {e}") from e
-  finally:
-    container.close()
-
-  if not frames:
-    raise FeatureError(path, "corrupt", "no video frame could be decoded")
-  audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-  if audio.size == 0:
-    raise FeatureError(path, "no_audio", "audio stream has no decodable samples")
-
-  ts = np.asarray(times)
-  order = np.argsort(ts, kind="stable")
-  origin = float(ts[order[0]])
-  rel = ts - origin
-  steps = np.diff(np.sort(rel))
-  steps = steps[steps > 0]
-  last_step = float(np.median(steps)) if steps.size else 1.0 / nominal
-  duration = float(rel.max()) + last_step
-  if declared is not None and duration + max(_TRUNCATION_SLACK_S,
-                                             _TRUNCATION_SLACK_FRAC * declared) < declared:
-    raise FeatureError(path, "corrupt", f"truncated: decoded {duration:.2f} s of video, "
-                       f"the stream declares {declared:.2f} s")
-
-  idx = frame_indices_for_timestamps(rel, fps, duration)
-  if idx.size:
-    out_frames = np.stack([frames[i] for i in idx])
-  else:
-    h, w = frames[0].shape[:2]
-    out_frames = np.zeros((0, h, w, 3), np.uint8)
-
-  if src_rate != sample_rate:
-    audio = soxr.resample(audio, src_rate, sample_rate, quality="HQ").astype(np.float32)
-  # Put audio on the video clock: drop audio that plays before the first frame, pad a
-  # late start with silence.
-  lead = int(round(((audio_start or 0.0) - origin) * sample_rate))
-  if lead > 0:
-    audio = np.concatenate([np.zeros(lead, np.float32), audio])
-  elif lead < 0:
-    audio = audio[-lead:]
-  tail = max(0.0, duration - audio.size / sample_rate)
-  missing = min(duration, max(0, lead) / sample_rate + tail)
-  return Decoded(path=path, frames=out_frames, audio=np.ascontiguousarray(audio),
-                 source_fps=len(times) / duration, duration=duration,
-                 audio_missing=missing)
 
 
 # ----------------------------------------------------------------------------------------
@@ -391,4 +200,6 @@ def extract_clip(path: str, crop: CropSpec, min_frames: int = MIN_FRAMES,
     raise FeatureError(dec.path, "no_face", str(e)) from e
   mel = log_mel(audio, n)
   return Clip(lips=lips, mel=mel, num_frames=n, fps=float(FPS),
-              source_fps=dec.source_fps, duration=dec.duration)
+              source_fps=dec.source_fps, duration=dec.duration,
+              audio_source=dec.audio_source.describe() if dec.audio_source else "",
+              audio_note=dec.audio_source.note if dec.audio_source else "")

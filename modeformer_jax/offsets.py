@@ -61,7 +61,7 @@ def detect_file(embedder: embedding.Embedder, path: str, crop: CropSpec,
   """Detects the offset of one video file (raises ``FeatureError`` on bad input)."""
   clip = features.extract_clip(path, crop, audio_shift_frames=audio_shift_frames)
   return detect_arrays(embedder, clip.lips, clip.mel, name=str(path)) | {
-      "crop": crop.to_dict()}
+      "crop": crop.to_dict(), "audio_source": clip.audio_source, "audio_note": clip.audio_note}
 
 
 def detect_shifted(embedder: embedding.Embedder, path: str, shifts: Sequence[int],
@@ -84,7 +84,8 @@ def detect_shifted(embedder: embedding.Embedder, path: str, shifts: Sequence[int
     (scores,) = embedding.embedded_scores(v, a, [len(v)])
     out.append(protocol.detect_offset(scores)
                | {"name": str(path), "num_frames": int(clip.num_frames),
-                  "crop": crop.to_dict(), "injected": int(k)})
+                  "crop": crop.to_dict(), "injected": int(k),
+                  "audio_source": clip.audio_source, "audio_note": clip.audio_note})
   return out
 
 
@@ -94,23 +95,22 @@ def fix_offset(src: str, dst: str, offset_ms: float) -> None:
   ``offset_ms`` is a measured offset (positive = audio late), so the copy plays the audio
   that much earlier. Packets are copied as they are; only audio timestamps change (by the
   nearest tick of the audio stream's time base, one sample for the usual 1/sample-rate
-  base), so the video stream is bit-identical. Audio that would start before zero is
-  dropped.
+  base), so the video stream is bit-identical. Every audio stream moves (multi-track MOV/MXF
+  keep all their tracks). Audio that would start before zero is dropped.
   """
   import av
   shift_s = float(offset_ms) / 1000.0
   with av.open(src) as inp, av.open(dst, "w") as out:
     vin = inp.streams.video[0]
-    ain = inp.streams.audio[0] if inp.streams.audio else None
     vout = out.add_stream_from_template(vin)
-    aout = out.add_stream_from_template(ain) if ain is not None else None
-    streams = [vin] + ([ain] if ain is not None else [])
-    for pkt in inp.demux(*streams):
+    aouts = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
+    for pkt in inp.demux(vin, *inp.streams.audio):
       if pkt.dts is None:
         continue
       if pkt.stream is vin:
         pkt.stream = vout
       else:
+        aout = aouts[pkt.stream.index]
         delta = int(round(shift_s / Fraction(pkt.time_base)))
         pkt.pts = pkt.pts - delta if pkt.pts is not None else None
         pkt.dts = pkt.dts - delta
@@ -124,5 +124,6 @@ def describe(r: dict) -> str:
   """One line for a person: the offset, its direction and the confidence."""
   k = r["offset_frames"]
   side = "audio late" if k > 0 else ("audio early" if k < 0 else "in sync")
+  audio = f"; audio: {r['audio_note']}" if r.get("audio_note") else ""
   return (f"{r['name']}: offset {k:+d} frames ({r['offset_ms']:+.0f} ms, {side}), "
-          f"confidence {r['confidence']:.3f}, {r['vote_fraction']:.0%} of frames agree")
+          f"confidence {r['confidence']:.3f}, {r['vote_fraction']:.0%} of frames agree{audio}")

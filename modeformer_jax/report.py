@@ -399,6 +399,7 @@ def write_file_report(result: dict, path: PathLike) -> pathlib.Path:
            if _num(result.get("duration_s")) is not None else ""]
   facts.append(f"{_fmt(result.get('source_fps'), 2)} fps" if _num(result.get("source_fps")) else "")
   facts.append(f"{res[0]}\u00d7{res[1]}" if len(res) == 2 else "")
+  facts.append(f"audio: {result['audio_source']}" if result.get("audio_source") else "")
   about = [f"global offset = {_fmt(g['offset_frames'], 0, signed=True)} frame(s)"
            if _num(g.get("offset_frames")) is not None else "",
            f"confidence {_fmt(g.get('confidence'), 2)}" if g.get("confidence") is not None else "",

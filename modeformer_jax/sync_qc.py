@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from modeformer_jax import features, stream, tolerances, tracking, windows
+from modeformer_jax import features, media, stream, tolerances, tracking, windows
 from modeformer_jax.features import FeatureError
 
 FPS = windows.FPS
@@ -122,7 +122,8 @@ class Analyzer:
     progress = self.progress if progress is None else progress
     path = str(path)
     t_start = time.perf_counter()
-    info = stream.probe(path)
+    reader = media.Reader(path)
+    info = reader.info
     maxk = o.max_offset_frames
     max_s = windows.mel_start(maxk)              # mel frames of maxk video frames
     n_fine = 2 * max_s + 1
@@ -253,7 +254,8 @@ class Analyzer:
       # Fewer frames per chunk for large pictures: a chunk is held about three times
       # (decoder output, the stacked chunk, the crop delay), ~128 MB a copy at most.
       chunk = max(10, min(o.chunk_frames, int(128e6 // (3 * info.width * info.height))))
-      for ch in stream.stream_chunks(path, chunk):
+      reader.chunk_frames = chunk
+      for ch in reader.chunks():
         vad(ch.audio)
         m = mel_stream.push(ch.audio)
         mel_buf = np.concatenate([mel_buf, m], axis=1)
@@ -301,6 +303,8 @@ class Analyzer:
     mouths = {k: v["mouth"] for k, v in seen.items()}
     result = self._summarise(path, info, t_next, blocks, speech, rms_hist, cuts, whole_idx,
                              max_s, hop_f, win_blocks, thumbs, mouths)
+    result["audio_source"] = reader.audio.describe()
+    result["audio_note"] = reader.audio.note
     wall = time.perf_counter() - t_start
     result["timing"] = {"wall_s": round(wall, 2),
                         "realtime_factor": round(t_next / FPS / wall, 2) if wall else None,
@@ -361,6 +365,7 @@ class Analyzer:
         "name": pathlib.Path(path).name, "path": str(pathlib.Path(path).absolute()),
         "duration_s": round(num_frames / FPS, 3), "source_fps": round(info.source_fps, 3),
         "resolution": [info.width, info.height], "model": self.checkpoint,
+
         "crop": self.crop.to_dict(), "options": dataclasses.asdict(o),
         "speech_threshold_db": round(thr, 1), "shots": [c / FPS for c in cuts],
         "segments": segs}
@@ -526,5 +531,6 @@ def describe(entry: dict) -> str:
   ms = g["offset_ms"]
   side = "audio late" if ms > 0 else ("audio early" if ms < 0 else "in sync")
   ebu = (entry.get("tolerances") or {}).get("EBU R37", {}).get("verdict", "unknown")
+  audio = f"; audio: {entry['audio_note']}" if entry.get("audio_note") else ""
   return (f"{entry['name']}: offset {ms:+.1f} ms +- {g['uncertainty_ms']:.1f} ({side}), "
-          f"{n}; drift: {d.get('text', 'unknown')}; EBU R37 {ebu}")
+          f"{n}; drift: {d.get('text', 'unknown')}; EBU R37 {ebu}{audio}")

@@ -5,7 +5,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from modeformer_jax import detect, features, stream, sync_qc, tolerances, tracking, windows
+from modeformer_jax import (detect, features, media, stream, sync_qc, tolerances, tracking,
+                            windows)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -44,7 +45,7 @@ def test_tolerance_signs_follow_the_standards():
 
 def test_stream_matches_whole_file_decode(synthetic_mp4):
   dec = features.decode(synthetic_mp4)
-  chunks = list(stream.stream_chunks(synthetic_mp4, chunk_frames=20))
+  chunks = list(media.Reader(synthetic_mp4, chunk_frames=20).chunks())
   assert [c.start for c in chunks] == list(range(0, dec.frames.shape[0], 20))
   np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), dec.frames)
   audio = np.concatenate([c.audio for c in chunks])
@@ -61,7 +62,7 @@ def test_stream_matches_whole_file_decode(synthetic_mp4):
 def test_stream_matches_decode_on_variable_frame_rate_video():
   path = next((SHARED / "real_clips" / "raw").glob("*vfr*.mp4"))
   dec = features.decode(str(path))
-  chunks = list(stream.stream_chunks(str(path), chunk_frames=33))
+  chunks = list(media.Reader(str(path), chunk_frames=33).chunks())
   np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), dec.frames)
   np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), dec.audio, atol=1e-6)
 

@@ -1,0 +1,331 @@
+"""One clip written the ways real files come: rotation tags, anamorphic pixels, surround and
+multi-track audio, variable frame rate, interlaced MXF, ProRes at 29.97 fps, late audio.
+
+  python -m data_prep.synthetic.formats --out DIR [--shift 3] [--kinds rotate90,vfr]
+
+writes ``base.mp4`` (h264 + AAC, 25 fps, the clip as rendered) and one file per kind with the
+audio delayed by ``--shift`` more frames, so a detector's answer on ``KIND.*`` must be its answer
+on ``base.mp4`` plus the shift. ``formats.json`` lists the files and what each exercises.
+
+Every kind shows the same picture and the same speech once a player has honoured what the
+container says (rotation, sample aspect ratio, channel layout, timestamps, start times); a
+decoder that ignores any of it sees something else. Writing uses PyAV only (no ffmpeg CLI).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fractions
+import json
+import os
+import pathlib
+from typing import Callable
+
+import av
+import cv2
+import numpy as np
+import soxr
+
+from data_prep.synthetic.constants import FPS, SAMPLE_RATE
+
+BROADCAST_RATE = 48000
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """A file format variant: its file suffix, what it exercises and its writer."""
+  suffix: str
+  exercises: str
+  write: Callable[[str, np.ndarray, np.ndarray, int], None]
+
+
+def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
+  if rate == SAMPLE_RATE:
+    return audio.astype(np.float32)
+  return soxr.resample(audio, SAMPLE_RATE, rate, quality="HQ").astype(np.float32)
+
+
+def _bed(n: int, seed: int, level_db: float) -> np.ndarray:
+  """Steady band-limited noise (room tone, an effects bed) at ``level_db`` dBFS RMS."""
+  rng = np.random.default_rng(seed)
+  x = np.convolve(rng.standard_normal(n + 64), np.hanning(16), "same")[:n]
+  x /= np.sqrt(np.mean(x ** 2)) + 1e-12
+  return (x * 10 ** (level_db / 20)).astype(np.float32)
+
+
+def _tone(n: int, rate: int, level_db: float = -18.0) -> np.ndarray:
+  """A 1 kHz line-up tone, as broadcast tapes carry on spare tracks."""
+  t = np.arange(n) / rate
+  return (np.sin(2 * np.pi * 1000 * t) * 10 ** (level_db / 20) * np.sqrt(2)).astype(np.float32)
+
+
+def _video_stream(container, codec: str, rate, width: int, height: int, pix_fmt: str,
+                  options: dict[str, str] | None = None):
+  vs = container.add_stream(codec, rate=rate)
+  vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
+  vs.codec_context.thread_count = 1
+  if options:
+    vs.options = options
+  return vs
+
+
+def _mux_video(container, vs, frames: np.ndarray, pts: np.ndarray | None = None) -> None:
+  for i, img in enumerate(frames):
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+    vf.pts = int(pts[i]) if pts is not None else i
+    container.mux(vs.encode(vf.reformat(format=vs.pix_fmt)))
+  container.mux(vs.encode())
+
+
+def _mux_audio(container, ast, planes: np.ndarray, rate: int, layout: str, fmt: str,
+               start: int = 0) -> None:
+  """Encodes ``planes`` ``[C, N]`` float in [-1, 1] with first sample pts ``start``."""
+  frame_size = ast.codec_context.frame_size or 1024
+  if ast.codec_context.time_base is None:   # PCM encoders leave it unset
+    ast.codec_context.time_base = fractions.Fraction(1, rate)
+  planes = np.clip(planes, -1, 1).astype(np.float32)
+  if fmt.startswith("s16"):
+    planes = np.round(planes * 32767).astype(np.int16)
+  elif fmt.startswith("s32"):
+    planes = np.round(planes * 2147483392).astype(np.int32)
+  planar = fmt.endswith("p")
+  for s in range(0, planes.shape[1], frame_size):
+    part = planes[:, s:s + frame_size]
+    data = part if planar else part.T.reshape(1, -1)
+    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+    af.sample_rate, af.pts, af.time_base = rate, start + s, fractions.Fraction(1, rate)
+    for pkt in ast.encode(af):
+      container.mux(pkt)
+  container.mux(ast.encode())
+
+
+def _h264(container, width: int, height: int, rate=FPS):
+  return _video_stream(container, "libx264", rate, width, height, "yuv420p",
+                       {"crf": "18", "preset": "veryfast"})
+
+
+def write_base(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """h264 + mono AAC at 16 kHz, 25 fps: the reference every other kind is compared with."""
+  with av.open(path, "w", format="mp4") as c:
+    vs = _h264(c, frames.shape[2], frames.shape[1])
+    ast = c.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+    _mux_video(c, vs, frames)
+    _mux_audio(c, ast, audio[None], SAMPLE_RATE, "mono", "fltp")
+
+
+def write_rotate90(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """A phone's portrait video: pixels stored turned, a display matrix says turn back."""
+  stored = np.ascontiguousarray(np.rot90(frames, k=1, axes=(1, 2)))   # turned left (CCW)
+  with av.open(path, "w", format="mp4") as c:
+    vs = _h264(c, stored.shape[2], stored.shape[1])
+    vs.set_display_rotation(-90)   # display: turn the stored pixels 90 degrees clockwise
+    ast = c.add_stream("aac", rate=BROADCAST_RATE, layout="stereo")
+    _mux_video(c, vs, stored)
+    a = _resample(audio, BROADCAST_RATE)
+    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "fltp")
+
+
+def write_anamorphic(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """Pixels 3/4 as wide as they show (SAR 4:3, like HDV 1440x1080), MKV with Opus audio."""
+  t, h, w, _ = frames.shape
+  sw = (w * 3 // 4) // 2 * 2
+  stored = np.stack([cv2.resize(f, (sw, h), interpolation=cv2.INTER_AREA) for f in frames])
+  with av.open(path, "w", format="matroska") as c:
+    vs = _h264(c, sw, h)
+    vs.codec_context.sample_aspect_ratio = fractions.Fraction(4, 3)
+    ast = c.add_stream("libopus", rate=BROADCAST_RATE, layout="stereo")
+    _mux_video(c, vs, stored)
+    a = _resample(audio, BROADCAST_RATE)
+    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "flt")
+
+
+def write_surround51(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """5.1 AAC with the dialogue in the centre channel only and an effects bed elsewhere."""
+  a = _resample(audio, BROADCAST_RATE)
+  n = a.size
+  planes = np.stack([_bed(n, seed + i, -38.0) for i in range(6)])   # FL FR FC LFE BL BR
+  planes[2] = a
+  planes[3] = np.convolve(_bed(n, seed + 9, -30.0), np.ones(200) / 200, "same")   # rumble
+  with av.open(path, "w", format="mp4") as c:
+    vs = _h264(c, frames.shape[2], frames.shape[1])
+    ast = c.add_stream("aac", rate=BROADCAST_RATE, layout="5.1")
+    _mux_video(c, vs, frames)
+    _mux_audio(c, ast, planes, BROADCAST_RATE, "5.1", "fltp")
+
+
+def _mono_tracks(audio: np.ndarray, seed: int, voice_tracks: tuple[int, ...]) -> np.ndarray:
+  """Four mono tracks: the voice on ``voice_tracks``, line-up tone, silence or a bed elsewhere."""
+  a = _resample(audio, BROADCAST_RATE)
+  others = [_tone(a.size, BROADCAST_RATE), np.zeros_like(a), _bed(a.size, seed, -30.0),
+            np.zeros_like(a)]
+  return np.stack([a if i in voice_tracks else others[i] for i in range(4)])
+
+
+def _pcm_tracks(c, n: int, codec: str = "pcm_s24le") -> list:
+  return [c.add_stream(codec, rate=BROADCAST_RATE, layout="mono") for _ in range(n)]
+
+
+def _mux_tracks(c, streams: list, tracks: np.ndarray, fmt: str = "s32") -> None:
+  for ast, x in zip(streams, tracks):
+    _mux_audio(c, ast, x[None], BROADCAST_RATE, "mono", fmt)
+
+
+def write_mono_tracks(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """MOV with four mono PCM tracks: tone, the voice, a noise bed, silence."""
+  tracks = _mono_tracks(audio, seed, voice_tracks=(1,))
+  tracks[2], tracks[1] = tracks[1].copy(), tracks[2].copy()   # voice on track 3 of 4
+  with av.open(path, "w", format="mov") as c:
+    vs = _h264(c, frames.shape[2], frames.shape[1])
+    streams = _pcm_tracks(c, len(tracks))
+    _mux_video(c, vs, frames)
+    _mux_tracks(c, streams, tracks)
+
+
+def write_vfr(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """Frames dropped irregularly (a phone under load) with their true timestamps kept."""
+  rng = np.random.default_rng(seed)
+  keep = np.ones(len(frames), bool)
+  keep[1:-1] = rng.random(len(frames) - 2) > 0.3
+  tb = 90000
+  pts = np.flatnonzero(keep) * (tb // FPS)
+  with av.open(path, "w", format="mp4") as c:
+    vs = _h264(c, frames.shape[2], frames.shape[1])
+    vs.codec_context.time_base = fractions.Fraction(1, tb)
+    vs.time_base = fractions.Fraction(1, tb)
+    ast = c.add_stream("aac", rate=BROADCAST_RATE, layout="stereo")
+    _mux_video(c, vs, frames[keep], pts)
+    a = _resample(audio, BROADCAST_RATE)
+    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "fltp")
+
+
+def write_mxf_interlaced(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0
+                         ) -> None:
+  """MPEG-2 coded interlaced in MXF with four mono 24-bit PCM tracks."""
+  with av.open(path, "w", format="mxf") as c:
+    vs = _video_stream(c, "mpeg2video", FPS, frames.shape[2], frames.shape[1], "yuv422p",
+                       {"flags": "+ilme+ildct"})
+    vs.bit_rate = 8_000_000
+    streams = _pcm_tracks(c, 4)
+    _mux_video(c, vs, frames)
+    _mux_tracks(c, streams, _mono_tracks(audio, seed, voice_tracks=(0, 1)))
+
+
+def write_prores_2997(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """ProRes 422 MOV at 30000/1001 fps: each frame is the rendered 25 fps frame nearest in time
+  (as a camera at 29.97 fps would have caught it, within half a 25 fps frame)."""
+  rate = fractions.Fraction(30000, 1001)
+  n = int(len(frames) / FPS * rate)
+  src = np.minimum(np.round(np.arange(n) / float(rate) * FPS).astype(int), len(frames) - 1)
+  with av.open(path, "w", format="mov") as c:
+    vs = _video_stream(c, "prores_ks", rate, frames.shape[2], frames.shape[1], "yuv422p10le",
+                       {"profile": "2"})
+    ast = c.add_stream("pcm_s16le", rate=BROADCAST_RATE, layout="stereo")
+    _mux_video(c, vs, frames[src])
+    a = _resample(audio, BROADCAST_RATE)
+    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "s16")
+
+
+def write_late_audio(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """The audio stream starts 0.2 s after the video; its first sample is the sound of 0.2 s."""
+  lead = int(0.2 * SAMPLE_RATE)
+  with av.open(path, "w", format="mp4") as c:
+    vs = _h264(c, frames.shape[2], frames.shape[1])
+    ast = c.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+    _mux_video(c, vs, frames)
+    _mux_audio(c, ast, audio[None, lead:], SAMPLE_RATE, "mono", "fltp", start=lead)
+
+
+KINDS: dict[str, Kind] = {
+    "rotate90": Kind(".mp4", "display rotation (-90 degrees, a portrait phone video)",
+                     write_rotate90),
+    "anamorphic": Kind(".mkv", "sample aspect ratio 4:3 (stored 3/4 wide), Opus audio",
+                       write_anamorphic),
+    "surround51": Kind(".mp4", "5.1 AAC, dialogue in the centre channel only",
+                       write_surround51),
+    "mono_tracks": Kind(".mov", "four mono 24-bit PCM tracks, the voice on the third",
+                        write_mono_tracks),
+    "vfr": Kind(".mp4", "variable frame rate: ~30% of frames dropped, timestamps kept",
+                write_vfr),
+    "mxf_interlaced": Kind(".mxf", "interlaced MPEG-2 in MXF, four mono 24-bit PCM tracks",
+                           write_mxf_interlaced),
+    "prores_2997": Kind(".mov", "ProRes 422 at 29.97 fps, 48 kHz PCM", write_prores_2997),
+    "late_audio": Kind(".mp4", "the audio stream starts 0.2 s after the video",
+                       write_late_audio),
+}
+
+
+def _from_source(path: str, size: tuple[int, int] | None, shift: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A real clip's frames (fitted into ``size`` = (W, H) on black) and audio, and the audio
+  delayed by ``shift`` frames (silence in front)."""
+  from modeformer_jax import features
+  dec = features.decode(path)
+  frames = dec.frames
+  if size is not None:
+    w, h = size
+    fh, fw = frames.shape[1:3]
+    scale = min(w / fw, h / fh)
+    nw, nh = int(fw * scale) // 2 * 2, int(fh * scale) // 2 * 2
+    canvas = np.zeros((len(frames), h, w, 3), np.uint8)
+    y0, x0 = (h - nh) // 2, (w - nw) // 2
+    for i, f in enumerate(frames):
+      canvas[i, y0:y0 + nh, x0:x0 + nw] = cv2.resize(f, (nw, nh), interpolation=cv2.INTER_CUBIC)
+    frames = canvas
+  return frames, dec.audio, features.shift_audio(dec.audio, shift)
+
+
+def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None = None,
+                seconds: float = 6.0, speaker: int = 5, seed: int = 7,
+                source: str | None = None, size: tuple[int, int] | None = None) -> dict:
+  """Writes ``base.mp4`` plus every kind (audio +``shift`` frames) of one clip.
+
+  The clip is a rendered synthetic speaker, or with ``source`` a real video (its frames fitted
+  into ``size``, its audio shifted with silence in front). Returns the manifest also written
+  to ``OUT/formats.json``.
+  """
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  kinds = list(KINDS) if kinds is None else kinds
+  unknown = sorted(set(kinds) - set(KINDS))
+  if unknown:
+    raise ValueError(f"unknown kinds {unknown}; choose from {sorted(KINDS)}")
+  if source is not None:
+    frames, audio, shifted = _from_source(source, size, shift)
+  else:
+    from data_prep.synthetic.clip import render_clip
+    from data_prep.synthetic.speakers import make_speaker
+    sp = make_speaker(speaker, 30)
+    frames, audio = render_clip(sp, seconds, seed)
+    _, shifted = render_clip(sp, seconds, seed, audio_offset_frames=shift)
+  write_base(str(out / "base.mp4"), frames, audio)
+  files = {"base": {"file": "base.mp4", "shift_frames": 0, "exercises": "the reference"}}
+  for name in kinds:
+    kind = KINDS[name]
+    fname = name + kind.suffix
+    kind.write(str(out / fname), frames, shifted, seed)
+    files[name] = {"file": fname, "shift_frames": int(shift), "exercises": kind.exercises}
+  manifest = {"shift_sign": "positive: audio late", "source": source or "synthetic",
+              "files": files}
+  (out / "formats.json").write_text(json.dumps(manifest, indent=1))
+  return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--shift", type=int, default=3, help="extra audio delay of every kind, frames")
+  p.add_argument("--kinds", default=",".join(KINDS))
+  p.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic clip")
+  p.add_argument("--source", default=None, help="a real video to use instead of a synthetic "
+                 "speaker")
+  p.add_argument("--size", default=None, help="WxH canvas the source is fitted into "
+                 "(e.g. 1920x1080)")
+  a = p.parse_args(argv)
+  size = tuple(int(v) for v in a.size.lower().split("x")) if a.size else None
+  m = write_suite(a.out, a.shift, a.kinds.split(","), a.seconds, source=a.source, size=size)
+  for name, f in m["files"].items():
+    print(f"{f['file']:>22}  {f['exercises']}")
+
+
+if __name__ == "__main__":
+  main()
