@@ -1,4 +1,5 @@
-# The two Quick start commands: `make demo` and `make test`.
+# The two Quick start commands: `make demo` and `make test` (the fast tier; `make test-all`
+# runs every test, as CI does).
 # Both create (or reuse) the virtualenv at .venv and install the package into it.
 PYTHON ?= python3.11
 VENV := .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BEAM_STAMP := $(VENV)/.installed-beam
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-all venv clean
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,7 +29,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m modeformer_jax.demo --out demo_out
 
+# The fast tier: everything but the tests marked slow (training runs, real data, subprocess
+# CLIs) or browser (Chromium screenshots).
 test: $(STAMP) $(BEAM_STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser" tests
+
+test-all: $(STAMP) $(BEAM_STAMP)
 	$(PY) -m pytest -q tests
 
 clean:

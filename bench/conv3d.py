@@ -4,7 +4,7 @@
 
 ``models.CONV3D_IMPL`` picks the formulation: ``native`` (one 3D conv per layer, the old
 default), ``2d`` (every layer as 2D convs) or ``auto`` (the default: per layer, see
-``models._conv3d_as_2d``). The first of ``--impls`` is the baseline; all run in this one
+``models.conv3d_as_2d``). The first of ``--impls`` is the baseline; all run in this one
 process, interleaved (a, b, a, b) so that a busy machine slows them alike; the matmul peak is measured in the same process. Eval = one 100-frame
 clip (96 video + 96 audio windows, ``bench.cpu_speed._eval``); train = fwd+bwd of an
 in-batch InfoNCE loss over both towers (``bench.cpu_speed._train``, batch 32 tiny / 8 paper).

@@ -93,21 +93,21 @@ def split_grads(cfg: models.ModelConfig, windows: int, repeats: int) -> None:
     x = jnp.asarray(rng.standard_normal(L["x"], np.float32))
     kern = jnp.asarray(rng.standard_normal((*k, L["x"][-1], L["f"]), np.float32)) * 0.05
     g = jnp.asarray(rng.standard_normal(
-        jax.eval_shape(lambda a, q: models._conv3d_native(a, q, s), x, kern).shape, np.float32))
+        jax.eval_shape(lambda a, q: models.conv3d_native(a, q, s), x, kern).shape, np.float32))
     # The conv is linear: each gradient is one VJP, timed without the forward. The kernel and
     # the output gradient are arguments (as constants XLA would fold the input gradient away).
     fns = {}
-    for name, f in models._CONV3D_FORWARD.items():
+    for name, f in models.CONV3D_FORWARD.items():
       fns[("fwd", name)] = jax.jit(lambda a, q, r, f=f: f(a, q, s))
       fns[("dx", name)] = jax.jit(
           lambda a, q, r, f=f: jax.vjp(lambda v: f(v, q, s), a)[1](r)[0])
       fns[("dw", name)] = jax.jit(
           lambda a, q, r, f=f: jax.vjp(lambda u: f(a, u, s), q)[1](r)[0])
-    fns[("dx", "matmul")] = jax.jit(lambda a, q, r: models._conv3d_dx_matmul(a.shape, r, q, s))
-    fns[("dw", "matmul")] = jax.jit(lambda a, q, r: models._conv3d_dw_matmul(a, r, k, s))
+    fns[("dx", "matmul")] = jax.jit(lambda a, q, r: models.conv3d_dx_matmul(a.shape, r, q, s))
+    fns[("dw", "matmul")] = jax.jit(lambda a, q, r: models.conv3d_dw_matmul(a, r, k, s))
     fns = {key: functools.partial(fn, q=kern, r=g) for key, fn in fns.items()}
     res = {key: _time(fn, x, repeats) for key, fn in fns.items()}
-    auto = dict(zip(("fwd", "dx", "dw"), models._conv3d_forms("auto", L["x"], s, L["f"])))
+    auto = dict(zip(("fwd", "dx", "dw"), models.conv3d_forms("auto", L["x"], s, L["f"])))
     cells = []
     for part in ("fwd", "dx", "dw"):
       cells.append(part + " " + " ".join(

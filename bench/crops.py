@@ -28,10 +28,10 @@ MISPLACED = 0.12
 
 def blazeface_mouths(frames: np.ndarray) -> np.ndarray:
   """``[T, 3]``: mouth x, y and face width from BlazeFace (NaN where no face)."""
-  mp = crops._mediapipe()
+  mp = crops.mediapipe()
   out = np.full((frames.shape[0], 3), np.nan)
   h, w = frames.shape[1:3]
-  with crops._quiet_stderr(), mp.solutions.face_detection.FaceDetection(
+  with crops.quiet_stderr(), mp.solutions.face_detection.FaceDetection(
       model_selection=0, min_detection_confidence=0.5) as det:
     for i, f in enumerate(frames):
       res = det.process(np.ascontiguousarray(f))

@@ -23,7 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import checkpoints, embedding, features, input_spec, offsets, records
+from modeformer_jax import (
+  features,
+  offsets,
+  records,
+)
 
 
 def prepared_sources(spec: str, max_clips: int | None) -> list[str]:
@@ -78,9 +82,8 @@ def main(argv: list[str] | None = None) -> None:
   if not files:
     parser.error("give videos or --prepared DIR:SPLIT")
 
-  model, params, meta = checkpoints.load_model(args.checkpoint, which=args.which)
-  embedder = embedding.Embedder(model, params, chunk=256)
-  crop = offsets.resolve_crop(input_spec.from_model_meta(meta, args.checkpoint), args.layout)
+  det = offsets.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
+  embedder, crop, meta = det.embedder, det.crop, det.meta
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
         f"{len(files)} videos x {len(shifts)} shifts ({shifts[0]:+d}..{shifts[-1]:+d})")

@@ -17,8 +17,8 @@ import jax
 import numpy as np
 
 from bench.common import machine
-from configs import common
 from modeformer_jax import embedding, protocol, windows
+from modeformer_jax.configs import common
 from modeformer_jax.models import ModEFormer, ModelConfig
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import checkpoints, embedding, protocol, records
+from modeformer_jax import embedding, offsets, protocol, records
 
 SILENCE = {"sil", "sp"}
 
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--split", default="val")
   parser.add_argument("--align_dir", required=True)
   args = parser.parse_args(argv)
-  model, params, _ = checkpoints.load_model(args.checkpoint, which=args.which)
-  embedder = embedding.Embedder(model, params, chunk=256)
+  embedder = offsets.load_detector(args.checkpoint, which=args.which, chunk=256).embedder
   n = len(records.open_split(args.data_dir, args.split))
   hits = {k: {"speech": [], "silence": []} for k in protocol.CLIP_LENGTHS}
   speech_share = []

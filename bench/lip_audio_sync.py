@@ -36,9 +36,9 @@ MEL_HOP_S = features.MEL_CONFIG["hop_length"] / features.SAMPLE_RATE
 
 def mouth_opening(frames: np.ndarray) -> np.ndarray:
   """Inner-lip opening / inter-ocular distance per frame (NaN where no face is found)."""
-  mp = crops._mediapipe()
+  mp = crops.mediapipe()
   out = np.full(len(frames), np.nan)
-  with crops._quiet_stderr(), mp.solutions.face_mesh.FaceMesh(
+  with crops.quiet_stderr(), mp.solutions.face_mesh.FaceMesh(
       static_image_mode=False, max_num_faces=1, refine_landmarks=False,
       min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
     for i, frame in enumerate(frames):
@@ -47,7 +47,7 @@ def mouth_opening(frames: np.ndarray) -> np.ndarray:
         continue
       p = np.array([(q.x, q.y) for q in res.multi_face_landmarks[0].landmark])
       p *= (frame.shape[1], frame.shape[0])
-      iod = np.hypot(*(p[list(crops._LEFT_EYE)].mean(0) - p[list(crops._RIGHT_EYE)].mean(0)))
+      iod = np.hypot(*(p[list(crops.LEFT_EYE)].mean(0) - p[list(crops.RIGHT_EYE)].mean(0)))
       out[i] = np.hypot(*(p[_LOWER_INNER] - p[_UPPER_INNER])) / max(iod, 1e-6)
   return out
 

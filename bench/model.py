@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from bench.common import compiled_flops, machine, matmul_peak, time_fn
-from configs import common
+from modeformer_jax.configs import common
 from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 

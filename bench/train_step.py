@@ -17,9 +17,9 @@ import time
 import jax
 
 from bench.common import compiled_flops, machine, matmul_peak
-from configs import common
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import train_step as ts
+from modeformer_jax.configs import common
 from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 

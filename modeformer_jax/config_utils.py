@@ -17,7 +17,6 @@ in one process (tests do) and ``--help`` lists exactly that CLI's flags.
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 import textwrap
 from typing import Callable, Sequence
@@ -26,16 +25,10 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-CONFIG_HELP = ("Config file and its argument, e.g. configs/modeformer.py:paper; override any "
-               "field with --config.<field>=<value>, e.g. --config.model.dtype=bfloat16.")
+CONFIG_HELP = ("Config file and its argument, e.g. modeformer_jax/configs/modeformer.py:paper; "
+               "override any field with --config.<field>=<value>, e.g. "
+               "--config.model.dtype=bfloat16.")
 _HELP_WORDS = ("-h", "--help", "-help", "--helpfull", "-helpfull")
-
-
-def _make_configs_importable() -> None:
-  """Config files import ``configs.common``: put the repository root on the path."""
-  root = str(pathlib.Path(__file__).resolve().parents[1])
-  if root not in sys.path:
-    sys.path.insert(0, root)
 
 
 def _help_text(doc: str, fv: flags.FlagValues) -> str:
@@ -55,7 +48,6 @@ def _help_text(doc: str, fv: flags.FlagValues) -> str:
 def _define(full: list[str], define: Callable[[flags.FlagValues], None] | None,
             config_required: bool) -> flags.FlagValues:
   """A fresh FlagValues with ``--config``, the CLI's own flags and ``--help``."""
-  _make_configs_importable()
   fv = flags.FlagValues()
   # sys_argv: the overrides are found in these arguments, not in the process's sys.argv.
   config_flags.DEFINE_config_file("config", None, CONFIG_HELP, flag_values=fv, sys_argv=full,
@@ -108,7 +100,7 @@ def parse_flags(argv: Sequence[str] | None, doc: str,
 
 
 def load_config(spec: str, *overrides: str) -> ml_collections.ConfigDict:
-  """The config of ``"configs/grid.py:steps=10"`` with ``"--config.a.b=value"`` overrides.
+  """The config of ``"modeformer_jax/configs/grid.py:steps=10"`` with ``"--config.a.b=value"`` overrides.
 
   Raises ValueError when the file does not load or an override does not apply.
   """

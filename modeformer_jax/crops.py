@@ -202,14 +202,14 @@ def _haar_crops(frames: np.ndarray) -> np.ndarray:
 LIP_POINTS = (0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178,
               181, 185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321,
               324, 375, 402, 405, 409, 415)
-_RIGHT_EYE = (33, 133)     # the subject's right eye: image left for a frontal face
-_LEFT_EYE = (362, 263)
+RIGHT_EYE = (33, 133)     # the subject's right eye: image left for a frontal face
+LEFT_EYE = (362, 263)
 _MIN_LANDMARK_FRACTION = 0.5   # faces in fewer frames than this: no_face
-_MESH_MAX_SIDE = 640           # larger frames are downscaled before FaceMesh (speed)
+MESH_MAX_SIDE = 640           # larger frames are downscaled before FaceMesh (speed)
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
   """Sends file descriptor 2 to /dev/null: MediaPipe's C++ graph logs (absl, TFLite) and a
   harmless protobuf message printed while its legacy solutions import would otherwise
   reach the user's terminal on every clip. Python exceptions still propagate."""
@@ -226,9 +226,10 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=None)
-def _mediapipe() -> Any:
+def mediapipe() -> Any:
+  """The ``mediapipe`` module with its legacy solutions loaded (quietly)."""
   try:
-    with _quiet_stderr():
+    with quiet_stderr():
       import mediapipe as mp
       from mediapipe.python.solutions import face_detection, face_mesh  # noqa: F401
   except ImportError as e:  # pragma: no cover - the README's setup installs it
@@ -237,66 +238,101 @@ def _mediapipe() -> Any:
   return mp
 
 
+def _geometry(right: np.ndarray, left: np.ndarray, mouth: np.ndarray, source: int
+              ) -> tuple[float, ...]:
+  eyes = left - right
+  return (*mouth, np.hypot(*eyes), np.arctan2(eyes[1], eyes[0]), source)
+
+
+class FaceLandmarker:
+  """The one lip-landmark pipeline, frame by frame: MediaPipe FaceMesh in tracking mode (up
+  to ``max_faces`` faces) and, where it finds nobody, BlazeFace (the short-range model first,
+  for faces filling much of the frame as in LRS2 crops, then the full-range one for small
+  faces in wide shots). Clips (``face_geometry``) and long videos (``qc.tracking``) both
+  use it. Frames larger than ``max_side`` are downscaled first (speed)."""
+
+  def __init__(self, max_faces: int = 1, max_side: int = MESH_MAX_SIDE):
+    self.max_faces, self.max_side = max_faces, max_side
+    self._mp = mediapipe()
+    self._mesh = None
+    self._det: dict[int, Any] = {}
+    self.reset()
+
+  def reset(self) -> None:
+    """A fresh FaceMesh tracker: no tracking state carried over (a new clip, a cut)."""
+    with quiet_stderr():
+      if self._mesh is not None:
+        self._mesh.close()
+      self._mesh = self._mp.solutions.face_mesh.FaceMesh(
+          static_image_mode=False, max_num_faces=self.max_faces, refine_landmarks=False,
+          min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+  def _detector(self, model: int):
+    if model not in self._det:
+      with quiet_stderr():
+        self._det[model] = self._mp.solutions.face_detection.FaceDetection(
+            model_selection=model, min_detection_confidence=0.4)
+    return self._det[model]
+
+  def observe(self, frame: np.ndarray) -> np.ndarray:
+    """Faces of one RGB frame: ``float64 [n, 5]`` rows of mouth x, y, inter-ocular distance,
+    roll (radians) and source (1 FaceMesh, 2 BlazeFace) in full-resolution pixels; FaceMesh
+    faces in its order, BlazeFace ones largest first."""
+    h, w = frame.shape[:2]
+    scale = min(1.0, self.max_side / max(h, w))
+    img = frame if scale == 1.0 else cv2.resize(
+        frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    img = np.ascontiguousarray(img)
+    lips = list(LIP_POINTS)
+    faces = []
+    with quiet_stderr():
+      res = self._mesh.process(img)
+      for lm in res.multi_face_landmarks or []:
+        pts = np.array([(p.x * w, p.y * h) for p in lm.landmark])
+        faces.append(_geometry(pts[list(RIGHT_EYE)].mean(axis=0),
+                               pts[list(LEFT_EYE)].mean(axis=0), pts[lips].mean(axis=0), 1))
+      if not faces:
+        for model in (0, 1):
+          res = self._detector(model).process(img)
+          dets = sorted(res.detections or [],
+                        key=lambda d: -d.location_data.relative_bounding_box.width)
+          for d in dets:
+            kp = np.array([(k.x * w, k.y * h) for k in d.location_data.relative_keypoints])
+            faces.append(_geometry(kp[0], kp[1], kp[3], 2))   # right eye, left eye, mouth
+          if faces:
+            break
+    return np.array(faces, np.float64).reshape(-1, 5)
+
+  def close(self) -> None:
+    with quiet_stderr():
+      self._mesh.close()
+      for d in self._det.values():
+        d.close()
+
+  def __enter__(self) -> "FaceLandmarker":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
 def face_geometry(frames: np.ndarray) -> np.ndarray:
-  """Per-frame face geometry ``float64 [T, 5]``: mouth x, y, inter-ocular distance, roll
-  (radians) and the source (1 FaceMesh, 2 BlazeFace), in full-resolution pixels; rows of
-  NaN where neither model finds a face.
+  """Per-frame face geometry ``float64 [T, 5]`` of a clip's one face (``FaceLandmarker``
+  rows: mouth x, y, inter-ocular distance, roll, source); rows of NaN where no model finds a
+  face. A fresh tracker per clip: tracking state must not leak between clips (determinism).
   """
-  with _quiet_stderr():
-    mp = _mediapipe()
-    t, h, w = frames.shape[:3]
-    scale = min(1.0, _MESH_MAX_SIDE / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    out = np.full((t, 5), np.nan)
-    lips = np.asarray(LIP_POINTS)
-    missed = []
-
-    def image(i: int) -> np.ndarray:
-      img = frames[i] if scale == 1.0 else cv2.resize(frames[i], size,
-                                                       interpolation=cv2.INTER_AREA)
-      return np.ascontiguousarray(img)
-
-    def geometry(right: np.ndarray, left: np.ndarray, mouth: np.ndarray) -> tuple:
-      eyes = left - right
-      return (*mouth, np.hypot(*eyes), np.arctan2(eyes[1], eyes[0]))
-
-    # A fresh tracker per clip: tracking state must not leak between clips (determinism).
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
-                                         refine_landmarks=False, min_detection_confidence=0.5,
-                                         min_tracking_confidence=0.5) as mesh:
-      for i in range(t):
-        res = mesh.process(image(i))
-        if not res.multi_face_landmarks:
-          missed.append(i)
-          continue
-        pts = np.array([(p.x * w, p.y * h) for p in res.multi_face_landmarks[0].landmark])
-        out[i] = (*geometry(pts[list(_RIGHT_EYE)].mean(axis=0), pts[list(_LEFT_EYE)].mean(axis=0),
-                            pts[lips].mean(axis=0)), 1)
-    # BlazeFace where FaceMesh lost the face: the short-range model first (faces filling
-    # much of the frame, as in LRS2 crops, where it finds what FaceMesh missed), then the
-    # full-range one for small faces in wide shots.
-    for model in (0, 1):
-      if not missed:
-        break
-      still = []
-      with mp.solutions.face_detection.FaceDetection(model_selection=model,
-                                                     min_detection_confidence=0.4) as det:
-        for i in missed:
-          res = det.process(image(i))
-          if not res.detections:
-            still.append(i)
-            continue
-          # The largest face: the one FaceMesh would most likely have tracked.
-          best = max(res.detections,
-                     key=lambda d: d.location_data.relative_bounding_box.width)
-          kp = np.array([(k.x * w, k.y * h) for k in best.location_data.relative_keypoints])
-          out[i] = (*geometry(kp[0], kp[1], kp[3]), 2)   # right eye, left eye, mouth
-      missed = still
+  out = np.full((frames.shape[0], 5), np.nan)
+  with FaceLandmarker(max_faces=1) as lm:
+    for i in range(frames.shape[0]):
+      faces = lm.observe(frames[i])
+      if len(faces):
+        out[i] = faces[0]
   return out
 
 
-def _fill_and_smooth(geom: np.ndarray, smooth_frames: int) -> np.ndarray:
-  """Interpolates missing frames (holding the ends) and smooths centre, scale and roll."""
+def fill_and_smooth(geom: np.ndarray, smooth_frames: int) -> np.ndarray:
+  """Crop track ``[T, 4]`` from geometry rows with gaps: interpolates missing frames (holding
+  the ends) and smooths centre, scale and roll."""
   t = geom.shape[0]
   found = ~np.isnan(geom[:, 0])
   every = np.arange(t)
@@ -304,8 +340,10 @@ def _fill_and_smooth(geom: np.ndarray, smooth_frames: int) -> np.ndarray:
   return _moving_average(track, smooth_frames)
 
 
-def _landmark_crop(frame: np.ndarray, cx: float, cy: float, iod: float, roll: float,
-                   width_iod: float) -> np.ndarray:
+def landmark_crop(frame: np.ndarray, cx: float, cy: float, iod: float, roll: float,
+                  width_iod: float) -> np.ndarray:
+  """The 48x96 lip crop centred on the mouth ``(cx, cy)``, ``width_iod`` inter-ocular
+  distances wide, turned by ``roll`` (radians)."""
   h, w = LIP_SIZE
   scale = width_iod * iod / w            # source pixels per output pixel
   c, s = np.cos(roll) * scale, np.sin(roll) * scale
@@ -330,7 +368,7 @@ def landmark_track(frames: np.ndarray, options: dict[str, Any]) -> tuple[np.ndar
            "detector": int((geom[:, 4] == 2).sum()), "missing": int((~found).sum())}
   if found.sum() < max(1, _MIN_LANDMARK_FRACTION * t):
     raise NoFaceError(f"face found in {int(found.sum())} of {t} frames")
-  track = _fill_and_smooth(geom, int(options["smooth_frames"]))
+  track = fill_and_smooth(geom, int(options["smooth_frames"]))
   if not options["roll"]:
     track[:, 3] = 0.0
   return track, stats
@@ -340,7 +378,7 @@ def _landmark_crops(frames: np.ndarray, options: dict[str, Any]) -> np.ndarray:
   track, _ = landmark_track(frames, options)
   out = np.empty((frames.shape[0], *LIP_SIZE, 3), np.uint8)
   for i in range(frames.shape[0]):
-    out[i] = _landmark_crop(frames[i], *track[i], width_iod=float(options["width_iod"]))
+    out[i] = landmark_crop(frames[i], *track[i], width_iod=float(options["width_iod"]))
   return out
 
 

@@ -3,10 +3,10 @@
   python -m modeformer_jax.demo --out demo_out            # the full demo (~15 min, 2 cores)
   python -m modeformer_jax.demo --out /tmp/d --quick      # a few steps, for the test suite
 
-1. ``data_prep.synthetic`` writes h264/aac mp4 files of synthetic talking mouths in the LRS2
+1. ``modeformer_jax.data_prep.synthetic`` writes h264/aac mp4 files of synthetic talking mouths in the LRS2
    layout (test speakers never appear in training).
-2. ``data_prep.prepare`` turns them into ArrayRecord shards (lip crops + mel).
-3. ``modeformer_jax.train`` trains the tiny model (``configs/synthetic.py``).
+2. ``modeformer_jax.data_prep.prepare`` turns them into ArrayRecord shards (lip crops + mel).
+3. ``modeformer_jax.train`` trains the tiny model (``modeformer_jax/configs/synthetic.py``).
 4. ``modeformer_jax.eval`` scores the held-out test speakers with the standard protocol.
 5. ``modeformer_jax.detect`` finds known injected audio offsets in test clips.
 6. Plots: training curve, accuracy by clip length, offset histogram.
@@ -38,10 +38,10 @@ def _phase(name: str, timings: dict):
 def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
         workers: int = 2, variant: str = "tiny") -> dict:
   """Runs the whole demo into ``out``; returns the summary it also writes as JSON."""
-  from configs.synthetic import get_config
-  from data_prep import prepare, synthetic
-  from modeformer_jax import checkpoints, embedding, input_spec, offsets, plots, train
+  from modeformer_jax import offsets, plots, train
   from modeformer_jax import eval as eval_lib
+  from modeformer_jax.configs.synthetic import get_config
+  from modeformer_jax.data_prep import prepare, synthetic
 
   out_p = pathlib.Path(out).absolute()
   out_p.mkdir(parents=True, exist_ok=True)
@@ -78,9 +78,8 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
     print(plots.format_table({res["name"]: res["accuracy"]}))
 
   with _phase("5. detect injected offsets on test clips", timings):
-    model, params, meta = checkpoints.load_model(str(workdir), which="latest")
-    embedder = embedding.Embedder(model, params, chunk=128)
-    crop = input_spec.from_model_meta(meta, str(workdir)).crop   # the model's own crop
+    det = offsets.load_detector(workdir, which="latest")   # the model's own crop
+    embedder, crop = det.embedder, det.crop
     test_list = (src / "test.txt").read_text().split()
     files = [src / "mvlrs_v1" / "main" / f"{line}.mp4" for line in test_list]
     shifts = [-7, -4, -2, 0, 3, 5, 7] if not quick else [3]
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset")
   parser.add_argument("--steps", type=int, default=None, help="training steps override")
   parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--variant", default="tiny", help="model variant (configs/common.py)")
+  parser.add_argument("--variant", default="tiny", help="model variant (modeformer_jax/configs/common.py)")
   args = parser.parse_args(argv)
   from absl import flags
   if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags

@@ -5,7 +5,7 @@
   python -m modeformer_jax.detect a.mp4 --fix a_fixed.mp4         # remux with audio moved
   python -m modeformer_jax.detect --prepared /data/lrs2_prepared:test --checkpoint runs/x
 
-Sync QC of long videos and whole folders (``modeformer_jax.sync_qc``): offset over time in
+Sync QC of long videos and whole folders (``modeformer_jax.qc.sync_qc``): offset over time in
 ms (5 s segments every 1 s), drift, every face, broadcast tolerances, HTML reports::
 
   python -m modeformer_jax.detect --qc programme.mxf --out qc_out      # one long file
@@ -33,14 +33,23 @@ import logging
 import pathlib
 import sys
 
-from modeformer_jax import (checkpoints, embedding, features, input_spec, offsets, plots, protocol,
-                            qc_batch, records, tracking)
+from modeformer_jax import (
+  embedding,
+  features,
+  input_spec,
+  offsets,
+  plots,
+  protocol,
+  records,
+)
+from modeformer_jax.qc import qc_batch, tracking
 
 
 def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   """Sync QC of files, folders and lists into ``args.out`` (see the module docstring)."""
   import functools
-  from modeformer_jax import sync_qc
+
+  from modeformer_jax.qc import sync_qc
   try:
     inputs = qc_batch.list_inputs(args.videos)
   except (FileNotFoundError, ValueError) as e:
@@ -61,7 +70,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                retry_errors=args.retry_errors, report=not args.no_report,
                                progress=not args.json, resume=not args.fix)
   results = qc_batch.load_results(args.out)
-  entries = [results[k] for k in (qc_batch._key(p) for p in inputs) if k in results]
+  entries = [results[k] for k in (qc_batch.input_key(p) for p in inputs) if k in results]
   if args.json:
     print(json.dumps(protocol.jsonable(entries), indent=1))
   else:
@@ -132,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
       print(f"using the shipped model {offsets.DEFAULT_MODEL} (see MODEL_CARD.md there)",
             file=sys.stderr)
-  model, params, meta = checkpoints.load_model(ckpt)
-  if meta.get("input_spec") or args.layout == "auto":
-    spec = input_spec.from_model_meta(meta, str(ckpt))
-  else:
-    spec = input_spec.for_layout(args.layout)
-  crop = offsets.resolve_crop(spec, args.layout)
-  embedder = embedding.Embedder(model, params, chunk=128)
+  det = offsets.load_detector(ckpt, layout=args.layout)
+  spec, crop, embedder = det.spec, det.crop, det.embedder
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results, failed = [], 0

@@ -51,9 +51,16 @@ import numpy as np
 
 from modeformer_jax import crops, windows
 from modeformer_jax.input_spec import MEL_CONFIG, SAMPLE_RATE, CropSpec
+
 # The decoding contract lives in ``media``; these names are part of this module's API too.
-from modeformer_jax.media import (ERROR_KINDS, Decoded, FeatureError, decode,  # noqa: F401
-                                  frame_indices_for_timestamps, num_output_frames)
+from modeformer_jax.media import (  # noqa: F401
+  ERROR_KINDS,
+  Decoded,
+  FeatureError,
+  decode,
+  frame_indices_for_timestamps,
+  num_output_frames,
+)
 from modeformer_jax.windows import FPS
 
 MIN_FRAMES = 35              # 5-frame window + 2 x 15 frames of offset search
@@ -106,7 +113,8 @@ def shift_audio(audio: np.ndarray, k_frames: int,
 # ----------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _mel_basis() -> np.ndarray:
+def mel_basis() -> np.ndarray:
+  """The Slaney mel filterbank ``[n_mels, n_fft // 2 + 1]`` of ``MEL_CONFIG``."""
   # librosa.filters is plain numpy (no numba compilation), unlike librosa.feature.
   import librosa.filters
   c = MEL_CONFIG
@@ -117,7 +125,8 @@ def _mel_basis() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _window() -> np.ndarray:
+def stft_window() -> np.ndarray:
+  """The periodic Hann window of ``MEL_CONFIG``'s STFT."""
   n = MEL_CONFIG["win_length"]
   win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)   # periodic Hann
   pad = MEL_CONFIG["n_fft"] - n
@@ -158,7 +167,7 @@ def log_mel(audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
   y = np.pad(y, (n_fft // 2, n_fft // 2))
   n_frames = min(n_out, 1 + (y.size - n_fft) // hop)
   stft_frames = np.lib.stride_tricks.sliding_window_view(y, n_fft)[::hop][:n_frames]
-  basis, win = _mel_basis(), _window()
+  basis, win = mel_basis(), stft_window()
   mel = np.full((c["n_mels"], n_out), MEL_SILENCE, np.float32)
   amin, ref, min_db, top = c["amin"], c["ref_level_db"], c["min_level_db"], c["max_abs_value"]
   for s in range(0, n_frames, _STFT_CHUNK):

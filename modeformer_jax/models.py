@@ -87,8 +87,8 @@ class _GroupNormAuto(nn.Module):
 # - backward: XLA's input gradient of a strided 3D conv is 10-50x slower than the 2D form's,
 #   and both forms' gradients are slow on tiny maps and for the kernel of strided layers.
 #   There the gradients are plain matmuls: the kernel's against the input's patches
-#   (``_conv3d_dw_matmul``) and the input's scattered back from the output's
-#   (``_conv3d_dx_matmul``), 2-10x faster than either conv form on those layers (paper
+#   (``conv3d_dw_matmul``) and the input's scattered back from the output's
+#   (``conv3d_dx_matmul``), 2-10x faster than either conv form on those layers (paper
 #   stage-4 stride-2 input gradient: 12.5 ms against 132 native and 414 in 2D, 8 windows;
 #   `bench.conv3d_layers --split_grads`).
 # So "auto" decides per layer, on the CPU backend only, and a layer may run its forward and
@@ -105,7 +105,7 @@ _STEM_MAX_IN = 4
 AUTO_NATIVE_DW_MIN_IN = 64
 
 
-def _conv3d_forms(impl: str, x_shape: tuple[int, ...], strides: tuple[int, ...],
+def conv3d_forms(impl: str, x_shape: tuple[int, ...], strides: tuple[int, ...],
                   features: int) -> tuple[str, str, str]:
   """Forms of (forward, input gradient, kernel gradient) for a 3D conv with a temporal
   kernel > 1 on ``x_shape``: each 'native', '2d' or 'matmul' (gradients only)."""
@@ -130,12 +130,12 @@ def _conv3d_forms(impl: str, x_shape: tuple[int, ...], strides: tuple[int, ...],
   return fwd, dx, dw
 
 
-def _conv3d_native(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
+def conv3d_native(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
   return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
-def _conv3d_2d(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
+def conv3d_2d(x: Array, kernel: Array, strides: tuple[int, ...]) -> Array:
   """``y[t] = sum_d conv2d(x[t + d - p], k[d])``, zero frames beyond the clip."""
   b, t = x.shape[:2]
   kt = kernel.shape[0]
@@ -157,7 +157,7 @@ def _same_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
   return total // 2, total - total // 2, out
 
 
-def _conv3d_dw_matmul(x: Array, g: Array, kshape: tuple[int, ...],
+def conv3d_dw_matmul(x: Array, g: Array, kshape: tuple[int, ...],
                       strides: tuple[int, ...]) -> Array:
   """Kernel gradient of the SAME 3D conv: the output gradient ``g`` against the input's
   patches (every tap's strided slice side by side in the channels), one matmul."""
@@ -173,7 +173,7 @@ def _conv3d_dw_matmul(x: Array, g: Array, kshape: tuple[int, ...],
   return dw.reshape(*kshape, x.shape[-1], g.shape[-1])
 
 
-def _conv3d_dx_matmul(x_shape: tuple[int, ...], g: Array, kernel: Array,
+def conv3d_dx_matmul(x_shape: tuple[int, ...], g: Array, kernel: Array,
                       strides: tuple[int, ...]) -> Array:
   """Input gradient of the SAME 3D conv: every output position's gradient times the kernel
   (one matmul), each tap's share added back at its strided place in the padded input."""
@@ -194,43 +194,43 @@ def _conv3d_dx_matmul(x_shape: tuple[int, ...], g: Array, kernel: Array,
              pads[2][0]:pads[2][0] + x_shape[3]]
 
 
-_CONV3D_FORWARD = {"native": _conv3d_native, "2d": _conv3d_2d}
+CONV3D_FORWARD = {"native": conv3d_native, "2d": conv3d_2d}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv3d_mixed(x: Array, kernel: Array, strides: tuple[int, ...],
+def conv3d_mixed(x: Array, kernel: Array, strides: tuple[int, ...],
                   forms: tuple[str, str, str]) -> Array:
   """The conv with its forward and its two gradients each in its own form (one linear map)."""
-  return _CONV3D_FORWARD[forms[0]](x, kernel, strides)
+  return CONV3D_FORWARD[forms[0]](x, kernel, strides)
 
 
-def _conv3d_mixed_fwd(x, kernel, strides, forms):
-  return _conv3d_mixed(x, kernel, strides, forms), (x, kernel)
+def conv3d_mixed_fwd(x, kernel, strides, forms):
+  return conv3d_mixed(x, kernel, strides, forms), (x, kernel)
 
 
-def _conv3d_mixed_bwd(strides, forms, res, g):
+def conv3d_mixed_bwd(strides, forms, res, g):
   x, kernel = res
   _, dx_form, dw_form = forms
   # The conv is linear, so a VJP never uses its primal: XLA drops that computation, and the
   # input gradient of a stem (whose input is data) is dropped as unused.
   if dx_form == "matmul":
-    dx = _conv3d_dx_matmul(x.shape, g, kernel, strides)
+    dx = conv3d_dx_matmul(x.shape, g, kernel, strides)
   else:
-    dx = jax.vjp(lambda a: _CONV3D_FORWARD[dx_form](a, kernel, strides), x)[1](g)[0]
+    dx = jax.vjp(lambda a: CONV3D_FORWARD[dx_form](a, kernel, strides), x)[1](g)[0]
   if dw_form == "matmul":
-    dw = _conv3d_dw_matmul(x, g, kernel.shape[:3], strides)
+    dw = conv3d_dw_matmul(x, g, kernel.shape[:3], strides)
   else:
-    dw = jax.vjp(lambda k: _CONV3D_FORWARD[dw_form](x, k, strides), kernel)[1](g)[0]
+    dw = jax.vjp(lambda k: CONV3D_FORWARD[dw_form](x, k, strides), kernel)[1](g)[0]
   return dx, dw.astype(kernel.dtype)
 
 
-_conv3d_mixed.defvjp(_conv3d_mixed_fwd, _conv3d_mixed_bwd)
+conv3d_mixed.defvjp(conv3d_mixed_fwd, conv3d_mixed_bwd)
 
 
 class Conv(nn.Module):
   """``nn.Conv`` without bias and with SAME padding (same parameter tree: ``kernel``), whose
   3D form with a temporal kernel > 1 and temporal stride 1 picks a form for its forward and
-  for each gradient (``_conv3d_forms``): native, 2D convolutions or matmuls."""
+  for each gradient (``conv3d_forms``): native, 2D convolutions or matmuls."""
   features: int
   kernel_size: tuple[int, ...]
   strides: tuple[int, ...] | None = None
@@ -245,10 +245,10 @@ class Conv(nn.Module):
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if nd == 3 and self.kernel_size[0] > 1 and strides[0] == 1:
-      forms = _conv3d_forms(CONV3D_IMPL, x.shape, strides, self.features)
+      forms = conv3d_forms(CONV3D_IMPL, x.shape, strides, self.features)
       if len(set(forms)) > 1:
-        return _conv3d_mixed(x, kernel, strides, forms)
-      return _CONV3D_FORWARD[forms[0]](x, kernel, strides)
+        return conv3d_mixed(x, kernel, strides, forms)
+      return CONV3D_FORWARD[forms[0]](x, kernel, strides)
     spec = "NDHWC" if nd == 3 else "NHWC"
     return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
                                         dimension_numbers=(spec, spec[1:-1] + "IO", spec))

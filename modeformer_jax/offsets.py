@@ -13,6 +13,7 @@ decides, and warns when a caller asks for something else.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from fractions import Fraction
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from modeformer_jax import embedding, features, input_spec, protocol, windows
+from modeformer_jax import checkpoints, embedding, features, input_spec, protocol, windows
 from modeformer_jax.input_spec import CropSpec, InputSpec
 
 log = logging.getLogger("modeformer_jax.offsets")
@@ -45,6 +46,31 @@ def resolve_crop(spec: InputSpec, layout: str = "auto", warn: bool = True) -> Cr
                 "accuracy on these crops is unknown", layout, crop.describe(),
                 spec.crop.describe())
   return crop
+
+
+@dataclasses.dataclass
+class Detector:
+  """A model loaded for offset detection: its embedder and the crop its lips are cut with."""
+  checkpoint: str
+  embedder: embedding.Embedder
+  spec: InputSpec            # what the model was trained on
+  crop: CropSpec             # what ``detect_file`` cuts (``resolve_crop``)
+  meta: dict
+
+
+def load_detector(checkpoint: str | pathlib.Path | None = None, *, which: str = "best",
+                  layout: str = "auto", chunk: int = 128, warn: bool = True) -> Detector:
+  """Loads a detector: the shipped ``DEFAULT_MODEL`` without ``checkpoint``, else an exported
+  model, a training workdir (``which`` checkpoint) or a checkpoint directory. The one loader
+  of ``detect``, sync QC, the demo and the benchmarks."""
+  ckpt = str(checkpoint or DEFAULT_MODEL)
+  model, params, meta = checkpoints.load_model(ckpt, which=which)
+  if meta.get("input_spec") or layout == "auto":
+    spec = input_spec.from_model_meta(meta, ckpt)
+  else:   # a checkpoint from before specs were recorded: the layout names its crop
+    spec = input_spec.for_layout(layout)
+  return Detector(ckpt, embedding.Embedder(model, params, chunk=chunk), spec,
+                  resolve_crop(spec, layout, warn), meta)
 
 
 def detect_arrays(embedder: embedding.Embedder, lips: np.ndarray, mel: np.ndarray,

@@ -58,12 +58,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modeformer_jax import windows
+
 Array = jax.Array
 
-NUM_FRAMES = 5              # video frames per window (windows.WINDOW_FRAMES)
+NUM_FRAMES = windows.WINDOW_FRAMES   # video frames per window
 MAX_OFFSET = 15             # offsets -15..+15 frames, the literature's standard range
 CLIP_LENGTHS = (5, 7, 9, 11, 13, 15)
-FRAME_MS = 40.0             # 25 fps video
+FRAME_MS = windows.FRAME_MS  # 40 ms: 25 fps video
 
 Rule = Literal["vocalist", "available"]
 RULES: tuple[str, ...] = ("vocalist", "available")

@@ -1,6 +1,7 @@
 """The window contract between video frames and mel frames (numpy only).
 
-Video runs at 25 fps and the mel at 80 frames per second, so there are exactly 3.2 mel
+The one home of the clock constants. Video runs at 25 fps, audio at 16 kHz and the mel at 80
+frames per second, so there are exactly 3.2 mel
 frames per video frame. The model reads windows:
 
 * a video window is ``WINDOW_FRAMES`` = 5 consecutive lip crops, frames ``t .. t + 4``;
@@ -19,6 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 FPS = 25                     # video frames per second
+FRAME_MS = 1000.0 / FPS      # 40 ms per video frame
+SAMPLE_RATE = 16000          # audio samples per second
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS   # 640 audio samples per video frame
 MEL_PER_FRAME = 3.2          # mel frames per video frame (80 mel frames per second)
 WINDOW_FRAMES = 5            # video frames in one model window
 MEL_WINDOW = 16              # mel frames in one model window (= 3.2 * 5)

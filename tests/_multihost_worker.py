@@ -15,10 +15,8 @@ that test and the two-process CLI test of ``tests/test_train.py``.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
-import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -47,9 +45,9 @@ def run(devices, param_leaves: list[np.ndarray]) -> dict[str, np.ndarray]:
   import jax
   import optax
 
-  from configs import common
   from modeformer_jax import mesh as mesh_lib
   from modeformer_jax import train_step as ts
+  from modeformer_jax.configs import common
   from modeformer_jax.models import ModEFormer
 
   model = ModEFormer(common.model_config("micro"))
@@ -121,7 +119,6 @@ def main() -> None:
   p.add_argument("--params", required=True, help=".npz of the initial parameter leaves")
   p.add_argument("--out", required=True)
   args = p.parse_args()
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
                              num_processes=args.num_processes, process_id=args.process_id,

@@ -59,7 +59,7 @@ def grid_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> pathlib.Path:
   """A small synthetic LRS2-layout dataset (4 train, 2 test, 1 val speakers; 2 s clips)."""
-  from data_prep import synthetic
+  from modeformer_jax.data_prep import synthetic
   out = tmp_path_factory.mktemp("synthetic")
   synthetic.generate_dataset(out, num_speakers=4, num_test_speakers=2, num_val_speakers=1,
                              clips_per_speaker=2, min_seconds=2.0, max_seconds=2.4, seed=0,
@@ -68,9 +68,65 @@ def synthetic_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def prepared_dir(synthetic_dir, tmp_path_factory) -> pathlib.Path:
-  """``synthetic_dir`` prepared into ArrayRecord shards."""
-  from data_prep import prepare
-  out = tmp_path_factory.mktemp("prepared")
-  prepare.prepare("lrs2", str(synthetic_dir), str(out), workers=2, progress=False)
+def mock_prepared_dir(tmp_path_factory) -> pathlib.Path:
+  """A prepared-dataset folder without any video: random lips and mel written through the
+  preparation's own record and shard writers (``pipeline.write_shard``, ``finalize``), with
+  the splits and speakers of ``synthetic_dir`` (train 4 speakers x 2 clips, test 2 x 2, val 1
+  x 2). Built in about a second; for tests of what reads prepared data (loader, eval,
+  ablation plumbing), not of what preparation computes."""
+  import numpy as np
+
+  from modeformer_jax import features, input_spec, records, windows
+  from modeformer_jax.data_prep import layouts, pipeline
+  out = tmp_path_factory.mktemp("mock_prepared")
+  rng = np.random.default_rng(0)
+  spec = input_spec.for_layout("lrs2")
+  speakers = {"train": 4, "test": 2, "val": 1}
+  shards, results = [], {}
+  plan = {"format_version": records.FORMAT_VERSION, "layout": "lrs2", "source_root": "mock",
+          "feature_layout": "lrs2", "crop_box": None, "min_frames": features.MIN_FRAMES,
+          "input_spec": spec.to_dict(), "audio_shift": 0, "lip_codec": "jpeg",
+          "jpeg_quality": records.JPEG_QUALITY, "splits": {}}
+  for split, n_spk in speakers.items():
+    items, res = [], []
+    for s in range(n_spk):
+      for c in range(2):
+        t = int(rng.integers(50, 61))                     # 2.0-2.4 s at 25 fps
+        clip = features.Clip(lips=rng.integers(0, 256, (t, 48, 96, 3), dtype=np.uint8),
+                             mel=rng.uniform(-4, 4, (80, windows.num_mel_frames(t))
+                                             ).astype(np.float32),
+                             num_frames=t, fps=float(windows.FPS), source_fps=25.0,
+                             duration=t / windows.FPS)
+        cid, spk = f"{split}_{s}/{c:05d}", f"{split}_{s}"
+        items.append(layouts.Item(split, f"/mock/{cid}.mp4", cid, spk))
+        res.append({"ok": True, "num_frames": t, "seconds": t / windows.FPS,
+                    "record": records.encode_clip(clip, cid, spk, split, f"{cid}.mp4")})
+    name = records.shard_name(split, 0, 1)
+    shards.append(pipeline.Shard(split, name, items))
+    results[name] = res
+    plan["splits"][split] = {"num_inputs": len(items), "shards": [name]}
+  for sh in shards:
+    pipeline.write_shard(out, sh, results[sh.name])
+  pipeline.finalize(pipeline.Plan(out, pathlib.Path("/mock"), plan, shards, {}, "mock", "mock"))
   return out
+
+
+def _jitted_params(variant: str):
+  import jax
+
+  from modeformer_jax import models
+  model = models.ModEFormer(models.model_config(variant))
+  # Jitted init: one compile instead of hundreds of eager dispatches (~20 s vs ~32 s for tiny).
+  return model, jax.jit(model.init)(jax.random.key(0))
+
+
+@pytest.fixture(scope="session")
+def micro_model():
+  """``(model, params)`` of the micro variant, initialised once per session (key 0)."""
+  return _jitted_params("micro")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+  """``(model, params)`` of the tiny variant, initialised once per session (key 0)."""
+  return _jitted_params("tiny")

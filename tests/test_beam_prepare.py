@@ -11,14 +11,20 @@ import sys
 import time
 
 import pytest
-from test_prepare import (SHARDS, _all_records, _bad_inputs_folder, _files_state,  # noqa: F401
-                          reference, synthetic_src)
+from test_prepare import (  # noqa: F401
+  SHARDS,
+  _all_records,
+  _bad_inputs_folder,
+  _files_state,
+  reference,
+  synthetic_src,
+)
 
-from data_prep import prepare as prep
 from modeformer_jax import records
+from modeformer_jax.data_prep import prepare as prep
 
 beam = pytest.importorskip("apache_beam", reason="the '.[beam]' extra is not installed")
-from data_prep import beam_prepare
+from modeformer_jax.data_prep import beam_prepare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Two worker processes: the multi-process DirectRunner, as a user on one machine runs it.
@@ -136,7 +142,7 @@ def test_local_prep_runs_without_beam(src, tmp_path):
   code = f"""
 import sys
 sys.modules['apache_beam'] = None     # as if the extra were not installed
-from data_prep import prepare
+from modeformer_jax.data_prep import prepare
 r = prepare.prepare('lrs2', {str(src)!r}, {str(tmp_path / 'l')!r}, splits='test',
                     shards_per_split=1, workers=1, progress=False)
 assert r['written'] == 3, r
@@ -192,17 +198,17 @@ def test_pipeline_with_a_worker_path_map_equals_local_prep(src, local, tmp_path)
   _same_folder(local, out)
 
 
-def test_readme_runner_commands_use_real_options():
-  """Every option in the README's Beam commands is this CLI's or the installed Beam's."""
+def test_documented_runner_commands_use_real_options():
+  """Every option in the documented Beam commands (docs/data.md) is this CLI's or Beam's."""
   import re
   import shlex
 
   from apache_beam.options.pipeline_options import PipelineOptions
-  text = (REPO / "README.md").read_text()
+  text = (REPO / "docs" / "data.md").read_text()
   section = text[text.index("### Data preparation on Apache Beam"):
                  text.index("### TensorFlow Datasets")]
   commands = [" ".join(m.split()) for m in
-              re.findall(r"python -m data_prep\.prepare (.*?)(?:\n\n|\n#|\n```)",
+              re.findall(r"python -m modeformer_jax\.data_prep\.prepare (.*?)(?:\n\n|\n#|\n```)",
                          section.replace("\\\n", " "), re.S)]
   runners = set()
   for cmd in commands:

@@ -1,7 +1,11 @@
 """The README's main job, shortened: generate -> prepare -> train a few steps -> eval -> detect."""
 import json
 
+import pytest
+
 from modeformer_jax import demo
+
+pytestmark = pytest.mark.slow   # the quick demo end to end (~1 min)
 
 
 def test_quick_demo_end_to_end(tmp_path):

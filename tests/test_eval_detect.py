@@ -7,28 +7,25 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common
 from modeformer_jax import checkpoints, detect, embedding, features, input_spec, offsets
 from modeformer_jax import eval as eval_lib
-from modeformer_jax.models import ModEFormer, ModelConfig
+from modeformer_jax.configs import common
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, micro_model):
   """An (untrained) micro model in the exported format."""
   cfg = common.MODEL_VARIANTS["micro"]
-  model = ModEFormer(ModelConfig.from_mapping(cfg))
   out = tmp_path_factory.mktemp("model")
-  checkpoints.export_params(out, model.init(jax.random.key(0)), cfg,
+  checkpoints.export_params(out, micro_model[1], cfg,
                             {"trained_on": "nothing",
                              "input_spec": input_spec.for_layout("lrs2").to_dict()})
   return out
 
 
-def test_exported_model_round_trip(exported):
+def test_exported_model_round_trip(exported, micro_model):
   model, params, meta = checkpoints.load_model(exported)
-  ref = ModEFormer(ModelConfig.from_mapping(common.MODEL_VARIANTS["micro"])).init(
-      jax.random.key(0))
+  ref = micro_model[1]
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert meta["trained_on"] == "nothing"
@@ -36,8 +33,8 @@ def test_exported_model_round_trip(exported):
     checkpoints.load_model(exported, model_config=dict(common.MODEL_VARIANTS["micro"], width=16))
 
 
-def test_eval_cli_writes_table_json_plot(exported, prepared_dir, tmp_path, capsys):
-  eval_lib.main(["--checkpoint", str(exported), "--data_dir", str(prepared_dir),
+def test_eval_cli_writes_table_json_plot(exported, mock_prepared_dir, tmp_path, capsys):
+  eval_lib.main(["--checkpoint", str(exported), "--data_dir", str(mock_prepared_dir),
                  "--split", "test", "--out", str(tmp_path), "--no_progress"])
   printed = capsys.readouterr().out
   assert "| 5 frames" in printed.replace("|  5", "| 5") or "5 frames" in printed
@@ -141,15 +138,14 @@ def test_detect_shifted_matches_detect_file(exported, synthetic_dir):
     np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-6, atol=1e-6)
 
 
-def test_detect_crops_as_the_model_was_trained(synthetic_dir, tmp_path, capsys):
+def test_detect_crops_as_the_model_was_trained(synthetic_dir, micro_model, tmp_path, capsys):
   """Regression (issue 13, bug 1): detect --layout auto gave models trained on face crops
   the frame's lower half, and a prepare --crop_box never reached inference. The crop now
   comes from the input spec the model records; an explicit --layout still wins."""
   cfg = common.MODEL_VARIANTS["micro"]
-  model = ModEFormer(ModelConfig.from_mapping(cfg))
   box = (0.3, 0.8, 0.1, 0.9)
   out = tmp_path / "boxed"
-  checkpoints.export_params(out, model.init(jax.random.key(0)), cfg,
+  checkpoints.export_params(out, micro_model[1], cfg,
                             {"input_spec": input_spec.for_layout("lrs2", box).to_dict()})
   f = str(sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
   detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json"])

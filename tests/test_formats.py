@@ -1,18 +1,26 @@
 """Real-world file formats: one clip as rotated phone video, anamorphic MKV, 5.1, multi-track
 MOV and MXF, variable frame rate, ProRes at 29.97 fps and late-starting audio
-(``data_prep.synthetic.formats``). Each must decode to what a player shows, and plain
+(``modeformer_jax.data_prep.synthetic.formats``). Each must decode to what a player shows, and plain
 ``detect`` and ``--qc`` must both read the base file's offset plus the injected shift."""
 import json
-from fractions import Fraction
 import pathlib
+from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 
-from data_prep.synthetic import formats
-from modeformer_jax import checkpoints, detect, embedding, features, input_spec, media, offsets
-from modeformer_jax import sync_qc
+from modeformer_jax import (
+  checkpoints,
+  detect,
+  embedding,
+  features,
+  input_spec,
+  media,
+  offsets,
+)
+from modeformer_jax.data_prep.synthetic import formats
+from modeformer_jax.qc import sync_qc
 
 SHIFT = 3                               # frames of extra audio delay in every variant
 KINDS = list(formats.KINDS)
@@ -49,6 +57,7 @@ def _lag(ref: np.ndarray, x: np.ndarray, max_lag: int = 800) -> int:
              key=lambda k: float(np.dot(a, x[max_lag + k:max_lag + k + n])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_plain_and_qc_read_the_base_offset_plus_the_shift(kind, plain, qc):
   base, r = plain["base"]["offset_frames"], plain[kind]
@@ -92,6 +101,7 @@ def test_the_speech_channels_are_chosen_and_said(suite):
   assert _lag(ref, late.audio) == 0 and 0.1 < late.audio_missing < 0.2
 
 
+@pytest.mark.slow
 def test_choices_are_reported_by_both_paths(plain, qc):
   assert "FC of 5.1" in plain["surround51"]["audio_note"]
   assert "FC of 5.1" in qc["surround51"]["audio_note"]

@@ -9,19 +9,19 @@ from modeformer_jax import embedding, records, windows
 from modeformer_jax import input_pipeline as ip
 
 
-def _ds(prepared_dir, **kw):
+def _ds(mock_prepared_dir, **kw):
   spec = kw.pop("spec", ip.ExampleSpec(num_hard=3))
   args = dict(global_batch=4, spec=spec, seed=7)
   args.update(kw)
-  return ip.train_dataset(str(prepared_dir), "train", **args)
+  return ip.train_dataset(str(mock_prepared_dir), "train", **args)
 
 
-def test_batch_layout_and_contents_match_records(prepared_dir):
-  batch = _ds(prepared_dir)[0]
+def test_batch_layout_and_contents_match_records(mock_prepared_dir):
+  batch = _ds(mock_prepared_dir)[0]
   assert batch["video"].shape == (4, 5, 48, 96, 3) and batch["video"].dtype == np.uint8
   assert batch["audio"].shape == (4, 4, 80, 16) and batch["audio"].dtype == np.float32
   assert batch["audio_time"].shape == (4, 4) and batch["clip"].shape == (4,)
-  src = records.open_split(str(prepared_dir), "train")
+  src = records.open_split(str(mock_prepared_dir), "train")
   assert len(set(batch["clip"].tolist())) == 4  # stage 1: distinct clips
   for i in range(4):
     rec = records.decode_record(src[int(batch["clip"][i])])
@@ -50,15 +50,15 @@ def test_hard_negative_shift_sampling_respects_bounds():
   assert len(set(ip.sample_shifts(17, 40, spec, rng).tolist())) == 11
 
 
-def test_deterministic_and_independent_of_workers(prepared_dir):
-  a = [_ds(prepared_dir)[i] for i in range(3)]
-  b = [_ds(prepared_dir)[i] for i in range(3)]
-  c = [_ds(prepared_dir, seed=8)[i] for i in range(3)]
+def test_deterministic_and_independent_of_workers(mock_prepared_dir):
+  a = [_ds(mock_prepared_dir)[i] for i in range(3)]
+  b = [_ds(mock_prepared_dir)[i] for i in range(3)]
+  c = [_ds(mock_prepared_dir, seed=8)[i] for i in range(3)]
   for x, y in zip(a, b):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
   assert any(not np.array_equal(x["audio_time"], y["audio_time"]) for x, y in zip(a, c))
-  it = ip.train_iterator(str(prepared_dir), "train", global_batch=4,
+  it = ip.train_iterator(str(mock_prepared_dir), "train", global_batch=4,
                          spec=ip.ExampleSpec(num_hard=3), seed=7, workers=2)
   try:
     for x in a:
@@ -69,10 +69,10 @@ def test_deterministic_and_independent_of_workers(prepared_dir):
     del it
 
 
-def test_process_sharding_partitions_the_global_batch(prepared_dir):
-  whole = _ds(prepared_dir, global_batch=4)
-  p0 = _ds(prepared_dir, global_batch=4, process_index=0, process_count=2)
-  p1 = _ds(prepared_dir, global_batch=4, process_index=1, process_count=2)
+def test_process_sharding_partitions_the_global_batch(mock_prepared_dir):
+  whole = _ds(mock_prepared_dir, global_batch=4)
+  p0 = _ds(mock_prepared_dir, global_batch=4, process_index=0, process_count=2)
+  p1 = _ds(mock_prepared_dir, global_batch=4, process_index=1, process_count=2)
   assert p0[0]["video"].shape[0] == 2
   # Each process reads its own part; together they never repeat a clip within a step.
   clips = np.concatenate([p0[0]["clip"], p1[0]["clip"]])
@@ -80,23 +80,23 @@ def test_process_sharding_partitions_the_global_batch(prepared_dir):
   assert whole[0]["video"].shape[0] == 4
 
 
-def test_stage2_has_k_entries_per_clip(prepared_dir):
+def test_stage2_has_k_entries_per_clip(mock_prepared_dir):
   spec = ip.ExampleSpec(num_hard=2, entries_per_clip=2)
-  batch = _ds(prepared_dir, spec=spec, global_batch=4)[0]
+  batch = _ds(mock_prepared_dir, spec=spec, global_batch=4)[0]
   clips = batch["clip"].tolist()
   assert clips[0] == clips[1] and clips[2] == clips[3] and clips[0] != clips[2]
   with pytest.raises(ValueError, match="entries_per_clip"):
-    _ds(prepared_dir, spec=ip.ExampleSpec(entries_per_clip=3), global_batch=4)
+    _ds(mock_prepared_dir, spec=ip.ExampleSpec(entries_per_clip=3), global_batch=4)
 
 
-def test_iterator_state_restores_mid_epoch(prepared_dir):
+def test_iterator_state_restores_mid_epoch(mock_prepared_dir):
   kw = dict(global_batch=4, spec=ip.ExampleSpec(num_hard=2, brightness=10, contrast=0.1,
                                                 max_crop_shift=2), seed=3, augment=True)
-  it = ip.train_iterator(str(prepared_dir), "train", **kw)
+  it = ip.train_iterator(str(mock_prepared_dir), "train", **kw)
   next(it), next(it)
   state = it.get_state()
   expect = [next(it) for _ in range(3)]
-  it2 = ip.train_iterator(str(prepared_dir), "train", **kw)
+  it2 = ip.train_iterator(str(mock_prepared_dir), "train", **kw)
   it2.set_state(state)
   for x in expect:
     y = next(it2)
@@ -104,9 +104,9 @@ def test_iterator_state_restores_mid_epoch(prepared_dir):
       np.testing.assert_array_equal(x[k], y[k])
 
 
-def test_eval_windows_match_training_windows(prepared_dir):
+def test_eval_windows_match_training_windows(mock_prepared_dir):
   """The eval path cuts the same (video, audio) pairs as the training path."""
-  name, lips, mel = next(embedding.record_clips(str(prepared_dir), "train", max_clips=1))
+  name, lips, mel = next(embedding.record_clips(str(mock_prepared_dir), "train", max_clips=1))
   vw, aw = windows.clip_windows(lips, mel)
   assert vw.shape[0] == lips.shape[0] - 4
   t = 7

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
-from configs.modeformer import get_config
 from modeformer_jax import models
+from modeformer_jax.configs import common
+from modeformer_jax.configs.modeformer import get_config
 from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 
@@ -44,9 +44,9 @@ def test_encoder_output_shapes(variant):
     assert c == 512 and d == 512
 
 
-def test_tiny_forward_real_shapes():
-  model = _model("tiny")
-  params = model.init(jax.random.key(1))
+@pytest.mark.slow
+def test_tiny_forward_real_shapes(tiny_model):
+  model, params = tiny_model
   mel = jnp.ones((2, 80, 16))
   frames = jnp.zeros((2, 5, 48, 96, 3), jnp.uint8)
   a = model.embed_audio(params, mel)
@@ -68,9 +68,9 @@ def test_paper_param_count_within_3_percent():
   assert s == n - t
 
 
-def test_modalities_are_independent():
-  model = _model("tiny")
-  params = model.init(jax.random.key(0))
+@pytest.mark.slow
+def test_modalities_are_independent(tiny_model):
+  model, params = tiny_model
   assert set(params) == {"audio", "video"}
   ids_a = {id(x) for x in jax.tree.leaves(params["audio"])}
   assert not ids_a & {id(x) for x in jax.tree.leaves(params["video"])}
@@ -95,22 +95,23 @@ def test_modalities_are_independent():
   assert v.shape == (2, 96)
 
 
-def test_jitted_tiny_forward_is_deterministic():
-  model = _model("tiny")
-  params = model.init(jax.random.key(0))
+@pytest.mark.slow
+def test_jitted_tiny_forward_is_deterministic(tiny_model):
+  model, params = tiny_model
   frames = jax.random.randint(jax.random.key(3), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
   f = jax.jit(model.embed_video)
   a, b = f(params, frames), f(params, frames)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # Same seed, same init.
-  p2 = model.init(jax.random.key(0))
+  # Same seed, same init (jitted, as the fixture's).
+  p2 = jax.jit(model.init)(jax.random.key(0))
   assert all(bool(jnp.array_equal(x, y)) for x, y in
              zip(jax.tree.leaves(params), jax.tree.leaves(p2)))
 
 
-def test_bf16_compute_path_runs():
+@pytest.mark.slow
+def test_bf16_compute_path_runs(tiny_model):
   model = _model("tiny", dtype="bfloat16")
-  params = model.init(jax.random.key(0))
+  params = tiny_model[1]      # the same tree: compute dtype does not change the params
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # param_dtype
   mel = jax.random.normal(jax.random.key(2), (2, 80, 16))
   emb = jax.jit(model.embed_audio)(params, mel)
@@ -118,11 +119,12 @@ def test_bf16_compute_path_runs():
   # The convolutions really run in bf16.
   jaxpr = str(jax.make_jaxpr(model.embed_audio)(params, mel))
   assert "bf16" in jaxpr
-  ref = _model("tiny").embed_audio(params, mel)
+  ref = jax.jit(tiny_model[0].embed_audio)(params, mel)
   cos = np.asarray(models.cosine_similarity(emb, ref))
   assert np.all(cos > 0.98), cos
 
 
+@pytest.mark.slow
 def test_batchnorm_option_and_remat_train_path():
   model = _model("tiny", norm="batch", remat=True)
   variables = model.init_variables(jax.random.key(0), batch=2)
@@ -141,9 +143,8 @@ def test_batchnorm_option_and_remat_train_path():
   assert any(jax.tree.leaves(changed))
 
 
-def test_no_retrace_on_second_call():
-  model = _model("micro")
-  params = model.init(jax.random.key(0))
+def test_no_retrace_on_second_call(micro_model):
+  model, params = micro_model
   traces = []
 
   @jax.jit
@@ -169,7 +170,7 @@ def test_unknown_model_key_rejected():
 
 @pytest.mark.parametrize("variant", sorted(models.MODEL_VARIANTS))
 def test_config_files_take_variants_from_the_model(variant):
-  """configs/ restate no model field: their model sub-config is the variant's ModelConfig."""
+  """modeformer_jax/configs/ restate no model field: their model sub-config is the variant's ModelConfig."""
   assert ModelConfig.from_mapping(common.model_config(variant)) == models.model_config(variant)
   assert models.model_config("paper") == ModelConfig()  # the defaults are the paper's model
 
@@ -177,10 +178,12 @@ def test_config_files_take_variants_from_the_model(variant):
 @pytest.mark.parametrize("kernel,strides", [((3, 3, 3), (1, 1, 1)), ((3, 5, 5), (1, 4, 4)),
                                              ((3, 3, 3), (1, 2, 2)), ((1, 1, 1), (1, 2, 2)),
                                              ((7, 7), (2, 1))])
+@pytest.mark.slow
 def test_conv_matches_flax_conv_in_both_3d_forms(kernel, strides, monkeypatch):
   """``models.Conv`` (3D as a sum of 2D convs, or native) equals ``nn.Conv`` (SAME, no bias)
   with the same parameters, to float tolerance."""
   import flax.linen as nn
+
   from modeformer_jax import models
   shape = (2, 5, 12, 24, 6) if len(kernel) == 3 else (2, 20, 16, 6)
   x = jax.random.normal(jax.random.key(0), shape)
@@ -195,14 +198,14 @@ def test_conv_matches_flax_conv_in_both_3d_forms(kernel, strides, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_video():
-  """The tiny model, its parameters and 4 frame windows, shared (its init alone takes ~30 s)."""
-  model = ModEFormer(models.model_config("tiny"))
-  params = model.init(jax.random.key(0))
+def tiny_video(tiny_model):
+  """The tiny model, its parameters (the session's) and 4 frame windows."""
+  model, params = tiny_model
   frames = jax.random.randint(jax.random.key(1), (4, 5, 48, 96, 3), 0, 255).astype(jnp.uint8)
   return model, params, frames
 
 
+@pytest.mark.slow
 def test_video_tower_same_in_both_conv_forms(tiny_video, monkeypatch):
   model, params, frames = tiny_video
   out = {}
@@ -212,6 +215,7 @@ def test_video_tower_same_in_both_conv_forms(tiny_video, monkeypatch):
   np.testing.assert_allclose(out["2d"], out["native"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_video_tower_gradients_same_with_auto_forms(tiny_video, monkeypatch):
   """Training's path: 'auto' mixes forms per layer and gradient; the gradients of the tiny
   video tower must be the native ones (relative to the largest gradient: some are exactly
@@ -230,7 +234,7 @@ def test_video_tower_gradients_same_with_auto_forms(tiny_video, monkeypatch):
 def test_auto_conv_form_is_chosen_per_layer():
   """'auto' takes the form measured fastest per layer (bench/conv3d_layers.py)."""
   from modeformer_jax import models
-  forms = functools.partial(models._conv3d_forms, "auto")
+  forms = functools.partial(models.conv3d_forms, "auto")
   # (forward, input gradient, kernel gradient)
   assert forms((8, 5, 48, 96, 3), (1, 2, 2), 64) == ("2d", "matmul", "matmul")   # paper stem
   assert forms((32, 5, 48, 96, 3), (1, 4, 4), 16) == ("2d", "matmul", "2d")      # tiny stem
@@ -239,37 +243,39 @@ def test_auto_conv_form_is_chosen_per_layer():
   assert forms((96, 5, 2, 3, 512), (1, 1, 1), 512) == ("native", "matmul", "matmul")  # tiny
   assert forms((96, 5, 12, 24, 64), (1, 2, 2), 128) == ("native", "matmul", "matmul")
   assert forms((32, 5, 6, 12, 16), (1, 2, 2), 32) == ("2d", "matmul", "matmul")
-  assert models._conv3d_forms("2d", (1, 5, 2, 3, 512), (1, 1, 1), 8) == ("2d",) * 3
-  assert models._conv3d_forms("native", (1, 5, 48, 96, 3), (1, 1, 1), 8) == ("native",) * 3
+  assert models.conv3d_forms("2d", (1, 5, 2, 3, 512), (1, 1, 1), 8) == ("2d",) * 3
+  assert models.conv3d_forms("native", (1, 5, 48, 96, 3), (1, 1, 1), 8) == ("native",) * 3
   with pytest.raises(ValueError, match="CONV3D_IMPL"):
-    models._conv3d_forms("fast", (1, 5, 8, 8, 3), (1, 1, 1), 8)
+    models.conv3d_forms("fast", (1, 5, 8, 8, 3), (1, 1, 1), 8)
 
 
 @pytest.mark.parametrize("shape,kernel,strides", [
     ((2, 5, 12, 24, 6), (3, 3, 3), (1, 1, 1)), ((2, 5, 12, 24, 6), (3, 3, 3), (1, 2, 2)),
     ((2, 5, 11, 23, 3), (3, 7, 7), (1, 2, 2)), ((2, 5, 13, 22, 3), (3, 5, 5), (1, 4, 4)),
     ((2, 5, 2, 3, 8), (3, 3, 3), (1, 1, 1)), ((2, 5, 3, 6, 8), (3, 3, 3), (1, 2, 2))])
+@pytest.mark.slow
 def test_every_form_of_the_forward_and_gradients_is_the_native_conv(shape, kernel, strides):
   """Forward and both gradients in any mix of forms: values and gradients as native (odd
   map sizes: XLA's SAME padding is uneven there)."""
   from modeformer_jax import models
   x = jax.random.normal(jax.random.key(0), shape)
   k = jax.random.normal(jax.random.key(1), (*kernel, shape[-1], 8)) * 0.1
-  r = jax.random.normal(jax.random.key(2), models._conv3d_native(x, k, strides).shape)
+  r = jax.random.normal(jax.random.key(2), models.conv3d_native(x, k, strides).shape)
   loss = lambda f: lambda a, b: jnp.vdot(f(a, b), r)  # noqa: E731
-  ref = jax.value_and_grad(loss(lambda a, b: models._conv3d_native(a, b, strides)),
+  ref = jax.value_and_grad(loss(lambda a, b: models.conv3d_native(a, b, strides)),
                            argnums=(0, 1))(x, k)
   # Each gradient form appears with each forward form (a full product is 18 compilations).
   for forms in (("native", "matmul", "matmul"), ("2d", "matmul", "2d"),
                 ("native", "2d", "matmul"), ("2d", "native", "native")):
     got = jax.jit(jax.value_and_grad(
-        loss(lambda a, b, f=forms: models._conv3d_mixed(a, b, strides, f)),
+        loss(lambda a, b, f=forms: models.conv3d_mixed(a, b, strides, f)),
         argnums=(0, 1)))(x, k)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-4)
     for g, want in zip(got[1], ref[1]):
       np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4, err_msg=str(forms))
 
 
+@pytest.mark.slow
 def test_split_grads_benchmark_marks_the_auto_forms(capsys):
   """bench.conv3d_layers --split_grads: one line per layer, every form timed, auto's marked."""
   from bench import conv3d_layers

@@ -18,8 +18,8 @@ import types
 
 import pytest
 
-from modeformer_jax import qc_batch
 from modeformer_jax.features import FeatureError
+from modeformer_jax.qc import qc_batch
 
 
 class FakeAnalyzer:
@@ -308,8 +308,8 @@ def test_reports_through_the_report_module(setup, monkeypatch):
     return pathlib.Path(path)
 
   fake = types.SimpleNamespace(write_file_report=write_file_report, write_index=write_index)
-  monkeypatch.setitem(sys.modules, "modeformer_jax.report", fake)
-  monkeypatch.setattr(modeformer_jax, "report", fake, raising=False)
+  monkeypatch.setitem(sys.modules, "modeformer_jax.qc.report", fake)
+  monkeypatch.setattr(modeformer_jax.qc, "report", fake, raising=False)
 
   other = inputs[0].parent / "sub"
   other.mkdir()
@@ -336,7 +336,7 @@ def test_reports_through_the_report_module(setup, monkeypatch):
 
 
 def test_reports_with_the_real_module(setup):
-  pytest.importorskip("modeformer_jax.report")
+  pytest.importorskip("modeformer_jax.qc.report")
   inputs, out, make, _ = setup
   s = qc_batch.run_batch(inputs, out, make, progress=False)
   assert pathlib.Path(s["index"]).is_file()

@@ -2,10 +2,13 @@
 import json
 
 import numpy as np
+import pytest
 
-from configs.synthetic import get_config
-from data_prep import prepare
 from modeformer_jax import train
+from modeformer_jax.configs.synthetic import get_config
+from modeformer_jax.data_prep import prepare
+
+pytestmark = pytest.mark.slow   # prepares and trains on real clips
 
 
 def test_prepare_and_train_on_real_clips(real_clips_dir, tmp_path):

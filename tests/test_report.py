@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from modeformer_jax.report import write_file_report, write_index
+from modeformer_jax.qc.report import write_file_report, write_index
 
 # (early_ms, late_ms) per standard; positive offset = audio late.
 _STANDARDS = {"EBU R37": (40, 60), "ITU-R BT.1359 detectability": (45, 125),
@@ -187,6 +187,7 @@ def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("which", ["file", "index"])
+@pytest.mark.browser
 def test_screenshot(tmp_path, which):
   browser = _chromium()
   cv2 = pytest.importorskip("cv2")
@@ -208,6 +209,7 @@ def test_screenshot(tmp_path, which):
   assert green.sum() > 200 and red.sum() > 100
 
 
+@pytest.mark.browser
 def test_sorter_runs_without_errors(tmp_path):
   """--dump-dom runs the page's script; a click on the offset header must sort the rows."""
   browser = _chromium()

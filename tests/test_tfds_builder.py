@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from test_prepare import _all_records, _bad_inputs_folder, reference, synthetic_src
+from test_prepare import _all_records, _bad_inputs_folder, reference, synthetic_src  # noqa: F401
 
-from data_prep import prepare as prep
 from modeformer_jax import records
+from modeformer_jax.data_prep import prepare as prep
 
 tfds = pytest.importorskip("tensorflow_datasets")
-from data_prep import tfds_builder
+from modeformer_jax.data_prep import tfds_builder
 
 
 def _records(data_dir, name: str) -> dict[str, list[bytes]]:
@@ -19,6 +19,7 @@ def _records(data_dir, name: str) -> dict[str, list[bytes]]:
   return {split: [src[i]["record"] for i in range(len(src))] for split, src in sources.items()}
 
 
+@pytest.mark.slow
 def test_built_without_tensorflow_equals_local_prep(synthetic_src, reference, tmp_path):
   assert importlib.util.find_spec("tensorflow") is None, "this test is about a TF-free build"
   ref_out, _ = reference

@@ -14,16 +14,18 @@ import jax
 import numpy as np
 import pytest
 
-from configs.synthetic import get_config
 from modeformer_jax import checkpoints, input_spec, train
 from modeformer_jax import mesh as mesh_lib
+from modeformer_jax.configs.synthetic import get_config
+
+pytestmark = pytest.mark.slow   # training runs (minutes on 2 cores)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _config(prepared_dir, steps=6):
+def _config(mock_prepared_dir, steps=6):
   c = get_config(f"variant=micro,steps={steps},runlocal")
-  c.data.dir = str(prepared_dir)
+  c.data.dir = str(mock_prepared_dir)
   c.checkpoint_every = 2
   return c
 
@@ -33,8 +35,8 @@ def _params(workdir, which="latest"):
   return params, meta
 
 
-def test_train_runs_and_writes_everything(prepared_dir, tmp_path):
-  out = train.train_and_evaluate(_config(prepared_dir, steps=4), str(tmp_path), progress=False)
+def test_train_runs_and_writes_everything(mock_prepared_dir, tmp_path):
+  out = train.train_and_evaluate(_config(mock_prepared_dir, steps=4), str(tmp_path), progress=False)
   assert out["step"] == 4 and 0.0 <= out["val_acc5"] <= 1.0
   hist = train.read_history(tmp_path)
   assert {"loss", "lr", "examples_per_s", "val_acc5", "pos_sim"} <= set(hist)
@@ -43,20 +45,20 @@ def test_train_runs_and_writes_everything(prepared_dir, tmp_path):
   params, meta = _params(tmp_path)
   assert meta["step"] == 4
   # Every checkpoint says what input the model was trained on.
-  assert meta["input_spec"] == input_spec.read_dataset_spec(prepared_dir)
+  assert meta["input_spec"] == input_spec.read_dataset_spec(mock_prepared_dir)
   # Nothing pickled: orbax writes array stores and JSON only.
   for f in (tmp_path / "checkpoints").rglob("*"):
     if f.is_file():
       assert not f.read_bytes()[:2] == b"\x80\x04", f
 
 
-def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
+def test_resume_equals_uninterrupted(mock_prepared_dir, tmp_path):
   full = tmp_path / "full"
-  train.train_and_evaluate(_config(prepared_dir, steps=6), str(full), progress=False)
+  train.train_and_evaluate(_config(mock_prepared_dir, steps=6), str(full), progress=False)
   part = tmp_path / "part"
-  train.train_and_evaluate(_config(prepared_dir, steps=4), str(part), progress=False)
+  train.train_and_evaluate(_config(mock_prepared_dir, steps=4), str(part), progress=False)
   # Same run continued to 6 steps: restores params, optimizer, step and data position.
-  train.train_and_evaluate(_config(prepared_dir, steps=6), str(part), progress=False)
+  train.train_and_evaluate(_config(mock_prepared_dir, steps=6), str(part), progress=False)
   a, _ = _params(full)
   b, _ = _params(part)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -67,12 +69,12 @@ def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches(prepared_dir, tmp_path):
+def test_kill_9_then_resume_matches(mock_prepared_dir, tmp_path):
   """A subprocess is SIGKILLed after its first checkpoint; the rerun ends where a clean run does."""
   steps = 8
   args = [sys.executable, "-m", "modeformer_jax.train",
-          f"--config={REPO}/configs/synthetic.py:variant=micro,steps={steps},runlocal",
-          f"--config.data.dir={prepared_dir}", "--config.checkpoint_every=2", "--no_progress"]
+          f"--config={REPO}/modeformer_jax/configs/synthetic.py:variant=micro,steps={steps},runlocal",
+          f"--config.data.dir={mock_prepared_dir}", "--config.checkpoint_every=2", "--no_progress"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   killed = tmp_path / "killed"
   p = subprocess.Popen(args + [f"--workdir={killed}"], cwd=REPO, env=env,
@@ -98,11 +100,11 @@ def test_kill_9_then_resume_matches(prepared_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good(prepared_dir, tmp_path):
-  c = _config(prepared_dir, steps=4)
+def test_nonfinite_loss_stops_and_keeps_last_good(mock_prepared_dir, tmp_path):
+  c = _config(mock_prepared_dir, steps=4)
   train.train_and_evaluate(c, str(tmp_path), progress=False)
   good, _ = _params(tmp_path)
-  c = _config(prepared_dir, steps=8)
+  c = _config(mock_prepared_dir, steps=8)
   c.optim.lr = float("nan")  # NaN updates: step 5 makes NaN params, step 6 a NaN loss
   # Losses are checked at log steps (every 2), so the error names the window 5-6.
   with pytest.raises(train.NonFiniteLossError,
@@ -114,27 +116,27 @@ def test_nonfinite_loss_stops_and_keeps_last_good(prepared_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_checkpoint_from_other_model_or_input_is_a_clear_error(prepared_dir, tmp_path,
+def test_checkpoint_from_other_model_or_input_is_a_clear_error(mock_prepared_dir, tmp_path,
                                                                monkeypatch):
-  train.train_and_evaluate(_config(prepared_dir, steps=2), str(tmp_path), progress=False)
-  c = _config(prepared_dir, steps=4)
+  train.train_and_evaluate(_config(mock_prepared_dir, steps=2), str(tmp_path), progress=False)
+  c = _config(mock_prepared_dir, steps=4)
   c.model.width = 64
   with pytest.raises(checkpoints.CheckpointMismatchError, match="width"):
     train.train_and_evaluate(c, str(tmp_path), progress=False)
   # Resuming on data prepared with other features (here: another frame rate).
-  spec = dict(input_spec.read_dataset_spec(prepared_dir), fps=30)
+  spec = dict(input_spec.read_dataset_spec(mock_prepared_dir), fps=30)
   monkeypatch.setattr(input_spec, "read_dataset_spec", lambda d: spec)
   with pytest.raises(checkpoints.CheckpointMismatchError, match="trained on input"):
-    train.train_and_evaluate(_config(prepared_dir, steps=4), str(tmp_path), progress=False)
+    train.train_and_evaluate(_config(mock_prepared_dir, steps=4), str(tmp_path), progress=False)
 
 
-def test_init_from_loads_stage1_towers_and_a_fresh_temperature(prepared_dir, tmp_path):
+def test_init_from_loads_stage1_towers_and_a_fresh_temperature(mock_prepared_dir, tmp_path):
   """learn_tau + init_from: the towers come from stage 1, tau restarts at config.loss.tau."""
   s1, s2 = tmp_path / "s1", tmp_path / "s2"
-  c = _config(prepared_dir, steps=2)
+  c = _config(mock_prepared_dir, steps=2)
   c.loss.learn_tau, c.eval_every = True, 0   # stage 1's checkpoint holds a learned log_tau
   train.train_and_evaluate(c, str(s1), progress=False)
-  c = _config(prepared_dir, steps=1)
+  c = _config(mock_prepared_dir, steps=1)
   c.init_from, c.loss.learn_tau, c.eval_every, c.optim.lr = str(s1), True, 0, 0.0
   train.train_and_evaluate(c, str(s2), progress=False)
   a, _ = _params(s1)
@@ -146,12 +148,12 @@ def test_init_from_loads_stage1_towers_and_a_fresh_temperature(prepared_dir, tmp
   assert dict(train.read_history(s2)["tau"])[1] == pytest.approx(0.1, rel=1e-6)
 
 
-def test_metrics_are_read_only_at_log_and_checkpoint_steps(prepared_dir, tmp_path,
+def test_metrics_are_read_only_at_log_and_checkpoint_steps(mock_prepared_dir, tmp_path,
                                                            monkeypatch):
   """No per-step host sync: the summed metrics are fetched once per log/checkpoint step
   (steps 2 and 4 of 4). Off CPU the transfer guard also forbids any implicit read such
   as ``float(metrics['loss'])``; CPU reads are zero-copy and pass the guard."""
-  c = _config(prepared_dir, steps=4)
+  c = _config(mock_prepared_dir, steps=4)
   c.log_every, c.checkpoint_every, c.eval_every = 2, 4, 0
   reads = []
   device_get = jax.device_get
@@ -196,19 +198,19 @@ def test_distributed_flags():
 
 
 @pytest.mark.slow
-def test_two_processes_through_the_cli_match_one(prepared_dir, tmp_path):
+def test_two_processes_through_the_cli_match_one(mock_prepared_dir, tmp_path):
   """``python -m modeformer_jax.train`` on 2 processes x 2 CPU devices == 1 process x 8."""
   steps = 2
   work = tmp_path / "two"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   args = [sys.executable, "-m", "modeformer_jax.train",
-          f"--config={REPO}/configs/synthetic.py:variant=micro,steps={steps},runlocal",
-          f"--config.data.dir={prepared_dir}", "--config.eval_every=0", "--no_progress",
+          f"--config={REPO}/modeformer_jax/configs/synthetic.py:variant=micro,steps={steps},runlocal",
+          f"--config.data.dir={mock_prepared_dir}", "--config.eval_every=0", "--no_progress",
           f"--workdir={work}", f"--coordinator_address=127.0.0.1:{worker.free_port()}",
           "--num_processes=2"]
 
-  c = _config(prepared_dir, steps=steps)
+  c = _config(mock_prepared_dir, steps=steps)
   c.eval_every = 0
   # The same run in this process (8 devices), while the two processes work.
   one, logs = worker.run_processes(

@@ -14,10 +14,10 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common
 from modeformer_jax import losses, plan
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import train_step as ts
+from modeformer_jax.configs import common
 from modeformer_jax.models import ModEFormer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -126,11 +126,13 @@ def _check_sharded(model, params, loss_cfg, want_loss, want_m, want_grads):
   return m8
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_device_easy(params, reference16):
   m8 = _check_sharded(micro(), params, LOSS, *reference16)
   assert float(m8["negatives_per_video"]) < 16 * 3 - 1  # some windows were masked
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_device_hard_only(params):
   model, cfg = micro(), dict(LOSS, easy_negatives=False)
   batch = ts.random_batch(**BATCH16)
@@ -140,6 +142,7 @@ def test_sharded_equals_single_device_hard_only(params):
   assert float(m8["negatives_per_video"]) == 2.0
 
 
+@pytest.mark.slow
 def test_batchnorm_sharded_equals_single_device():
   """BatchNorm synchronised over 'data' gives the same step on 8 devices as on 1."""
   model = micro(norm="batch", bn_axis_name=mesh_lib.AXIS)
@@ -161,6 +164,7 @@ def test_batchnorm_sharded_equals_single_device():
   assert all(jax.tree.leaves(changed))  # the running statistics were updated
 
 
+@pytest.mark.slow
 def test_bf16_remat_step_tracks_f32(params, reference16):
   """bfloat16 compute with remat runs through the step and stays near the f32 numbers."""
   want_loss, _, want_grads = reference16
@@ -199,6 +203,7 @@ def test_create_train_state_with_learned_tau():
   assert set(bn["batch_stats"]) == {"audio", "video"}
 
 
+@pytest.mark.slow
 def test_step_no_retrace_donation_and_learned_tau(params):
   model = CountingModel(common.model_config("micro"))
   loss_cfg = dict(LOSS, learn_tau=True)
@@ -243,6 +248,7 @@ def test_batch_errors_are_clear():
     jax.eval_shape(fn, params, None, wrong, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_global_batch_2000_on_8_devices(params):
   """B=2000, N_H=2: each device scores its 250 videos against all 6000 audio windows."""
   model = micro()
@@ -268,6 +274,7 @@ def test_global_batch_2000_on_8_devices(params):
 
 
 # ------------------------------------------------------------------ multi-host
+@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path, params):
   import _multihost_worker as worker
   leaves = jax.tree.leaves(params)
@@ -336,11 +343,12 @@ def test_planner_search_finds_the_largest_fitting_batch(knee):
   assert fake.largest_batch(2, False, 10**7, 8, 10**6, log=lambda s: None) is None
 
 
+@pytest.mark.slow
 def test_plan_cli_compiles_micro(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   res = subprocess.run(
-      [sys.executable, "-m", "modeformer_jax.plan", "--config", "configs/modeformer.py:micro",
+      [sys.executable, "-m", "modeformer_jax.plan", "--config", "modeformer_jax/configs/modeformer.py:micro",
        "--devices", "2", "--memory_per_device", "1GiB", "--num_hard", "2",
        "--batch_sizes", "16,64", "--remat", "off", "--nosearch"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

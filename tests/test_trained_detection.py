@@ -11,8 +11,18 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import (checkpoints, detect, embedding, features, input_spec, offsets, records,
-                            train)
+from modeformer_jax import (
+  checkpoints,
+  detect,
+  embedding,
+  features,
+  input_spec,
+  offsets,
+  records,
+  train,
+)
+
+pytestmark = pytest.mark.slow   # trains a tiny model first (~4 min)
 
 STEPS = 150
 SHIFTS = list(range(-7, 8))
@@ -26,8 +36,8 @@ CROP_BOX = (0.37, 0.72, 0.15, 0.85)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   """(synthetic dataset, training workdir) of a briefly trained tiny model."""
-  from configs.synthetic import get_config
-  from data_prep import prepare, synthetic
+  from modeformer_jax.configs.synthetic import get_config
+  from modeformer_jax.data_prep import prepare, synthetic
   src = tmp_path_factory.mktemp("det_synthetic")
   synthetic.generate_dataset(src, num_speakers=16, num_test_speakers=2, num_val_speakers=1,
                              clips_per_speaker=4, min_seconds=3.0, max_seconds=3.5, seed=1,

@@ -16,13 +16,13 @@ import av
 import cv2
 import numpy as np
 
-from data_prep.synthetic.constants import FPS, SAMPLE_RATE
+from modeformer_jax.data_prep.synthetic.constants import FPS, SAMPLE_RATE
 
 # BT.601 limited range: rows give Y, U, V from R, G, B in 0-255 (offsets added after).
-_RGB_TO_YUV = np.array([[65.481, 128.553, 24.966],
+RGB_TO_YUV = np.array([[65.481, 128.553, 24.966],
                         [-37.797, -74.203, 112.0],
                         [112.0, -93.786, -18.214]], np.float32) / 255.0
-_YUV_OFFSET = np.array([16.0, 128.0, 128.0], np.float32)
+YUV_OFFSET = np.array([16.0, 128.0, 128.0], np.float32)
 
 
 def rgb_to_i420(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,7 +35,7 @@ def rgb_to_i420(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")
   # cv2.transform: a per-pixel affine map with rounding and saturation to uint8; unlike a
   # BLAS matmul it spawns no threads.
-  affine = np.concatenate([_RGB_TO_YUV, _YUV_OFFSET[:, None]], 1)
+  affine = np.concatenate([RGB_TO_YUV, YUV_OFFSET[:, None]], 1)
   yuv = cv2.transform(np.ascontiguousarray(frames).reshape(t * h, w, 3), affine)
   yuv = yuv.reshape(t, h, w, 3)
   uv = yuv[..., 1:].astype(np.uint16)
@@ -45,7 +45,8 @@ def rgb_to_i420(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
           np.ascontiguousarray(uv[..., 1]))
 
 
-def _yuv_frame(planes: tuple[np.ndarray, ...]) -> av.VideoFrame:
+def yuv_frame(planes: tuple[np.ndarray, ...]) -> av.VideoFrame:
+  """A yuv420p ``av.VideoFrame`` holding the given Y, U, V planes."""
   # Filling a frame that FFmpeg allocated (padding included) keeps the encoder input fully
   # defined and the colour conversion ours rather than swscale's.
   h, w = planes[0].shape
@@ -71,7 +72,7 @@ _X264_ASM = (("MMX2", "sse"), ("SSE", "sse"), ("SSE2", "sse2"), ("SSE3", "pni"),
 
 
 @functools.lru_cache(maxsize=1)
-def _x264_params() -> str:
+def x264_params() -> str:
   """``x264-params`` limiting x264 to this CPU's pre-AVX-512 instruction sets (x86 Linux)."""
   if platform.machine().lower() not in ("x86_64", "amd64"):
     return ""
@@ -107,13 +108,13 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, cr
     vs.width, vs.height = frames.shape[2], frames.shape[1]
     vs.pix_fmt = "yuv420p"
     vs.options = {"crf": str(int(crf)), "preset": "veryfast"}
-    if _x264_params():
-      vs.options = dict(vs.options, **{"x264-params": _x264_params()})
+    if x264_params():
+      vs.options = dict(vs.options, **{"x264-params": x264_params()})
     vs.codec_context.thread_count = 1   # one process per clip already; also keeps bytes stable
     ast = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
     ast.bit_rate = 64000
     for i in range(len(frames)):
-      vf = _yuv_frame((ys[i], us[i], vs_[i]))
+      vf = yuv_frame((ys[i], us[i], vs_[i]))
       vf.pts = i
       container.mux(vs.encode(vf))
     container.mux(vs.encode())

@@ -1,16 +1,16 @@
 """The demo: the tiny model on the synthetic talking-mouth dataset, on CPU.
 
-  python -m data_prep.synthetic --out demo_out/synthetic
-  python -m data_prep.prepare --layout lrs2 --src demo_out/synthetic --out demo_out/prepared
-  python -m modeformer_jax.train --config configs/synthetic.py \\
+  python -m modeformer_jax.data_prep.synthetic --out demo_out/synthetic
+  python -m modeformer_jax.data_prep.prepare --layout lrs2 --src demo_out/synthetic --out demo_out/prepared
+  python -m modeformer_jax.train --config modeformer_jax/configs/synthetic.py \\
       --workdir demo_out/run --config.data.dir=demo_out/prepared
 
 Arguments: ``variant`` (default tiny), ``steps``, ``batch``, ``num_hard``, ``runlocal`` (a
-few-step smoke run: batch 8, no worker processes), e.g. ``configs/synthetic.py:steps=6,runlocal``.
+few-step smoke run: batch 8, no worker processes), e.g. ``modeformer_jax/configs/synthetic.py:steps=6,runlocal``.
 """
 import ml_collections
 
-from configs import common
+from modeformer_jax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ with ``analyze(path) -> dict``, e.g. ``sync_qc.Analyzer``) and writes to ``out_d
                   file has several lines (a retry), the newest wins.
   summary.csv     one row per input file, rebuilt from results.jsonl at the end of a run.
   reports/        one HTML report per analysed file, and ``index.html`` linking them
-                  (``modeformer_jax.report``; ``report=False`` skips both).
+                  (``modeformer_jax.qc.report``; ``report=False`` skips both).
 
 One bad file never ends the batch: a ``features.FeatureError`` becomes an error entry with
 its kind, any other exception one of kind ``"internal"``, and a worker process that dies
@@ -159,7 +159,7 @@ def list_inputs(sources: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
 # results.jsonl.
 # ----------------------------------------------------------------------------------------
 
-def _key(path: str | os.PathLike) -> str:
+def input_key(path: str | os.PathLike) -> str:
   """The identity of an input in results.jsonl: its resolved path."""
   return str(pathlib.Path(path).resolve())
 
@@ -246,7 +246,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _error_entry(path: pathlib.Path, kind: str, reason: str) -> dict:
-  return {"name": path.name, "path": _key(path), "error": reason, "kind": kind}
+  return {"name": path.name, "path": input_key(path), "error": reason, "kind": kind}
 
 
 def _analyze_entry(analyzer: Any, path_str: str) -> dict:
@@ -267,7 +267,7 @@ def _analyze_entry(analyzer: Any, path_str: str) -> dict:
   if not entry.get("name"):
     entry["name"] = path.name
   # Resume and "newest wins" match lines by this key, whatever the analyzer wrote there.
-  entry["path"] = _key(path)
+  entry["path"] = input_key(path)
   return entry
 
 
@@ -416,7 +416,7 @@ def _report_names(paths: Sequence[pathlib.Path]) -> dict[str, str]:
   counts = collections.Counter(p.stem.lower() for p in paths)
   names = {}
   for p in paths:
-    key = _key(p)
+    key = input_key(p)
     if counts[p.stem.lower()] > 1:
       names[key] = f"{p.stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.html"
     else:
@@ -431,7 +431,7 @@ def _write_reports(inputs: Sequence[pathlib.Path], entries: Sequence[dict],
   Returns ``(index path or None, number of failures)``; failures are printed, not raised,
   since results.jsonl and summary.csv already hold everything.
   """
-  from modeformer_jax import report as report_lib
+  from modeformer_jax.qc import report as report_lib
 
   names = _report_names(inputs)
   reports_dir = out / REPORTS_DIR
@@ -482,7 +482,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     resume: skip files that already have a line in results.jsonl. With ``False`` every
       file is analysed again and the new lines supersede the old ones.
     retry_errors: when resuming, analyse files whose latest line is an error again.
-    report: write ``reports/*.html`` and ``index.html`` (needs ``modeformer_jax.report``).
+    report: write ``reports/*.html`` and ``index.html`` (needs ``modeformer_jax.qc.report``).
     progress: show a tqdm bar (files/s, ETA) on stderr.
 
   Returns:
@@ -503,7 +503,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
   paths: list[pathlib.Path] = []
   seen: set[str] = set()
   for p in inputs:
-    key = _key(p)
+    key = input_key(p)
     if key not in seen:
       seen.add(key)
       paths.append(pathlib.Path(os.path.abspath(p)))
@@ -514,7 +514,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     _log(f"qc_batch: skipped {bad} unreadable line(s) in {jsonl}")
 
   def needs_run(p: pathlib.Path) -> bool:
-    entry = latest.get(_key(p))
+    entry = latest.get(input_key(p))
     return not resume or entry is None or (retry_errors and _is_error(entry))
 
   todo = [p for p in paths if needs_run(p)]
@@ -546,7 +546,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           _log(f"qc_batch: {entry['name']}: {entry['kind']}: {entry['error']}")
         bar.update(1)
 
-  final = [latest[_key(p)] for p in paths if _key(p) in latest]
+  final = [latest[input_key(p)] for p in paths if input_key(p) in latest]
   csv_path = write_summary_csv(final, out / SUMMARY_NAME)
   index, report_failures = None, 0
   if report:

@@ -43,8 +43,8 @@ class MelStream:
     if y.size < need:
       y = np.pad(y, (0, need - y.size))
     view = np.lib.stride_tricks.sliding_window_view(y[first:need], self.n_fft)[::self.hop]
-    spec = np.abs(np.fft.rfft(view * features._window(), axis=1))
-    m = features._mel_basis() @ spec.T.astype(np.float32)
+    spec = np.abs(np.fft.rfft(view * features.stft_window(), axis=1))
+    m = features.mel_basis() @ spec.T.astype(np.float32)
     db = 20.0 * np.log10(np.maximum(m, c["amin"])) - c["ref_level_db"]
     top, min_db = c["max_abs_value"], c["min_level_db"]
     out = np.clip(2 * top * (db - min_db) / -min_db - top, -top, top).astype(np.float32)

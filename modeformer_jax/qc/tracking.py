@@ -4,9 +4,9 @@
 face, frame by frame, in bounded memory:
 
 * ``FaceObserver``: MediaPipe FaceMesh (up to ``max_faces`` faces, tracking mode) on each
-  frame; where it finds nobody, BlazeFace (short- then full-range). Each face gives the
-  geometry the landmark crop uses (``crops.face_geometry``): mouth centre, inter-ocular
-  distance (IOD), roll.
+  frame; where it finds nobody, BlazeFace (short- then full-range): ``crops.FaceLandmarker``,
+  the pipeline clips use too. Each face gives the geometry the landmark crop uses: mouth
+  centre, inter-ocular distance (IOD), roll.
 * ``ShotDetector``: a cut is a large change of a small grey thumbnail between consecutive
   frames. A cut ends every track (the face tracker restarts too).
 * ``Tracker``: links faces frame to frame (mouth within ``link_iod`` IODs of the track's
@@ -23,7 +23,6 @@ face: the frame where the mouth and IOD sit where they sit in the training data
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import cv2
 import numpy as np
@@ -36,7 +35,7 @@ from modeformer_jax.input_spec import LIP_SIZE, CropSpec
 FACE_FRAMES = {
     "lrs2": (0.483, 0.540, 0.232),        # ../shared/data/real_clips/lrs2_crop (160x160)
     "vox2": (0.443, 0.519, 0.225),        # ../shared/data/real_clips/vox2_crop (224x224)
-    "synthetic": (0.499, 0.582, 0.302),   # data_prep.synthetic (the demo's data)
+    "synthetic": (0.499, 0.582, 0.302),   # modeformer_jax.data_prep.synthetic (the demo's data)
 }
 
 
@@ -54,66 +53,21 @@ class Face:
 
 
 class FaceObserver:
-  """All faces of a frame (see the module docstring)."""
+  """All faces of a frame as ``Face`` objects (``crops.FaceLandmarker``, the clip pipeline)."""
 
-  def __init__(self, max_faces: int = 4, max_side: int = crops._MESH_MAX_SIDE):
-    self.max_faces, self.max_side = max_faces, max_side
-    self._mp = crops._mediapipe()
-    self._mesh = None
-    self._det: dict[int, Any] = {}
-    self.reset()
+  def __init__(self, max_faces: int = 4, max_side: int = crops.MESH_MAX_SIDE):
+    self._landmarker = crops.FaceLandmarker(max_faces, max_side)
 
   def reset(self) -> None:
     """A fresh FaceMesh tracker (after a cut: no state carried over)."""
-    with crops._quiet_stderr():
-      if self._mesh is not None:
-        self._mesh.close()
-      self._mesh = self._mp.solutions.face_mesh.FaceMesh(
-          static_image_mode=False, max_num_faces=self.max_faces, refine_landmarks=False,
-          min_detection_confidence=0.5, min_tracking_confidence=0.5)
-
-  def _detector(self, model: int):
-    if model not in self._det:
-      with crops._quiet_stderr():
-        self._det[model] = self._mp.solutions.face_detection.FaceDetection(
-            model_selection=model, min_detection_confidence=0.4)
-    return self._det[model]
+    self._landmarker.reset()
 
   def observe(self, frame: np.ndarray) -> list[Face]:
-    h, w = frame.shape[:2]
-    scale = min(1.0, self.max_side / max(h, w))
-    img = frame if scale == 1.0 else cv2.resize(
-        frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    img = np.ascontiguousarray(img)
-    lips = list(crops.LIP_POINTS)
-    faces = []
-    with crops._quiet_stderr():
-      res = self._mesh.process(img)
-      for lm in res.multi_face_landmarks or []:
-        pts = np.array([(p.x * w, p.y * h) for p in lm.landmark])
-        faces.append(_face(pts[list(crops._RIGHT_EYE)].mean(0),
-                           pts[list(crops._LEFT_EYE)].mean(0), pts[lips].mean(0), 1))
-      if not faces:
-        for model in (0, 1):
-          res = self._detector(model).process(img)
-          for d in res.detections or []:
-            kp = np.array([(k.x * w, k.y * h) for k in d.location_data.relative_keypoints])
-            faces.append(_face(kp[0], kp[1], kp[3], 2))
-          if faces:
-            break
-    return faces
+    return [Face(float(g[0]), float(g[1]), float(g[2]), float(g[3]), int(g[4]))
+            for g in self._landmarker.observe(frame)]
 
   def close(self) -> None:
-    with crops._quiet_stderr():
-      self._mesh.close()
-      for d in self._det.values():
-        d.close()
-
-
-def _face(right: np.ndarray, left: np.ndarray, mouth: np.ndarray, source: int) -> Face:
-  eyes = left - right
-  return Face(float(mouth[0]), float(mouth[1]), float(np.hypot(*eyes)),
-              float(np.arctan2(eyes[1], eyes[0])), source)
+    self._landmarker.close()
 
 
 class ShotDetector:
@@ -222,8 +176,8 @@ class Tracker:
     cx, cy, iod, roll = g
     if self.crop.method == "landmarks":
       o = self.crop.options
-      return crops._landmark_crop(frame, cx, cy, iod, roll if o["roll"] else 0.0,
-                                  width_iod=float(o["width_iod"]))
+      return crops.landmark_crop(frame, cx, cy, iod, roll if o["roll"] else 0.0,
+                                 width_iod=float(o["width_iod"]))
     # Box: the training frame's window, on a virtual face-crop frame around this face.
     fx, fy, fiod = self.face_frame
     side = iod / fiod
@@ -254,7 +208,7 @@ class Tracker:
         continue
       wa, wb = max(tr.base, a - margin), min(tr.end, b + margin)
       geom = tr.observed(wa, wb)
-      track = crops._fill_and_smooth(geom, self.smooth)[a - wa:b - wa]
+      track = crops.fill_and_smooth(geom, self.smooth)[a - wa:b - wa]
       idx = np.arange(a, b)
       cr = np.stack([self._crop(frames[t - lo], track[t - a]) for t in idx])
       if tr.thumbnail is None:

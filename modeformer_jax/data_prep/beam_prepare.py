@@ -1,13 +1,13 @@
 """Data preparation on Apache Beam: the same shards as local preparation, on any runner.
 
-Run through ``data_prep.prepare`` with a Beam ``--runner`` (needs ``pip install -e
-'.[beam]'``); the README's "Data preparation on Beam" has the commands for the
+Run through ``modeformer_jax.data_prep.prepare`` with a Beam ``--runner`` (needs ``pip
+install -e '.[beam]'``); docs/data.md "Data preparation on Apache Beam" has the commands for the
 DirectRunner, Dataflow, Flink and Spark.
 
-What is shared with local preparation (``data_prep.prepare``): the plan (inputs, splits,
-shard boundaries, ``prepare_plan.json``), the per-clip function ``process_item``, the shard
-writer ``write_shard`` and the manifest/report writer ``finalize``. Only the executor is
-Beam's:
+What is shared with local preparation (``modeformer_jax.data_prep.pipeline``, which both
+import): the plan (inputs, splits, shard boundaries, ``prepare_plan.json``), the per-clip
+function ``process_item``, the shard writer ``write_shard`` and the manifest/report writer
+``finalize``. Only the executor is Beam's:
 
   inputs.jsonl --Read--> job --Reshuffle--> process_item --> (shard, (position, result))
       --GroupByKey(shard)--> write_shard (records sorted by position) --> shard name
@@ -58,7 +58,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_prep import prepare
+from modeformer_jax.data_prep import pipeline
 
 INPUTS = "beam_inputs.jsonl"    # the jobs of one run, read by the workers; removed after it
 NAMESPACE = "modeformer_prepare"
@@ -107,7 +107,7 @@ class _Extract(beam.DoFn):
   def _process(self, job: dict) -> dict:
     url = map_path(job["path"], self.path_map)
     if url == job["path"]:
-      return prepare.process_item(job)
+      return pipeline.process_item(job)
     # Remote input: stage it to local disk (decoders want a file), same reasons as local.
     if not FileSystems.exists(url):
       return {"ok": False, "kind": "missing", "reason": f"file not found ({url})"}
@@ -117,10 +117,10 @@ class _Extract(beam.DoFn):
         _read(url, local)
       except Exception as e:  # noqa: BLE001 -- reported like any unreadable file
         return {"ok": False, "kind": "error", "reason": f"reading {url}: {type(e).__name__}: {e}"}
-      return prepare.process_item(dict(job, path=local))
+      return pipeline.process_item(dict(job, path=local))
 
   def setup(self) -> None:
-    prepare._init_worker()
+    pipeline.init_worker()
     self.written = Metrics.counter(NAMESPACE, "clips_extracted")
     self.skipped = Metrics.counter(NAMESPACE, "clips_skipped")
     self.seconds = Metrics.counter(NAMESPACE, "video_centiseconds")
@@ -161,15 +161,15 @@ class _WriteShard(beam.DoFn):
                          f"{extra[:10]} are unexpected (of {n} inputs); not writing it")
     ordered = [by_pos[i] for i in range(n)]
     items = [types.SimpleNamespace(path=path, clip_id=clip_id) for _, path, clip_id, _ in ordered]
-    shard = prepare.Shard(split, name, items)
+    shard = pipeline.Shard(split, name, items)
     # A unique temporary name per attempt: two attempts at one shard never share a file.
     suffix = f".{uuid.uuid4().hex[:12]}.tmp"
     if self.url == self.out:
-      stats = prepare.write_shard(pathlib.Path(self.out), shard, (v[3] for v in ordered),
+      stats = pipeline.write_shard(pathlib.Path(self.out), shard, (v[3] for v in ordered),
                                   tmp_suffix=suffix)
     else:   # remote folder: write here, then upload the report, then the shard, then rename
       with tempfile.TemporaryDirectory(prefix="modeformer_out_") as d:
-        stats = prepare.write_shard(pathlib.Path(d), shard, (v[3] for v in ordered))
+        stats = pipeline.write_shard(pathlib.Path(d), shard, (v[3] for v in ordered))
         report = f"{name}.report.json"
         _upload(os.path.join(d, report), FileSystems.join(self.url, report))
         tmp_url = FileSystems.join(self.url, name + suffix)
@@ -183,9 +183,9 @@ class _WriteShard(beam.DoFn):
     yield name
 
 
-def _finalize(names: list[str], plan: prepare.Plan) -> str:
+def _finalize(names: list[str], plan: pipeline.Plan) -> str:
   del names   # only waited for: finalize reads every shard's report from the folder
-  report = prepare.finalize(plan)
+  report = pipeline.finalize(plan)
   return f"{report['written']} of {report['inputs']} clips"
 
 
@@ -202,13 +202,13 @@ def _direct_args(runner: str, args: list[str], workers: int) -> list[str]:
   return args + [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
 
 
-def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
+def run(plan: pipeline.Plan, todo: Sequence[pipeline.Shard], runner: str,
         pipeline_args: Sequence[str] = (), workers: int = 1,
         path_map: Mapping[str, str] | None = None) -> tuple[list[str], bool]:
   """Writes the shards in ``todo`` (and then the manifest) with a Beam pipeline.
 
   Args:
-    plan: from ``prepare.make_plan``.
+    plan: from ``pipeline.make_plan``.
     todo: the plan's unfinished shards.
     runner: a Beam runner name (DirectRunner, DataflowRunner, FlinkRunner, ...).
     pipeline_args: further Beam options, e.g. ``["--project=p", "--region=r"]``.
@@ -233,7 +233,7 @@ def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
   os.replace(tmp, inputs)
   sizes = {sh.name: (sh.split, len(sh.items)) for sh in todo}
   # The manifest step needs the plan but not its (possibly huge) input lists.
-  light = dataclasses.replace(plan, shards=[prepare.Shard(sh.split, sh.name, [])
+  light = dataclasses.replace(plan, shards=[pipeline.Shard(sh.split, sh.name, [])
                                             for sh in plan.shards])
 
   path_map = dict(path_map or {})
@@ -267,4 +267,4 @@ def run(plan: prepare.Plan, todo: Sequence[prepare.Shard], runner: str,
     print("beam counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())),
           flush=True)
   inputs.unlink(missing_ok=True)
-  return [sh.name for sh in todo if prepare._shard_done(out, sh.name)], finalizes
+  return [sh.name for sh in todo if pipeline.shard_done(out, sh.name)], finalizes

@@ -1,6 +1,6 @@
 """Long videos with known audio-video offsets, for testing per-segment sync analysis (QC).
 
-  python -m data_prep.synthetic.long --out DIR [--minutes 1] [--size 1280x720]
+  python -m modeformer_jax.data_prep.synthetic.long --out DIR [--minutes 1] [--size 1280x720]
 
 writes the standard suite (each ``X.mp4`` with its ``X.truth.json`` beside it):
 
@@ -64,15 +64,30 @@ import cv2
 import numpy as np
 import tqdm
 
-from data_prep.synthetic.clip import MIN_MARGIN_FRAMES, render_clip
-from data_prep.synthetic.constants import FPS, FRAME_SIZE, SAMPLE_RATE, SAMPLES_PER_FRAME
-from data_prep.synthetic.encode import _RGB_TO_YUV, _YUV_OFFSET, _x264_params, _yuv_frame
-from data_prep.synthetic.mouth import frame_tracks
-from data_prep.synthetic.plan import plan_speech
-from data_prep.synthetic.render import render_video
-from data_prep.synthetic.seeds import smooth_noise
-from data_prep.synthetic.speakers import SceneParams, SpeakerParams, make_scene, make_speaker
-from data_prep.synthetic.speech import synthesize_audio
+from modeformer_jax.data_prep.synthetic.clip import MIN_MARGIN_FRAMES, render_clip
+from modeformer_jax.data_prep.synthetic.constants import (
+  FPS,
+  FRAME_SIZE,
+  SAMPLE_RATE,
+  SAMPLES_PER_FRAME,
+)
+from modeformer_jax.data_prep.synthetic.encode import (
+  RGB_TO_YUV,
+  YUV_OFFSET,
+  x264_params,
+  yuv_frame,
+)
+from modeformer_jax.data_prep.synthetic.mouth import frame_tracks
+from modeformer_jax.data_prep.synthetic.plan import plan_speech
+from modeformer_jax.data_prep.synthetic.render import render_video
+from modeformer_jax.data_prep.synthetic.seeds import smooth_noise
+from modeformer_jax.data_prep.synthetic.speakers import (
+  SceneParams,
+  SpeakerParams,
+  make_scene,
+  make_speaker,
+)
+from modeformer_jax.data_prep.synthetic.speech import synthesize_audio
 
 TRUTH_FORMAT = "modeformer-long-truth-v1"
 KINDS = ("speech", "silence", "noface")
@@ -91,7 +106,7 @@ DEFAULT_REAL_CLIPS = _REPO.parent / "shared" / "data" / "real_clips"
 # Streaming mp4 writer.
 # ----------------------------------------------------------------------------------------
 
-_AFFINE = np.concatenate([_RGB_TO_YUV, _YUV_OFFSET[:, None]], 1)
+_AFFINE = np.concatenate([RGB_TO_YUV, YUV_OFFSET[:, None]], 1)
 
 
 def _half(plane: np.ndarray) -> np.ndarray:
@@ -138,8 +153,8 @@ class Mp4StreamWriter:
     self._vs.width, self._vs.height = self.width, self.height
     self._vs.pix_fmt = "yuv420p"
     options = {"crf": str(int(crf)), "preset": "veryfast"}
-    if _x264_params():
-      options["x264-params"] = _x264_params()
+    if x264_params():
+      options["x264-params"] = x264_params()
     self._vs.options = options
     # One thread (write_mp4's setting) keeps the bytes reproducible; more is faster at 720p.
     self._vs.codec_context.thread_count = int(threads)
@@ -155,7 +170,7 @@ class Mp4StreamWriter:
                        f", got {frames.dtype} {frames.shape}")
     if len(frames):
       for frame in frames:
-        vf = _yuv_frame(i420_planes(frame))
+        vf = yuv_frame(i420_planes(frame))
         vf.pts = self.frames_written
         self._container.mux(self._vs.encode(vf))
         self.frames_written += 1
@@ -596,7 +611,7 @@ def make_real_concat(out_path: str | os.PathLike, clip_paths: Sequence[str | os.
   records those stretches (``fill_s``). The offsets are injected ones: the clips' own sync
   is not known exactly (the shared README: most within +-2 frames).
   """
-  from modeformer_jax.features import decode   # the project's decoder; JAX-free import
+  from modeformer_jax.features import decode  # the project's decoder; JAX-free import
 
   if edge not in ("silence", "hold"):
     raise ValueError(f"edge must be 'silence' or 'hold', got {edge!r}")
@@ -796,4 +811,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main(prog="python -m data_prep.synthetic.long")
+  main(prog="python -m modeformer_jax.data_prep.synthetic.long")

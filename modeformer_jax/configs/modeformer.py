@@ -1,17 +1,17 @@
 """ModEFormer model configs: the paper's model, the 3D-SyncNet ablation, and tiny/micro.
 
-Variants are chosen with the string form ``configs/modeformer.py:<variant>``::
+Variants are chosen with the string form ``modeformer_jax/configs/modeformer.py:<variant>``::
 
-  python -m modeformer_jax.summary --config configs/modeformer.py:paper
-  python -m modeformer_jax.summary --config configs/modeformer.py:syncnet3d
-  python -m modeformer_jax.summary --config configs/modeformer.py:tiny
+  python -m modeformer_jax.summary --config modeformer_jax/configs/modeformer.py:paper
+  python -m modeformer_jax.summary --config modeformer_jax/configs/modeformer.py:syncnet3d
+  python -m modeformer_jax.summary --config modeformer_jax/configs/modeformer.py:tiny
 
 Arguments: ``variant`` (paper | syncnet3d | tiny | micro), ``bf16`` (bfloat16 compute),
-``remat`` (rematerialise every block), e.g. ``configs/modeformer.py:variant=paper,bf16``.
+``remat`` (rematerialise every block), e.g. ``modeformer_jax/configs/modeformer.py:variant=paper,bf16``.
 """
 import ml_collections
 
-from configs import common
+from modeformer_jax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -42,12 +42,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from modeformer_jax import features, media, stream, tolerances, tracking, windows
+from modeformer_jax import features, media, windows
 from modeformer_jax.features import FeatureError
+from modeformer_jax.qc import stream, tolerances, tracking
 
 FPS = windows.FPS
 MEL_MS = 1000.0 / 80              # one mel hop: 12.5 ms
-FRAME_MS = 1000.0 / FPS
+FRAME_MS = windows.FRAME_MS
 _PHASE_MS = np.array([12.5 * (windows.mel_start(p) - 3.2 * p) for p in range(5)])
 
 
@@ -101,16 +102,13 @@ class Analyzer:
 
   def __init__(self, checkpoint: str | pathlib.Path | None = None,
                options: QCOptions | None = None, layout: str = "auto", progress: bool = False):
-    from modeformer_jax import checkpoints, embedding, input_spec, offsets
+    from modeformer_jax import offsets
     self.options = options or QCOptions()
     self.options.check()
     self.progress = progress
-    self.checkpoint = str(checkpoint or offsets.DEFAULT_MODEL)
-    model, params, meta = checkpoints.load_model(self.checkpoint)
-    spec = input_spec.from_model_meta(meta, self.checkpoint)
-    self.crop = offsets.resolve_crop(spec, layout)
+    det = offsets.load_detector(checkpoint, layout=layout)
+    self.checkpoint, self.crop, self.embedder = det.checkpoint, det.crop, det.embedder
     tracking.Tracker(self.crop, face_frame=self.options.face_frame)   # fails early if unsupported
-    self.embedder = embedding.Embedder(model, params, chunk=128)
 
   # ---------------------------------------------------------------------------------------
   def analyze(self, path: str | pathlib.Path, progress: bool | None = None) -> dict[str, Any]:

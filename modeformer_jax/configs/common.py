@@ -62,7 +62,7 @@ def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: i
   c.num_hard = num_hard               # N_H hard negatives (time-shifted audio) per entry
 
   c.data = ml_collections.ConfigDict()
-  c.data.dir = data_dir               # output of `python -m data_prep.prepare`
+  c.data.dir = data_dir               # output of `python -m modeformer_jax.data_prep.prepare`
   c.data.train_split = "train"
   c.data.val_split = "val"
   c.data.min_shift = 2                # |delta| >= 2: never inside the eval's +-1 tolerance

@@ -1,10 +1,10 @@
 """LRS2 / LRS3 with the paper's settings: stage 1, then stage 2 from stage 1's parameters.
 
-Prepare the data once (see README), then on a pod/cluster (one command per host)::
+Prepare the data once (docs/data.md), then on a pod/cluster (one command per host)::
 
-  python -m modeformer_jax.train --config configs/lrs.py:dataset=lrs2,stage=1 \\
+  python -m modeformer_jax.train --config modeformer_jax/configs/lrs.py:dataset=lrs2,stage=1 \\
       --workdir gs://bucket/lrs2_stage1 --config.data.dir=/data/lrs2_prepared
-  python -m modeformer_jax.train --config configs/lrs.py:dataset=lrs2,stage=2 \\
+  python -m modeformer_jax.train --config modeformer_jax/configs/lrs.py:dataset=lrs2,stage=2 \\
       --workdir gs://bucket/lrs2_stage2 --config.data.dir=/data/lrs2_prepared \\
       --config.init_from=gs://bucket/lrs2_stage1
 
@@ -15,11 +15,11 @@ bf16 compute.
 
 Arguments: ``dataset`` (lrs2 | lrs3), ``stage`` (1 | 2), ``variant`` (model variant,
 default paper), ``num_hard`` (default: the stage's), ``batch``, ``runlocal`` (a CPU smoke
-run: tiny model, batch 16, 20 steps), e.g. ``configs/lrs.py:dataset=lrs3,stage=2,runlocal``.
+run: tiny model, batch 16, 20 steps), e.g. ``modeformer_jax/configs/lrs.py:dataset=lrs3,stage=2,runlocal``.
 """
 import ml_collections
 
-from configs import common
+from modeformer_jax.configs import common
 
 DATASETS = ("lrs2", "lrs3")
 # Per stage: (hard negatives N_H, entries per clip, training steps).
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_hard=num_hard if a.num_hard is None else int(a.num_hard), total_steps=steps,
       entries_per_clip=entries_per_clip)
   # The default splits fit both: LRS3's 'train' is trainval minus the seeded 40% 'val'
-  # that data_prep.layouts carves out.
+  # that modeformer_jax.data_prep.layouts carves out.
   c.model.dtype = "bfloat16"
   c.data.workers = 8
   if a.runlocal:

@@ -1,1 +1,0 @@
-"""ml_collections configs for modeformer_jax (load with `configs/<file>.py:<arg>`)."""
