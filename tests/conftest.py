@@ -56,23 +56,39 @@ def grid_dir() -> pathlib.Path:
   return path
 
 
+# The test suite's one synthetic dataset and its uninterrupted preparation (3 shards per
+# split), shared by the tests of preparation (local, Beam, TFDS) and of detection.
+SHARDS = 3
+
+
 @pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory) -> pathlib.Path:
-  """A small synthetic LRS2-layout dataset (4 train, 2 test, 1 val speakers; 2 s clips)."""
+def synthetic_src(tmp_path_factory) -> pathlib.Path:
+  """A small synthetic LRS2-layout dataset: 3 train, 1 test, 1 val speaker x 3 clips of
+  1.6-2.2 s (15 clips)."""
   from modeformer_jax.data_prep import synthetic
   out = tmp_path_factory.mktemp("synthetic")
-  synthetic.generate_dataset(out, num_speakers=4, num_test_speakers=2, num_val_speakers=1,
-                             clips_per_speaker=2, min_seconds=2.0, max_seconds=2.4, seed=0,
+  synthetic.generate_dataset(out, num_speakers=3, num_test_speakers=1, num_val_speakers=1,
+                             clips_per_speaker=3, min_seconds=1.6, max_seconds=2.2, seed=3,
                              workers=2, progress=False)
   return out
+
+
+@pytest.fixture(scope="session")
+def reference(synthetic_src, tmp_path_factory) -> tuple[pathlib.Path, dict]:
+  """``synthetic_src`` prepared locally (``SHARDS`` shards per split) and its report; read
+  only: tests that write prepare into their own folders."""
+  from modeformer_jax.data_prep import prepare
+  out = tmp_path_factory.mktemp("reference")
+  report = prepare.prepare("lrs2", synthetic_src, out, shards_per_split=SHARDS, workers=2,
+                           progress=False)
+  return out, report
 
 
 @pytest.fixture(scope="session")
 def mock_prepared_dir(tmp_path_factory) -> pathlib.Path:
   """A prepared-dataset folder without any video: random lips and mel written through the
   preparation's own record and shard writers (``pipeline.write_shard``, ``finalize``), with
-  the splits and speakers of ``synthetic_dir`` (train 4 speakers x 2 clips, test 2 x 2, val 1
-  x 2). Built in about a second; for tests of what reads prepared data (loader, eval,
+  4 train speakers x 2 clips, 2 test x 2 and 1 val x 2. Built in about a second; for tests of what reads prepared data (loader, eval,
   ablation plumbing), not of what preparation computes."""
   import numpy as np
 

@@ -11,14 +11,8 @@ import sys
 import time
 
 import pytest
-from test_prepare import (  # noqa: F401
-  SHARDS,
-  _all_records,
-  _bad_inputs_folder,
-  _files_state,
-  reference,
-  synthetic_src,
-)
+from conftest import SHARDS
+from test_prepare import _all_records, _bad_inputs_folder, _files_state
 
 from modeformer_jax import records
 from modeformer_jax.data_prep import prepare as prep

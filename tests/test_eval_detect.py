@@ -99,16 +99,16 @@ def test_detect_reports_bad_files_clearly(exported, tmp_path, capsys):
   assert rc == 1 and "face" in out[0]["error"]
 
 
-def test_detect_runs_and_plots(exported, synthetic_dir, tmp_path, capsys):
-  f = sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
+def test_detect_runs_and_plots(exported, synthetic_src, tmp_path, capsys):
+  f = sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
   rc = detect.main([str(f), "--checkpoint", str(exported), "--out", str(tmp_path), "--json"])
   (r,) = json.loads(capsys.readouterr().out)
   assert rc == 0 and -15 <= r["offset_frames"] <= 15 and r["offset_ms"] == 40 * r["offset_frames"]
   assert len(r["histogram"]) == 31 and pathlib.Path(r["plot"]).stat().st_size > 1000
 
 
-def test_fix_moves_audio_without_touching_video(synthetic_dir, tmp_path):
-  src = sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
+def test_fix_moves_audio_without_touching_video(synthetic_src, tmp_path):
+  src = sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
   late = tmp_path / "late.mp4"
   offsets.fix_offset(str(src), str(late), -120)  # delay audio by 3 frames (120 ms)
   fixed = tmp_path / "fixed.mp4"
@@ -125,11 +125,11 @@ def test_fix_moves_audio_without_touching_video(synthetic_dir, tmp_path):
   np.testing.assert_allclose(c.audio[seg], a.audio[seg], atol=0.02)
 
 
-def test_detect_shifted_matches_detect_file(exported, synthetic_dir):
+def test_detect_shifted_matches_detect_file(exported, synthetic_src):
   """Decoding once and shifting the audio gives what re-extracting per shift gives."""
   model, params, _ = checkpoints.load_model(exported)
   embedder = embedding.Embedder(model, params, chunk=64)
-  f = str(sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
+  f = str(sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
   crop = input_spec.crop_for_layout("lrs2")
   shifted = offsets.detect_shifted(embedder, f, [-4, 0, 3], crop)
   for k, r in zip([-4, 0, 3], shifted):
@@ -138,7 +138,7 @@ def test_detect_shifted_matches_detect_file(exported, synthetic_dir):
     np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-6, atol=1e-6)
 
 
-def test_detect_crops_as_the_model_was_trained(synthetic_dir, micro_model, tmp_path, capsys):
+def test_detect_crops_as_the_model_was_trained(synthetic_src, micro_model, tmp_path, capsys):
   """Regression (issue 13, bug 1): detect --layout auto gave models trained on face crops
   the frame's lower half, and a prepare --crop_box never reached inference. The crop now
   comes from the input spec the model records; an explicit --layout still wins."""
@@ -147,7 +147,7 @@ def test_detect_crops_as_the_model_was_trained(synthetic_dir, micro_model, tmp_p
   out = tmp_path / "boxed"
   checkpoints.export_params(out, micro_model[1], cfg,
                             {"input_spec": input_spec.for_layout("lrs2", box).to_dict()})
-  f = str(sorted((synthetic_dir / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
+  f = str(sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
   detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json"])
   (auto,) = json.loads(capsys.readouterr().out)
   assert auto["crop"] == {"method": "box", "box": list(box)}

@@ -15,13 +15,13 @@ import msgpack
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
+from conftest import SHARDS   # shards per split of the shared dataset's preparation
 
 from modeformer_jax import features, input_spec, records, windows
-from modeformer_jax.data_prep import layouts, synthetic
+from modeformer_jax.data_prep import layouts
 from modeformer_jax.data_prep import prepare as prep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARDS = 3
 
 
 # ----------------------------------------------------------------------------------------
@@ -85,26 +85,8 @@ def _files_state(out: pathlib.Path) -> dict[str, int]:
   return {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir())}
 
 
-# ----------------------------------------------------------------------------------------
-# Fixtures: a small synthetic LRS2-layout set and its uninterrupted preparation.
-# ----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def synthetic_src(tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp("synthetic")
-  synthetic.generate_dataset(out, num_speakers=3, num_test_speakers=1, num_val_speakers=1,
-                             clips_per_speaker=3, min_seconds=1.6, max_seconds=2.2, seed=3,
-                             workers=2, progress=False)
-  return out
-
-
-@pytest.fixture(scope="module")
-def reference(synthetic_src, tmp_path_factory) -> tuple[pathlib.Path, dict]:
-  out = tmp_path_factory.mktemp("reference")
-  report = prep.prepare("lrs2", synthetic_src, out, shards_per_split=SHARDS, workers=2,
-                        progress=False)
-  return out, report
-
+# The dataset (``synthetic_src``) and its uninterrupted preparation (``reference``) are the
+# session's, in conftest.py.
 
 # ----------------------------------------------------------------------------------------
 # Records.

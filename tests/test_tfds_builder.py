@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from test_prepare import _all_records, _bad_inputs_folder, reference, synthetic_src  # noqa: F401
+from test_prepare import _all_records, _bad_inputs_folder
 
 from modeformer_jax import records
 from modeformer_jax.data_prep import prepare as prep

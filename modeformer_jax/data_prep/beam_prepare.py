@@ -237,8 +237,8 @@ def run(plan: pipeline.Plan, todo: Sequence[pipeline.Shard], runner: str,
                                             for sh in plan.shards])
 
   path_map = dict(path_map or {})
-  pipeline = beam.Pipeline(options=options)
-  grouped = (pipeline
+  graph = beam.Pipeline(options=options)
+  grouped = (graph
              | "ReadJobs" >> beam.io.ReadFromText(map_path(str(inputs), path_map))
              | "Parse" >> beam.Map(json.loads)
              | "Spread" >> beam.Reshuffle()        # extraction is the cost: spread it out
@@ -246,7 +246,7 @@ def run(plan: pipeline.Plan, todo: Sequence[pipeline.Shard], runner: str,
              | "GroupByShard" >> beam.GroupByKey())
   empty = [sh.name for sh in todo if not sh.items]
   if empty:   # a requested split without inputs still gets its (empty) shard
-    grouped = ((grouped, pipeline | "EmptyShards" >> beam.Create([(n, []) for n in empty]))
+    grouped = ((grouped, graph | "EmptyShards" >> beam.Create([(n, []) for n in empty]))
                | "AllShards" >> beam.Flatten())
   written = grouped | "WriteShards" >> beam.ParDo(_WriteShard(str(out), sizes, path_map))
   finalizes = map_path(str(out), path_map) == str(out)
@@ -255,7 +255,7 @@ def run(plan: pipeline.Plan, todo: Sequence[pipeline.Shard], runner: str,
     _ = (written
          | "AllWritten" >> beam.combiners.ToList()
          | "Finalize" >> beam.Map(_finalize, light))
-  result = pipeline.run()
+  result = graph.run()
   result.wait_until_finish()
   try:
     counters = {r.key.metric.name: r.committed for r in
