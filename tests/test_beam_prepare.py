@@ -56,6 +56,7 @@ def beamed(src, tmp_path_factory) -> tuple[pathlib.Path, dict]:
   return out, prep.prepare("lrs2", src, out, shards_per_split=SHARDS, **DIRECT)
 
 
+@pytest.mark.slow
 def test_direct_runner_equals_local_prep(local, beamed):
   out, report = beamed
   assert report["run"]["finalized"] and len(report["run"]["shards_written"]) == 3 * SHARDS
@@ -65,6 +66,7 @@ def test_direct_runner_equals_local_prep(local, beamed):
   assert not list(out.glob("*.tmp")) and not (out / beam_prepare.INPUTS).exists()
 
 
+@pytest.mark.slow
 def test_rerun_is_idempotent(src, local, beamed, capsys):
   out, _ = beamed
   before = _files_state(out)
@@ -100,6 +102,7 @@ def test_retried_results_are_written_once_and_gaps_fail(src, local, tmp_path):
   assert not (tmp_path / shard.name).exists() and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_reported_not_fatal(tmp_path):
   src = _bad_inputs_folder(tmp_path / "src")
   kw = dict(val_fraction=0.0, shards_per_split=2)
@@ -113,6 +116,7 @@ def test_bad_inputs_are_reported_not_fatal(tmp_path):
   _same_folder(tmp_path / "local", tmp_path / "beam")
 
 
+@pytest.mark.slow
 def test_empty_split_gets_its_shard(src, tmp_path):
   report = prep.prepare("lrs2", src, tmp_path, splits="val,pretrain", shards_per_split=1,
                         **DIRECT)
@@ -182,6 +186,7 @@ def test_worker_path_map_reads_and_writes_through_beam_filesystems(src, local, t
   assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_pipeline_with_a_worker_path_map_equals_local_prep(src, local, tmp_path):
   out = tmp_path / "mapped"
   # The same folders spelled differently (".../."), so every worker read and write goes

@@ -50,6 +50,7 @@ def test_hard_negative_shift_sampling_respects_bounds():
   assert len(set(ip.sample_shifts(17, 40, spec, rng).tolist())) == 11
 
 
+@pytest.mark.slow
 def test_deterministic_and_independent_of_workers(mock_prepared_dir):
   a = [_ds(mock_prepared_dir)[i] for i in range(3)]
   b = [_ds(mock_prepared_dir)[i] for i in range(3)]

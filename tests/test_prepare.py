@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
-from conftest import SHARDS   # shards per split of the shared dataset's preparation
+from conftest import SHARDS  # shards per split of the shared dataset's preparation
 
 from modeformer_jax import features, input_spec, records, windows
 from modeformer_jax.data_prep import layouts
@@ -280,6 +280,7 @@ def test_rerun_is_a_no_op(synthetic_src, reference, capsys):
                  progress=False)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_records(synthetic_src, reference, tmp_path):
   ref_out, _ = reference
   out = tmp_path / "resumed"

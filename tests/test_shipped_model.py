@@ -25,6 +25,7 @@ def test_shipped_model_states_what_it_was_trained_on(shipped):
     assert words in card
 
 
+@pytest.mark.slow
 def test_shipped_model_scores_a_real_clip_reproducibly(shipped, real_clips_dir):
   embedder, meta = shipped
   clip = sorted((real_clips_dir / "lrs2_crop").rglob("*.mp4"))[0]
@@ -77,6 +78,7 @@ def test_default_detector_is_the_multi_speaker_model():
     assert words in card
 
 
+@pytest.mark.slow
 def test_default_detector_finds_a_shift_on_a_person_it_never_saw(real_clips_dir):
   """A VoxCeleb2 clip: real_clips is never trained on. Shifts are checked relative to the
   clip's own unshifted estimate (the recording itself need not be perfectly in sync)."""

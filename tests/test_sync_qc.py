@@ -58,6 +58,7 @@ def test_stream_matches_whole_file_decode(synthetic_mp4):
   np.testing.assert_allclose(mel[:, :ref.shape[1]], ref, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "real_clips").exists(), reason="../shared/data absent")
 def test_stream_matches_decode_on_variable_frame_rate_video():
   path = next((SHARED / "real_clips" / "raw").glob("*vfr*.mp4"))
@@ -153,6 +154,7 @@ def test_segments_offsets_in_ms_and_unmeasurable_stretches(analyzer, tmp_path):
   assert abs(r["global"]["offset_ms"] - 60) <= 15
 
 
+@pytest.mark.slow
 def test_the_speaking_face_is_chosen_in_a_two_face_composite(analyzer, tmp_path):
   from modeformer_jax.data_prep.synthetic import long as long_mat
   truth = long_mat.make_composite(tmp_path / "two.mp4", 3, 4, 8.0, offset_ms=-40.0, seed=2,

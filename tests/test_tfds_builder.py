@@ -48,6 +48,7 @@ def test_skipped_files_are_recorded(tmp_path):
   assert len(reread.info.metadata["skipped"]["train"]) == 5
 
 
+@pytest.mark.slow
 def test_beam_build_equals_local_build(synthetic_src, reference, tmp_path):
   pytest.importorskip("apache_beam")
   ref_out, _ = reference
