@@ -19,7 +19,7 @@ One module per concern, in the order a clip is made:
               cuts, silence, no face, a two-face composite): ``python -m modeformer_jax.data_prep.synthetic.long``
   constants   frame rate, sample rate and frame size
 
-The names below are re-exported so ``from data_prep import synthetic`` serves its callers.
+The names below are re-exported so ``from modeformer_jax.data_prep import synthetic`` serves its callers.
 """
 from modeformer_jax.data_prep.synthetic.clip import MIN_MARGIN_FRAMES, render_clip
 from modeformer_jax.data_prep.synthetic.constants import (
