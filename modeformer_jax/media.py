@@ -64,6 +64,8 @@ SILENT_DBFS = -60.0           # a channel whose loud 5% stays below this is sile
 SPEECH_SPREAD_DB = 12.0       # band-energy spread from which a channel sounds like speech
 SPEECH_SPREAD_MARGIN_DB = 10.0  # channels this far below the most speech-like are left out
 
+ONLY_CHANNEL = "the only channel"   # the choice's reason for a file with one mono track
+
 ERROR_KINDS = ("corrupt", "no_video", "no_audio", "audio_short", "too_short", "no_face")
 
 
@@ -169,11 +171,9 @@ class StreamInfo:
   height: int
   source_fps: float
   duration: float | None      # declared by the container (None when it does not say)
-  audio_rate: int             # of the first audio stream
   stored_width: int = 0       # as coded
   stored_height: int = 0
   sample_aspect: fractions.Fraction = fractions.Fraction(1)
-  audio_streams: int = 1
   declared_video_s: float | None = None   # the video stream's exact duration (mp4/mov/mkv)
 
 
@@ -236,8 +236,8 @@ def probe(path: str) -> StreamInfo:
         pass                # no frame at all: decoding reports it
       if int(round(rot / 90.0)) % 2:
         w, h = h, w
-      return StreamInfo(path, w, h, float(v.average_rate or v.guessed_rate or FPS), dur, rate,
-                        sw, sh, sar, len(c.streams.audio), declared)
+      return StreamInfo(path, w, h, float(v.average_rate or v.guessed_rate or FPS), dur,
+                        sw, sh, sar, declared)
   except (av.FFmpegError, OSError) as e:
     raise FeatureError(path, "corrupt", f"cannot open: {e}") from e
 
@@ -269,6 +269,7 @@ class AudioChannel:
   level_db: float = -120.0    # loud 5% of 20-ms RMS, dBFS
   spread_db: float = 0.0      # 10-90 percentile spread of 300-3400 Hz band energy, dB
   speech: bool = False
+  measured: bool = False      # level and spread were read (not for a lone mono track)
 
   @property
   def label(self) -> str:
@@ -299,7 +300,7 @@ class AudioChoice:
   @property
   def note(self) -> str:
     """``describe()`` when a choice was made (something left out, or no speech found)."""
-    return "" if self.trivial and self.reason == "speech" else self.describe()
+    return "" if self.trivial and self.reason in ("speech", ONLY_CHANNEL) else self.describe()
 
   @property
   def streams(self) -> list[int]:
@@ -323,7 +324,7 @@ class AudioChoice:
     return {"source": self.describe(), "channels": [ch.label for ch in self.channels],
             "measured": [{"channel": ch.label, "level_db": round(ch.level_db, 1),
                           "speech_spread_db": round(ch.spread_db, 1), "speech": ch.speech}
-                         for ch in self.candidates]}
+                         for ch in self.candidates if ch.measured]}
 
 
 def _layout_names(layout) -> list[str]:
@@ -359,6 +360,10 @@ def choose_audio(path: str, scan_s: float = SCAN_S) -> AudioChoice:
     astreams = list(container.streams.audio)
     if not astreams:
       raise FeatureError(path, "no_audio", "no audio stream")
+    if len(astreams) == 1 and astreams[0].codec_context.layout.nb_channels <= 1:
+      # Nothing to choose: skip reading the file's first SCAN_S seconds a second time.
+      only = AudioChannel(0, 0, "mono", "mono")
+      return AudioChoice([only], [only], ONLY_CHANNEL, 1)
     cands: list[AudioChannel] = []
     parts: dict[int, list[np.ndarray]] = {i: [] for i in range(len(astreams))}
     got = dict.fromkeys(range(len(astreams)), 0.0)
@@ -389,6 +394,7 @@ def choose_audio(path: str, scan_s: float = SCAN_S) -> AudioChoice:
                           if len(names) > 1 else "mono")
         if c < x.shape[0] and not name.startswith("LFE"):
           ch.level_db, ch.spread_db = channel_stats(x[c], rate)
+          ch.measured = True
         cands.append(ch)
   finally:
     container.close()
@@ -495,7 +501,7 @@ class _Track:
 class Reader:
   """Decodes one file in chunks (``chunks()``); see the module docstring for the rules.
 
-  After ``chunks()`` is exhausted: ``num_frames`` (output frames), ``source_frames``,
+  After ``chunks()`` is exhausted: ``source_frames``,
   ``duration`` (s of video), ``audio_lead_s`` (silence put in front of a late audio start).
   """
 
@@ -504,7 +510,6 @@ class Reader:
     self.info = probe(self.path)
     self.audio = audio if audio is not None else choose_audio(self.path)
     self.chunk_frames = int(chunk_frames)
-    self.num_frames = 0
     self.source_frames = 0
     self.duration = 0.0
     self.audio_lead_s = 0.0
@@ -595,7 +600,6 @@ class Reader:
       last = take_chunk(final=True)
       if last is not None:
         yield last
-      self.num_frames = resample.next_t
       self.audio_lead_s = max((t.lead for t in tracks.values()), default=0) / SAMPLE_RATE
     finally:
       container.close()

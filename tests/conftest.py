@@ -137,7 +137,7 @@ def fast_init(model):
   return jax.jit(model.init).lower(key).compile(fast)(key)
 
 
-def _jitted_params(variant: str):
+def _session_params(variant: str):
   from modeformer_jax import models
   model = models.ModEFormer(models.model_config(variant))
   return model, fast_init(model)
@@ -146,10 +146,10 @@ def _jitted_params(variant: str):
 @pytest.fixture(scope="session")
 def micro_model():
   """``(model, params)`` of the micro variant, initialised once per session (key 0)."""
-  return _jitted_params("micro")
+  return _session_params("micro")
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
   """``(model, params)`` of the tiny variant, initialised once per session (key 0)."""
-  return _jitted_params("tiny")
+  return _session_params("tiny")

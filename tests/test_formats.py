@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 
 from modeformer_jax import (
-  checkpoints,
   detect,
-  embedding,
   features,
-  input_spec,
   media,
   offsets,
 )
@@ -36,10 +33,8 @@ def suite(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def plain(suite) -> dict[str, dict]:
   """Plain ``detect`` (whole clip, frames) with the shipped model, per file."""
-  model, params, meta = checkpoints.load_model(offsets.DEFAULT_MODEL)
-  crop = input_spec.from_model_meta(meta, str(offsets.DEFAULT_MODEL)).crop
-  emb = embedding.Embedder(model, params, chunk=128)
-  return {name: offsets.detect_file(emb, path, crop) for name, path in suite.items()}
+  det = offsets.load_detector()
+  return {name: offsets.detect_file(det.embedder, path, det.crop) for name, path in suite.items()}
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import numpy as np
 import soxr
 
 from modeformer_jax.data_prep.synthetic.constants import FPS, SAMPLE_RATE
+from modeformer_jax.data_prep.synthetic.encode import write_mp4
 
 BROADCAST_RATE = 48000
 
@@ -102,15 +103,6 @@ def _mux_audio(container, ast, planes: np.ndarray, rate: int, layout: str, fmt: 
 def _h264(container, width: int, height: int, rate=FPS):
   return _video_stream(container, "libx264", rate, width, height, "yuv420p",
                        {"crf": "18", "preset": "veryfast"})
-
-
-def write_base(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
-  """h264 + mono AAC at 16 kHz, 25 fps: the reference every other kind is compared with."""
-  with av.open(path, "w", format="mp4") as c:
-    vs = _h264(c, frames.shape[2], frames.shape[1])
-    ast = c.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-    _mux_video(c, vs, frames)
-    _mux_audio(c, ast, audio[None], SAMPLE_RATE, "mono", "fltp")
 
 
 def write_rotate90(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
@@ -297,7 +289,7 @@ def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None 
     sp = make_speaker(speaker, 30)
     frames, audio = render_clip(sp, seconds, seed)
     _, shifted = render_clip(sp, seconds, seed, audio_offset_frames=shift)
-  write_base(str(out / "base.mp4"), frames, audio)
+  write_mp4(out / "base.mp4", frames, audio)   # the synthetic set's own h264 + AAC writer
   files = {"base": {"file": "base.mp4", "shift_frames": 0, "exercises": "the reference"}}
   for name in kinds:
     kind = KINDS[name]
