@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="ModEFormer: modality-preserving audio-visual sync detection in JAX/Flax",
     python_requires=">=3.11",
-    packages=find_packages(include=["modeformer_jax*"]),
+    packages=find_packages(include=["modeformer_jax*", "data_prep*"]),
     # The shipped GRID detector (model.json, MODEL_CARD.md and the orbax params tree).
     package_data={"modeformer_jax": ["weights/*/*", "weights/*/params/*",
                                      "weights/*/params/*/*", "weights/*/params/*/*/*"]},
@@ -18,7 +18,7 @@ setup(
         "ml-collections>=1.1.0",
         "grain>=0.2.18",
         "array-record>=0.8.6",
-        # The TFDS builder (modeformer_jax/data_prep/tfds_builder.py); builds and reads without TensorFlow.
+        # The TFDS builder (data_prep/tfds_builder.py); builds and reads without TensorFlow.
         "tensorflow-datasets>=4.9.10",
         # TFDS 4.9.10 imports it for builders defined in a package but declares it only for
         # Python < 3.9.
@@ -43,7 +43,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
-        # Data preparation on Apache Beam (modeformer_jax/data_prep/beam_prepare.py): DirectRunner, Dataflow,
+        # Data preparation on Apache Beam (data_prep/beam_prepare.py): DirectRunner, Dataflow,
         # Flink, Spark. Optional: local preparation and everything else run without it.
         "beam": ["apache-beam>=2.77.0"],
     },

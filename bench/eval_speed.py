@@ -18,8 +18,7 @@ import numpy as np
 
 from bench.common import machine
 from modeformer_jax import embedding, protocol, windows
-from modeformer_jax.configs import common
-from modeformer_jax.models import ModEFormer, ModelConfig
+from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig
 
 
 def per_offset_scores(emb: embedding.Embedder, lips: np.ndarray, mel: np.ndarray,
@@ -48,7 +47,7 @@ def main() -> None:
   parser.add_argument("--max_clips", type=int, default=12)
   args = parser.parse_args()
   print("machine:", machine())
-  model = ModEFormer(ModelConfig.from_mapping(common.MODEL_VARIANTS[args.variant]))
+  model = ModEFormer(ModelConfig.from_mapping(MODEL_VARIANTS[args.variant]))
   params = model.init(jax.random.key(0))
   emb = embedding.Embedder(model, params, chunk=256)
   clips = list(embedding.record_clips(args.data_dir, args.split, max_clips=args.max_clips))

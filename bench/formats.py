@@ -5,7 +5,7 @@ offset plus the injected shift?
   python -m bench.formats --out /tmp/formats_hd --size 1920x1080 \\
       --source ../shared/data/real_clips/hdtf/WDA_KatieHill_000.mp4     # a real face at 1080p
 
-Writes the variants with ``modeformer_jax.data_prep.synthetic.formats`` (unless ``OUT/formats.json`` exists),
+Writes the variants with ``data_prep.synthetic.formats`` (unless ``OUT/formats.json`` exists),
 runs both paths with the shipped model (or ``--checkpoint``) and prints one row per file:
 plain frames, QC ms, expected, the audio channels chosen, and whether each is right. The
 table and machine go to ``OUT/results.json``.
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
   a = p.parse_args(argv)
 
   from modeformer_jax import checkpoints, embedding, input_spec, offsets
-  from modeformer_jax.data_prep.synthetic import formats
+  from data_prep.synthetic import formats
   from modeformer_jax.qc import sync_qc
   out = pathlib.Path(a.out)
   man_path = out / "formats.json"

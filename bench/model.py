@@ -15,12 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from bench.common import compiled_flops, machine, matmul_peak, time_fn
-from modeformer_jax.configs import common
-from modeformer_jax.models import ModEFormer, ModelConfig, count_params
+from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
 
 
 def bench_variant(variant: str, batch: int, dtype: str) -> dict:
-  model = ModEFormer(ModelConfig.from_mapping(dict(common.MODEL_VARIANTS[variant],
+  model = ModEFormer(ModelConfig.from_mapping(dict(MODEL_VARIANTS[variant],
                                                    dtype=dtype, dropout=0.0)))
   params = model.init(jax.random.key(0))
   mel = jax.random.normal(jax.random.key(1), (batch, 80, 16))

@@ -6,7 +6,7 @@
       --feature_layout vox2
   .venv/bin/python -m bench.prepare --runners local,DirectRunner --codecs jpeg   # Beam vs local
 
-Prepares the same inputs once per runner and lip codec with ``modeformer_jax.data_prep.prepare`` into a
+Prepares the same inputs once per runner and lip codec with ``data_prep.prepare`` into a
 temporary folder and prints, per run: seconds of video prepared per wall second, the same
 per worker process ("per core": workers are single-threaded apart from the video decoder),
 and shard bytes on disk per hour of video. Wall time includes starting the worker processes
@@ -23,8 +23,8 @@ import time
 
 from bench.common import machine
 from modeformer_jax import records
-from modeformer_jax.data_prep import prepare as prep
-from modeformer_jax.data_prep import synthetic
+from data_prep import prepare as prep
+from data_prep import synthetic
 
 
 def run(src: pathlib.Path, layout: str, out: pathlib.Path, codec: str, workers: int,

@@ -1,6 +1,6 @@
 """Sync QC against known truth: per-segment frame and ms errors, drift, faces, speed, memory.
 
-  python -m modeformer_jax.data_prep.synthetic.long --out /tmp/longmat --minutes 1          # the material
+  python -m data_prep.synthetic.long --out /tmp/longmat --minutes 1          # the material
   python -m bench.sync_qc --material /tmp/longmat --checkpoint demo_out/run \\
       --face_frame synthetic --out bench/sync_qc_demo.json
   python -m bench.sync_qc --material /tmp/longmat --only real_concat --out bench/sync_qc_real.json
@@ -42,7 +42,7 @@ PAIR_B = (-100.0, 60.0, 40.0, -20.0, -60.0, 20.0, -40.0, 100.0)
 def real_pair(root: pathlib.Path, work: pathlib.Path, checkpoint: str | None,
               face_frame: str, extra: dict) -> dict:
   """Relative offsets on real clips (see the module docstring)."""
-  from modeformer_jax.data_prep.synthetic import long as long_mat
+  from data_prep.synthetic import long as long_mat
   clips = long_mat._real_clip_list(root)
   rows = {}
   for name, offs in (("A", PAIR_A), ("B", PAIR_B)):
@@ -194,7 +194,7 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--material", help="folder written by modeformer_jax.data_prep.synthetic.long")
+  ap.add_argument("--material", help="folder written by data_prep.synthetic.long")
   ap.add_argument("--only", default="", help="comma-separated video stems to run")
   ap.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")
   ap.add_argument("--face_frame", default="lrs2")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(row), flush=True)
     rows.append(row)
   if args.speed or args.rss:
-    from modeformer_jax.data_prep.synthetic import long as long_mat
+    from data_prep.synthetic import long as long_mat
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     sizes = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}

@@ -19,14 +19,13 @@ import jax
 from bench.common import compiled_flops, machine, matmul_peak
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import train_step as ts
-from modeformer_jax.configs import common
-from modeformer_jax.models import ModEFormer, ModelConfig, count_params
+from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
 
 
 def bench_variant(variant: str, batch: int, num_hard: int, dtype: str, remat: bool,
                   min_seconds: float) -> dict:
   """Compiles the step once, then times donated steps until ``min_seconds`` have passed."""
-  model = ModEFormer(ModelConfig.from_mapping(dict(common.MODEL_VARIANTS[variant],
+  model = ModEFormer(ModelConfig.from_mapping(dict(MODEL_VARIANTS[variant],
                                                    dtype=dtype, remat=remat)))
   mesh = mesh_lib.make_mesh()
   tx, _ = ts.make_optimizer({"lr": 1e-4, "grad_clip": 1.0})

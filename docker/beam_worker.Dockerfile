@@ -13,6 +13,7 @@ FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 WORKDIR /opt/modeformer_jax
 COPY setup.py ./
 COPY modeformer_jax modeformer_jax
+COPY data_prep data_prep
 # A regular (not editable) install: the image holds its own copy of the code.
 RUN pip install --no-cache-dir ".[beam]" \
  && pip install --no-cache-dir --no-deps mediapipe==0.10.21

@@ -1,11 +1,11 @@
 """The paper's Fig. 3 ablation: hard negatives N_H against batch size, plus 3D-SyncNet and stages.
 
   # tiny scale on a CPU (synthetic data, a fixed number of audio windows per step):
-  python -m modeformer_jax.ablate --config modeformer_jax/configs/synthetic.py --data_dir demo_out/prepared \\
+  python -m modeformer_jax.ablate --config configs/synthetic.py --data_dir demo_out/prepared \\
       --num_hard 2,5,11 --windows_per_step 96 --steps 150 --extras syncnet3d,stage2 \\
       --out runs/ablate
   # a pod, paper model: the batch per N_H is the largest that fits the memory budget
-  python -m modeformer_jax.ablate --config modeformer_jax/configs/lrs.py:stage=2 --data_dir /data/lrs2 \\
+  python -m modeformer_jax.ablate --config configs/lrs.py:stage=2 --data_dir /data/lrs2 \\
       --num_hard 2,5,8,11,15,20,25 --memory_per_device 80GiB --steps 20000 --out gs://.../ablate
 
 For every N_H the global batch is either ``windows_per_step // (1 + N_H)`` (each step sees

@@ -3,10 +3,10 @@
   python -m modeformer_jax.demo --out demo_out            # the full demo (~15 min, 2 cores)
   python -m modeformer_jax.demo --out /tmp/d --quick      # a few steps, for the test suite
 
-1. ``modeformer_jax.data_prep.synthetic`` writes h264/aac mp4 files of synthetic talking mouths in the LRS2
+1. ``data_prep.synthetic`` writes h264/aac mp4 files of synthetic talking mouths in the LRS2
    layout (test speakers never appear in training).
-2. ``modeformer_jax.data_prep.prepare`` turns them into ArrayRecord shards (lip crops + mel).
-3. ``modeformer_jax.train`` trains the tiny model (``modeformer_jax/configs/synthetic.py``).
+2. ``data_prep.prepare`` turns them into ArrayRecord shards (lip crops + mel).
+3. ``modeformer_jax.train`` trains the tiny model (``configs/synthetic.py``).
 4. ``modeformer_jax.eval`` scores the held-out test speakers with the standard protocol.
 5. ``modeformer_jax.detect`` finds known injected audio offsets in test clips.
 6. Plots: training curve, accuracy by clip length, offset histogram.
@@ -40,8 +40,8 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
   """Runs the whole demo into ``out``; returns the summary it also writes as JSON."""
   from modeformer_jax import offsets, plots, train
   from modeformer_jax import eval as eval_lib
-  from modeformer_jax.configs.synthetic import get_config
-  from modeformer_jax.data_prep import prepare, synthetic
+  from modeformer_jax import config_utils
+  from data_prep import prepare, synthetic
 
   out_p = pathlib.Path(out).absolute()
   out_p.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
     arg = f"variant={variant}"
     arg += f",steps={steps}" if steps else (",steps=4" if quick else "")
     arg += ",runlocal" if quick else ""
-    config = get_config(arg)
+    config = config_utils.load_config(f"{config_utils.config_file('synthetic.py')}:{arg}")
     config.data.dir = str(prepared)
     final = train.train_and_evaluate(config, str(workdir))
     print(f"finished at step {final['step']}: " +
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset")
   parser.add_argument("--steps", type=int, default=None, help="training steps override")
   parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--variant", default="tiny", help="model variant (modeformer_jax/configs/common.py)")
+  parser.add_argument("--variant", default="tiny", help="model variant (models.MODEL_VARIANTS)")
   args = parser.parse_args(argv)
   from absl import flags
   if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags

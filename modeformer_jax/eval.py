@@ -88,7 +88,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("checkpoint", None, "Training workdir, <workdir>/checkpoints/<step>, or "
                       "exported model dir.", flag_values=fv)
   flags.mark_flag_as_required("checkpoint", flag_values=fv)
-  flags.DEFINE_string("data_dir", None, "Prepared dataset (modeformer_jax.data_prep.prepare output); default: "
+  flags.DEFINE_string("data_dir", None, "Prepared dataset (data_prep.prepare output); default: "
                       "the --config's data.dir.", flag_values=fv)
   flags.DEFINE_string("split", "test", "Split to score.", flag_values=fv)
   flags.DEFINE_integer("audio_shift", 0, "Shift all audio by k frames before scoring.",

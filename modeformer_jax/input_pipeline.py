@@ -1,4 +1,4 @@
-"""Training input pipeline: grain over the ArrayRecord shards written by ``modeformer_jax.data_prep.prepare``.
+"""Training input pipeline: grain over the ArrayRecord shards written by ``data_prep.prepare``.
 
 One training example is a clip, a start frame ``t``, the 5 lip frames ``[t, t+5)``, the
 positive mel window (16 mel frames from ``round(3.2 t)``) and ``num_hard`` hard-negative mel

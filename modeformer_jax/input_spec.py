@@ -4,7 +4,7 @@ An :class:`InputSpec` names everything that turns a video file into model input:
 rate, the audio sample rate and mel parameters, the window sizes, the lip-crop size and
 channels, and the crop method with its parameters. It is written
 
-* by ``modeformer_jax.data_prep.prepare`` into every dataset's ``manifest.json`` (``"input_spec"``),
+* by ``data_prep.prepare`` into every dataset's ``manifest.json`` (``"input_spec"``),
 * by training into every checkpoint's metadata (``meta["input_spec"]``),
 * by ``export`` into every exported model's ``model.json`` (``"input_spec"``),
 
@@ -133,7 +133,7 @@ class CropSpec:
     return "lip landmarks (" + ", ".join(f"{k}={v}" for k, v in self.options.items()) + ")"
 
 
-# Crop of each named feature layout (``modeformer_jax.data_prep.prepare --feature_layout``, ``--layout``
+# Crop of each named feature layout (``data_prep.prepare --feature_layout``, ``--layout``
 # of eval/detect): face-cropped datasets get their measured box, uncropped video a detector.
 LAYOUT_CROPS: dict[str, CropSpec] = {
     "lrs2": CropSpec("box", FACE_CROP_BOX),

@@ -1,8 +1,8 @@
 """Memory planner: the largest global batch per hard-negative count that fits a device.
 
-  python -m modeformer_jax.plan --config modeformer_jax/configs/modeformer.py:paper --devices 8 \\
+  python -m modeformer_jax.plan --config configs/modeformer.py:paper --devices 8 \\
       --memory_per_device 80GiB
-  python -m modeformer_jax.plan --config modeformer_jax/configs/lrs.py:stage=2 --devices 64 \\
+  python -m modeformer_jax.plan --config configs/lrs.py:stage=2 --devices 64 \\
       --memory_per_device 16GiB --num_hard 2,5,11 --batch_sizes 512,1024,2048 --remat off
 
 Approach: the real train step (``train_step.make_train_step``: shard_map, audio all-gather,

@@ -1,6 +1,6 @@
 """Clip records in ArrayRecord shards: encoding, decoding and opening a prepared dataset.
 
-``modeformer_jax.data_prep.prepare`` writes one record per clip; the training loader (``input_pipeline``)
+``data_prep.prepare`` writes one record per clip; the training loader (``input_pipeline``)
 and the evaluation read them back through this module, so the format lives in one place.
 
 Record (format_version 1)
@@ -187,7 +187,7 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
   path = pathlib.Path(data_dir) / MANIFEST
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no manifest; {data_dir} is not a finished dataset "
-                            "folder (run python -m modeformer_jax.data_prep.prepare, again to finish an interrupted run)")
+                            "folder (run python -m data_prep.prepare, again to finish an interrupted run)")
   manifest = json.loads(path.read_text())
   if manifest.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{path}: format_version {manifest.get('format_version')}; this code "

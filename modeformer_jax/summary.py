@@ -1,7 +1,7 @@
 """Parameter table and forward FLOPs of a model config, without allocating the model.
 
-  python -m modeformer_jax.summary --config modeformer_jax/configs/modeformer.py:paper
-  python -m modeformer_jax.summary --config modeformer_jax/configs/lrs.py:stage=2 --config.model.remat=True
+  python -m modeformer_jax.summary --config configs/modeformer.py:paper
+  python -m modeformer_jax.summary --config configs/lrs.py:stage=2 --config.model.remat=True
 
 Parameters come from ``jax.eval_shape`` of the initialiser; FLOPs per (video, audio) pair
 come from XLA's cost analysis of the lowered (not executed) forward pass.

@@ -1,8 +1,8 @@
 """Contrastive training of ModEFormer: ``python -m modeformer_jax.train``.
 
-  python -m modeformer_jax.train --config modeformer_jax/configs/lrs.py:dataset=lrs2,stage=1 \\
+  python -m modeformer_jax.train --config configs/lrs.py:dataset=lrs2,stage=1 \\
       --workdir runs/lrs2_s1 --config.data.dir=/data/lrs2_prepared
-  python -m modeformer_jax.train --config modeformer_jax/configs/synthetic.py:runlocal --workdir /tmp/smoke
+  python -m modeformer_jax.train --config configs/synthetic.py:runlocal --workdir /tmp/smoke
 
 Any config field can be overridden with ``--config.<field>=<value>``.
 

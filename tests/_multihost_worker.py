@@ -47,10 +47,10 @@ def run(devices, param_leaves: list[np.ndarray]) -> dict[str, np.ndarray]:
 
   from modeformer_jax import mesh as mesh_lib
   from modeformer_jax import train_step as ts
-  from modeformer_jax.configs import common
+  from modeformer_jax import config_utils
   from modeformer_jax.models import ModEFormer
 
-  model = ModEFormer(common.model_config("micro"))
+  model = ModEFormer(config_utils.model_config("micro"))
   tx = optax.sgd(LR)
   loss_cfg = {"tau": 0.1, "easy_negatives": True, "tolerance": 1}
   mesh = mesh_lib.make_mesh(devices)

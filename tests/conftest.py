@@ -65,7 +65,7 @@ SHARDS = 3
 def synthetic_src(tmp_path_factory) -> pathlib.Path:
   """A small synthetic LRS2-layout dataset: 3 train, 1 test, 1 val speaker x 3 clips of
   1.6-2.2 s (15 clips)."""
-  from modeformer_jax.data_prep import synthetic
+  from data_prep import synthetic
   out = tmp_path_factory.mktemp("synthetic")
   synthetic.generate_dataset(out, num_speakers=3, num_test_speakers=1, num_val_speakers=1,
                              clips_per_speaker=3, min_seconds=1.6, max_seconds=2.2, seed=3,
@@ -77,7 +77,7 @@ def synthetic_src(tmp_path_factory) -> pathlib.Path:
 def reference(synthetic_src, tmp_path_factory) -> tuple[pathlib.Path, dict]:
   """``synthetic_src`` prepared locally (``SHARDS`` shards per split) and its report; read
   only: tests that write prepare into their own folders."""
-  from modeformer_jax.data_prep import prepare
+  from data_prep import prepare
   out = tmp_path_factory.mktemp("reference")
   report = prepare.prepare("lrs2", synthetic_src, out, shards_per_split=SHARDS, workers=2,
                            progress=False)
@@ -93,7 +93,7 @@ def mock_prepared_dir(tmp_path_factory) -> pathlib.Path:
   import numpy as np
 
   from modeformer_jax import features, input_spec, records, windows
-  from modeformer_jax.data_prep import layouts, pipeline
+  from data_prep import layouts, pipeline
   out = tmp_path_factory.mktemp("mock_prepared")
   rng = np.random.default_rng(0)
   spec = input_spec.for_layout("lrs2")

@@ -10,7 +10,7 @@ from modeformer_jax import ablate
 @pytest.mark.slow
 def test_ablation_runs_end_to_end_and_resumes(mock_prepared_dir, tmp_path, capsys):
   out = tmp_path / "ablate"
-  argv = ["--config", "modeformer_jax/configs/synthetic.py:variant=micro,runlocal=True,steps=4",
+  argv = ["--config", "configs/synthetic.py:variant=micro,runlocal=True,steps=4",
           "--data_dir", str(mock_prepared_dir), "--num_hard", "1,2", "--windows_per_step", "48",
           "--extras", "syncnet3d,stage2", "--eval_split", "test", "--max_clips", "2",
           "--out", str(out)]
@@ -55,7 +55,7 @@ def test_memory_budget_picks_the_batch_with_the_planner(tmp_path, monkeypatch):
             "num_hard": int(config.num_hard), "accuracy": {5: 0.5, 15: 0.75}}
 
   monkeypatch.setattr(ablate, "run_one", run_one)
-  argv = ["--config", "modeformer_jax/configs/synthetic.py:variant=micro,runlocal=True,steps=1",
+  argv = ["--config", "configs/synthetic.py:variant=micro,runlocal=True,steps=1",
           "--num_hard", "1", "--eval_split", "test"]
   # 8 devices: the search measures B=8 and B=16 (capped by --max_batch); both fit 1 GiB.
   ablate.main(argv + ["--memory_per_device", "1GiB", "--max_batch", "16",

@@ -15,10 +15,10 @@ from conftest import SHARDS
 from test_prepare import _all_records, _bad_inputs_folder, _files_state
 
 from modeformer_jax import records
-from modeformer_jax.data_prep import prepare as prep
+from data_prep import prepare as prep
 
 beam = pytest.importorskip("apache_beam", reason="the '.[beam]' extra is not installed")
-from modeformer_jax.data_prep import beam_prepare
+from data_prep import beam_prepare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Two worker processes: the multi-process DirectRunner, as a user on one machine runs it.
@@ -140,7 +140,7 @@ def test_local_prep_runs_without_beam(src, tmp_path):
   code = f"""
 import sys
 sys.modules['apache_beam'] = None     # as if the extra were not installed
-from modeformer_jax.data_prep import prepare
+from data_prep import prepare
 r = prepare.prepare('lrs2', {str(src)!r}, {str(tmp_path / 'l')!r}, splits='test',
                     shards_per_split=1, workers=1, progress=False)
 assert r['written'] == 3, r

@@ -7,15 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import checkpoints, detect, embedding, features, input_spec, offsets
+from modeformer_jax import checkpoints, detect, embedding, features, input_spec, models, offsets
 from modeformer_jax import eval as eval_lib
-from modeformer_jax.configs import common
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, micro_model):
   """An (untrained) micro model in the exported format."""
-  cfg = common.MODEL_VARIANTS["micro"]
+  cfg = models.MODEL_VARIANTS["micro"]
   out = tmp_path_factory.mktemp("model")
   checkpoints.export_params(out, micro_model[1], cfg,
                             {"trained_on": "nothing",
@@ -30,7 +29,7 @@ def test_exported_model_round_trip(exported, micro_model):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert meta["trained_on"] == "nothing"
   with pytest.raises(checkpoints.CheckpointMismatchError, match="width"):
-    checkpoints.load_model(exported, model_config=dict(common.MODEL_VARIANTS["micro"], width=16))
+    checkpoints.load_model(exported, model_config=dict(models.MODEL_VARIANTS["micro"], width=16))
 
 
 def test_eval_cli_writes_table_json_plot(exported, mock_prepared_dir, tmp_path, capsys):
@@ -142,7 +141,7 @@ def test_detect_crops_as_the_model_was_trained(synthetic_src, micro_model, tmp_p
   """Regression (issue 13, bug 1): detect --layout auto gave models trained on face crops
   the frame's lower half, and a prepare --crop_box never reached inference. The crop now
   comes from the input spec the model records; an explicit --layout still wins."""
-  cfg = common.MODEL_VARIANTS["micro"]
+  cfg = models.MODEL_VARIANTS["micro"]
   box = (0.3, 0.8, 0.1, 0.9)
   out = tmp_path / "boxed"
   checkpoints.export_params(out, micro_model[1], cfg,

@@ -1,6 +1,6 @@
 """Real-world file formats: one clip as rotated phone video, anamorphic MKV, 5.1, multi-track
 MOV and MXF, variable frame rate, ProRes at 29.97 fps and late-starting audio
-(``modeformer_jax.data_prep.synthetic.formats``). Each must decode to what a player shows, and plain
+(``data_prep.synthetic.formats``). Each must decode to what a player shows, and plain
 ``detect`` and ``--qc`` must both read the base file's offset plus the injected shift."""
 import json
 import pathlib
@@ -16,7 +16,7 @@ from modeformer_jax import (
   media,
   offsets,
 )
-from modeformer_jax.data_prep.synthetic import formats
+from data_prep.synthetic import formats
 from modeformer_jax.qc import sync_qc
 
 SHIFT = 3                               # frames of extra audio delay in every variant

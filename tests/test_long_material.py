@@ -1,12 +1,12 @@
-"""Long-video sync-QC material (modeformer_jax.data_prep.synthetic.long): offsets, drift, composite, truth."""
+"""Long-video sync-QC material (data_prep.synthetic.long): offsets, drift, composite, truth."""
 import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from modeformer_jax.data_prep import synthetic
-from modeformer_jax.data_prep.synthetic import long as longmat
+from data_prep import synthetic
+from data_prep.synthetic import long as longmat
 from modeformer_jax.features import decode
 
 SPF = synthetic.SAMPLES_PER_FRAME

@@ -8,8 +8,7 @@ import pytest
 from conftest import fast_init
 
 from modeformer_jax import models
-from modeformer_jax.configs import common
-from modeformer_jax.configs.modeformer import get_config
+from modeformer_jax import config_utils
 from modeformer_jax.models import ModEFormer, ModelConfig, count_params
 
 
@@ -58,7 +57,7 @@ def test_tiny_forward_real_shapes(tiny_model):
 
 
 def test_paper_param_count_within_3_percent():
-  config = get_config("paper")
+  config = config_utils.load_config(config_utils.config_file("modeformer.py") + ":paper")
   model = ModEFormer(config.model)
   params = jax.eval_shape(model.init, jax.random.key(0))  # nothing allocated
   n = count_params(params)
@@ -171,8 +170,8 @@ def test_unknown_model_key_rejected():
 
 @pytest.mark.parametrize("variant", sorted(models.MODEL_VARIANTS))
 def test_config_files_take_variants_from_the_model(variant):
-  """modeformer_jax/configs/ restate no model field: their model sub-config is the variant's ModelConfig."""
-  assert ModelConfig.from_mapping(common.model_config(variant)) == models.model_config(variant)
+  """configs/ restate no model field: their model sub-config is the variant's ModelConfig."""
+  assert ModelConfig.from_mapping(config_utils.model_config(variant)) == models.model_config(variant)
   assert models.model_config("paper") == ModelConfig()  # the defaults are the paper's model
 
 

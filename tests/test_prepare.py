@@ -18,8 +18,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 from conftest import SHARDS  # shards per split of the shared dataset's preparation
 
 from modeformer_jax import features, input_spec, records, windows
-from modeformer_jax.data_prep import layouts
-from modeformer_jax.data_prep import prepare as prep
+from data_prep import layouts
+from data_prep import prepare as prep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -284,7 +284,7 @@ def test_rerun_is_a_no_op(synthetic_src, reference, capsys):
 def test_kill_and_resume_gives_the_same_records(synthetic_src, reference, tmp_path):
   ref_out, _ = reference
   out = tmp_path / "resumed"
-  cmd = [sys.executable, "-m", "modeformer_jax.data_prep.prepare", "--layout", "lrs2", "--src",
+  cmd = [sys.executable, "-m", "data_prep.prepare", "--layout", "lrs2", "--src",
          str(synthetic_src), "--out", str(out), "--shards_per_split", str(SHARDS),
          "--workers", "1", "--no_progress"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

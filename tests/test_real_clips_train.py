@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from modeformer_jax import train
-from modeformer_jax.configs.synthetic import get_config
-from modeformer_jax.data_prep import prepare
+from modeformer_jax import config_utils
+from data_prep import prepare
 
 pytestmark = pytest.mark.slow   # prepares and trains on real clips
 
@@ -20,7 +20,7 @@ def test_prepare_and_train_on_real_clips(real_clips_dir, tmp_path):
   # The 0.9 s LRS2 clip and the 1.2 s LRW word clips are too short for the +-15 protocol.
   assert report["skipped"].get("too_short", 0) >= 1
   assert report["written"] >= 8
-  c = get_config("variant=micro,steps=3,runlocal")
+  c = config_utils.load_config(config_utils.config_file("synthetic.py") + ":variant=micro,steps=3,runlocal")
   c.data.dir = str(out)
   c.data.val_split = "val"  # absent in this folder: validation is skipped with a warning
   final = train.train_and_evaluate(c, str(tmp_path / "run"), progress=False)

@@ -41,7 +41,7 @@ def test_shipped_model_scores_a_real_clip_reproducibly(shipped, real_clips_dir):
   np.testing.assert_allclose(again["mean_curve"], first["mean_curve"], rtol=1e-5, atol=1e-6)
 
 
-# A held-out utterance (the seed-0 validation split of modeformer_jax/configs/grid.py); the model never
+# A held-out utterance (the seed-0 validation split of configs/grid.py); the model never
 # trained on it.
 GRID_CLIP = "bbal6n.mp4"
 

@@ -12,15 +12,15 @@ SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _write(path, frames, audio):
-  from modeformer_jax.data_prep.synthetic.encode import write_mp4
+  from data_prep.synthetic.encode import write_mp4
   write_mp4(path, frames, audio)
   return str(path)
 
 
 @pytest.fixture(scope="module")
 def synthetic_mp4(tmp_path_factory):
-  from modeformer_jax.data_prep.synthetic.clip import render_clip
-  from modeformer_jax.data_prep.synthetic.speakers import make_speaker
+  from data_prep.synthetic.clip import render_clip
+  from data_prep.synthetic.speakers import make_speaker
   frames, audio = render_clip(make_speaker(5, 30), 6.0, 7, audio_offset_frames=2)
   return _write(tmp_path_factory.mktemp("qc") / "p2.mp4", frames, audio)
 
@@ -134,7 +134,7 @@ def analyzer():
 @pytest.mark.slow
 def test_segments_offsets_in_ms_and_unmeasurable_stretches(analyzer, tmp_path):
   """+60 ms (1.5 frames) speech, then silence, then no face: generated with known truth."""
-  from modeformer_jax.data_prep.synthetic import long as long_mat
+  from data_prep.synthetic import long as long_mat
   spec = {"seed": 1, "drift_ppm": 0.0, "pieces": [
       {"seconds": 9, "speaker": 3, "offset_ms": 60.0, "kind": "speech"},
       {"seconds": 7, "offset_ms": 60.0, "kind": "silence"},
@@ -156,7 +156,7 @@ def test_segments_offsets_in_ms_and_unmeasurable_stretches(analyzer, tmp_path):
 
 @pytest.mark.slow
 def test_the_speaking_face_is_chosen_in_a_two_face_composite(analyzer, tmp_path):
-  from modeformer_jax.data_prep.synthetic import long as long_mat
+  from data_prep.synthetic import long as long_mat
   truth = long_mat.make_composite(tmp_path / "two.mp4", 3, 4, 8.0, offset_ms=-40.0, seed=2,
                                   side="right")
   r = analyzer.analyze(str(tmp_path / "two.mp4"))
@@ -170,8 +170,8 @@ def test_the_speaking_face_is_chosen_in_a_two_face_composite(analyzer, tmp_path)
 
 def test_fix_restores_sync_to_within_one_mel_hop(analyzer, tmp_path):
   """A clip 70 ms late (not a whole frame), measured and fixed, against the in-sync render."""
-  from modeformer_jax.data_prep.synthetic.clip import render_clip
-  from modeformer_jax.data_prep.synthetic.speakers import make_speaker
+  from data_prep.synthetic.clip import render_clip
+  from data_prep.synthetic.speakers import make_speaker
   sp = make_speaker(9, 3)
   frames, audio = render_clip(sp, 8.0, 11, audio_offset_samples=70 * 16)
   _, ref = render_clip(sp, 8.0, 11)

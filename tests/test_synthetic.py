@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from modeformer_jax.data_prep import synthetic
+from data_prep import synthetic
 
 SPF = synthetic.SAMPLES_PER_FRAME
 TINY = dict(num_speakers=2, num_test_speakers=1, num_val_speakers=1, clips_per_speaker=2,

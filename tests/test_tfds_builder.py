@@ -8,10 +8,10 @@ import pytest
 from test_prepare import _all_records, _bad_inputs_folder
 
 from modeformer_jax import records
-from modeformer_jax.data_prep import prepare as prep
+from data_prep import prepare as prep
 
 tfds = pytest.importorskip("tensorflow_datasets")
-from modeformer_jax.data_prep import tfds_builder
+from data_prep import tfds_builder
 
 
 def _records(data_dir, name: str) -> dict[str, list[bytes]]:

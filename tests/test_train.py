@@ -16,7 +16,7 @@ import pytest
 
 from modeformer_jax import checkpoints, input_spec, train
 from modeformer_jax import mesh as mesh_lib
-from modeformer_jax.configs.synthetic import get_config
+from modeformer_jax import config_utils
 
 pytestmark = pytest.mark.slow   # training runs (minutes on 2 cores)
 
@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(mock_prepared_dir, steps=6):
-  c = get_config(f"variant=micro,steps={steps},runlocal")
+  c = config_utils.load_config(config_utils.config_file("synthetic.py") + f":variant=micro,steps={steps},runlocal")
   c.data.dir = str(mock_prepared_dir)
   c.checkpoint_every = 2
   return c
@@ -73,7 +73,7 @@ def test_kill_9_then_resume_matches(mock_prepared_dir, tmp_path):
   """A subprocess is SIGKILLed after its first checkpoint; the rerun ends where a clean run does."""
   steps = 8
   args = [sys.executable, "-m", "modeformer_jax.train",
-          f"--config={REPO}/modeformer_jax/configs/synthetic.py:variant=micro,steps={steps},runlocal",
+          f"--config={REPO}/configs/synthetic.py:variant=micro,steps={steps},runlocal",
           f"--config.data.dir={mock_prepared_dir}", "--config.checkpoint_every=2", "--no_progress"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   killed = tmp_path / "killed"
@@ -205,7 +205,7 @@ def test_two_processes_through_the_cli_match_one(mock_prepared_dir, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   args = [sys.executable, "-m", "modeformer_jax.train",
-          f"--config={REPO}/modeformer_jax/configs/synthetic.py:variant=micro,steps={steps},runlocal",
+          f"--config={REPO}/configs/synthetic.py:variant=micro,steps={steps},runlocal",
           f"--config.data.dir={mock_prepared_dir}", "--config.eval_every=0", "--no_progress",
           f"--workdir={work}", f"--coordinator_address=127.0.0.1:{worker.free_port()}",
           "--num_processes=2"]

@@ -17,7 +17,7 @@ import pytest
 from modeformer_jax import losses, plan
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import train_step as ts
-from modeformer_jax.configs import common
+from modeformer_jax import config_utils
 from modeformer_jax.models import ModEFormer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ LOSS = {"tau": 0.1, "learn_tau": False, "easy_negatives": True, "tolerance": 1}
 
 
 def micro(**overrides) -> ModEFormer:
-  return ModEFormer(dict(common.model_config("micro"), **overrides))
+  return ModEFormer(dict(config_utils.model_config("micro"), **overrides))
 
 
 def reference_loss(model, params, batch, loss_cfg):
@@ -205,7 +205,7 @@ def test_create_train_state_with_learned_tau():
 
 @pytest.mark.slow
 def test_step_no_retrace_donation_and_learned_tau(params):
-  model = CountingModel(common.model_config("micro"))
+  model = CountingModel(config_utils.model_config("micro"))
   loss_cfg = dict(LOSS, learn_tau=True)
   tx, _ = ts.make_optimizer({"lr": 1e-2, "grad_clip": 1.0})
   mesh = mesh_lib.make_mesh()
@@ -348,7 +348,7 @@ def test_plan_cli_compiles_micro(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   res = subprocess.run(
-      [sys.executable, "-m", "modeformer_jax.plan", "--config", "modeformer_jax/configs/modeformer.py:micro",
+      [sys.executable, "-m", "modeformer_jax.plan", "--config", "configs/modeformer.py:micro",
        "--devices", "2", "--memory_per_device", "1GiB", "--num_hard", "2",
        "--batch_sizes", "16,64", "--remat", "off", "--nosearch"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

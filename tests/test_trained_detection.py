@@ -36,8 +36,8 @@ CROP_BOX = (0.37, 0.72, 0.15, 0.85)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   """(synthetic dataset, training workdir) of a briefly trained tiny model."""
-  from modeformer_jax.configs.synthetic import get_config
-  from modeformer_jax.data_prep import prepare, synthetic
+  from modeformer_jax import config_utils
+  from data_prep import prepare, synthetic
   src = tmp_path_factory.mktemp("det_synthetic")
   synthetic.generate_dataset(src, num_speakers=16, num_test_speakers=2, num_val_speakers=1,
                              clips_per_speaker=4, min_seconds=3.0, max_seconds=3.5, seed=1,
@@ -47,7 +47,7 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
                   crop_box=CROP_BOX)
   # The demo's settings (batch 32, 4 hard negatives, lr 1e-3 cosine), just shorter: a
   # 100-step constant-rate run already detected 30/30 here; the cosine tail makes it steadier.
-  config = get_config(f"steps={STEPS},batch=32,num_hard=4")
+  config = config_utils.load_config(config_utils.config_file("synthetic.py") + f":steps={STEPS},batch=32,num_hard=4")
   config.data.dir = str(prepared)
   config.data.workers = 0
   config.data.val_clips = 4

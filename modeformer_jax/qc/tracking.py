@@ -35,7 +35,7 @@ from modeformer_jax.input_spec import LIP_SIZE, CropSpec
 FACE_FRAMES = {
     "lrs2": (0.483, 0.540, 0.232),        # ../shared/data/real_clips/lrs2_crop (160x160)
     "vox2": (0.443, 0.519, 0.225),        # ../shared/data/real_clips/vox2_crop (224x224)
-    "synthetic": (0.499, 0.582, 0.302),   # modeformer_jax.data_prep.synthetic (the demo's data)
+    "synthetic": (0.499, 0.582, 0.302),   # data_prep.synthetic (the demo's data)
 }
 
 

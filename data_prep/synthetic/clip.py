@@ -19,17 +19,17 @@ from typing import Sequence
 
 import numpy as np
 
-from modeformer_jax.data_prep.synthetic.constants import FPS, SAMPLES_PER_FRAME
-from modeformer_jax.data_prep.synthetic.mouth import frame_tracks
-from modeformer_jax.data_prep.synthetic.plan import plan_speech
-from modeformer_jax.data_prep.synthetic.render import render_video
-from modeformer_jax.data_prep.synthetic.seeds import keyed_rng, seed_key
-from modeformer_jax.data_prep.synthetic.speakers import (
+from data_prep.synthetic.constants import FPS, SAMPLES_PER_FRAME
+from data_prep.synthetic.mouth import frame_tracks
+from data_prep.synthetic.plan import plan_speech
+from data_prep.synthetic.render import render_video
+from data_prep.synthetic.seeds import keyed_rng, seed_key
+from data_prep.synthetic.speakers import (
   SceneParams,
   SpeakerParams,
   scene_from_rng,
 )
-from modeformer_jax.data_prep.synthetic.speech import synthesize_audio
+from data_prep.synthetic.speech import synthesize_audio
 
 MIN_MARGIN_FRAMES = 32                    # speech-plan margin beyond each clip end
 

@@ -1,12 +1,12 @@
 """A TensorFlow Datasets builder for LRS2, LRS3, VoxCeleb2 or any folder of videos.
 
 For pipelines built around TFDS (big_vision and its relatives), the same clips that
-``modeformer_jax.data_prep.prepare`` writes become a TFDS dataset, ``modeformer_clips/<config>``, opened
+``data_prep.prepare`` writes become a TFDS dataset, ``modeformer_clips/<config>``, opened
 with ``tfds.data_source`` (random access, ArrayRecord) or ``tfds.builder``:
 
-  python -m modeformer_jax.data_prep.tfds_builder --config lrs2 --manual_dir /data/lrs2 \\
+  python -m data_prep.tfds_builder --config lrs2 --manual_dir /data/lrs2 \\
       --data_dir ~/tensorflow_datasets
-  python -m modeformer_jax.data_prep.tfds_builder --config vox2 --manual_dir /data/vox2 \\
+  python -m data_prep.tfds_builder --config vox2 --manual_dir /data/vox2 \\
       --data_dir gs://bucket/tfds --beam_pipeline_options "runner=DataflowRunner,project=P,..."
 
   source = tfds.data_source("modeformer_clips/lrs2", data_dir=...)["train"]
@@ -15,8 +15,8 @@ with ``tfds.data_source`` (random access, ArrayRecord) or ``tfds.builder``:
 No TensorFlow is needed to build or read it (TFDS 4.9 writes and reads ArrayRecord with
 numpy; ``tests/test_tfds_builder.py`` runs where TensorFlow is not installed).
 
-One implementation: the inputs come from ``modeformer_jax.data_prep.layouts`` and every example's
-``record`` is ``modeformer_jax.data_prep.pipeline.process_item``'s record, byte-for-byte what local or Beam
+One implementation: the inputs come from ``data_prep.layouts`` and every example's
+``record`` is ``data_prep.pipeline.process_item``'s record, byte-for-byte what local or Beam
 preparation writes for the same file; TFDS only adds its own container (each example is a
 ``tf.train.Example`` with ``record``, ``clip_id``, ``speaker`` and ``num_frames``), split
 metadata and versioning. Shuffling is disabled, so examples keep the input order.
@@ -27,10 +27,10 @@ are named in the workers' logs).
 
 When ``--beam_pipeline_options`` (or a ``DownloadConfig`` with a Beam runner) is given, the
 examples are produced by a Beam pipeline (TFDS's own Beam integration), so large datasets
-are built on Dataflow, Flink or Spark as ``modeformer_jax.data_prep.prepare --runner`` does.
+are built on Dataflow, Flink or Spark as ``data_prep.prepare --runner`` does.
 
 The training and evaluation CLIs of this project read prepared folders
-(``modeformer_jax.data_prep.prepare``); this builder serves readers that expect TFDS.
+(``data_prep.prepare``); this builder serves readers that expect TFDS.
 """
 from __future__ import annotations
 
@@ -44,14 +44,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from modeformer_jax import features, input_spec, records
-from modeformer_jax.data_prep import layouts, pipeline
+from data_prep import layouts, pipeline
 
 _DESCRIPTION = """Lip crops (48x96 RGB, 25 fps) and 80-bin log-mel spectrograms (16 kHz, hop
 200) of talking-face videos, one record per clip in modeformer_jax's record format (msgpack;
-decode with modeformer_jax.records.decode_record). Made by modeformer_jax's modeformer_jax.data_prep."""
+decode with modeformer_jax.records.decode_record). Made by modeformer_jax's data_prep."""
 
 _MANUAL = """LRS2, LRS3 and VoxCeleb2 are licensed by their authors; download them yourself
-and pass the dataset root as --manual_dir, in the layout modeformer_jax.data_prep.layouts documents:
+and pass the dataset root as --manual_dir, in the layout data_prep.layouts documents:
   lrs2: mvlrs_v1/{main,pretrain}/ with pretrain.txt, train.txt, val.txt, test.txt
   lrs3: pretrain/, trainval/, test/
   vox2: dev/mp4/, test/mp4/ (or a single mp4/)

@@ -16,7 +16,7 @@ import av
 import cv2
 import numpy as np
 
-from modeformer_jax.data_prep.synthetic.constants import FPS, SAMPLE_RATE
+from data_prep.synthetic.constants import FPS, SAMPLE_RATE
 
 # BT.601 limited range: rows give Y, U, V from R, G, B in 0-255 (offsets added after).
 RGB_TO_YUV = np.array([[65.481, 128.553, 24.966],

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from modeformer_jax.data_prep.synthetic.constants import MS_PER_FRAME
-from modeformer_jax.data_prep.synthetic.plan import ATTACK, RELEASE, Segment, envelope
+from data_prep.synthetic.constants import MS_PER_FRAME
+from data_prep.synthetic.plan import ATTACK, RELEASE, Segment, envelope
 
 
 def articulator_tracks(segs: list[Segment], t0: float, num_ms: int

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from modeformer_jax.data_prep.synthetic.seeds import keyed_rng
+from data_prep.synthetic.seeds import keyed_rng
 
 RGB = tuple[float, float, float]   # a colour, each channel 0-255
 

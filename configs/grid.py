@@ -1,8 +1,8 @@
 """Real faces: GRID speaker s1 (800 utterances, 700 train / 100 held out), on a CPU.
 
-  python -m modeformer_jax.data_prep.prepare --layout raw --src ../shared/data/grid_s1/video \\
+  python -m data_prep.prepare --layout raw --src ../shared/data/grid_s1/video \\
       --out data/grid_s1_prepared --val_fraction 0.125 --seed 0 --name grid_s1
-  python -m modeformer_jax.train --config modeformer_jax/configs/grid.py --workdir runs/grid_s1 \\
+  python -m modeformer_jax.train --config configs/grid.py --workdir runs/grid_s1 \\
       --config.data.dir=data/grid_s1_prepared
   python -m modeformer_jax.eval --checkpoint runs/grid_s1 --which latest \\
       --data_dir data/grid_s1_prepared --split val
@@ -13,13 +13,13 @@ report the LATEST checkpoint (``--which latest``) so no model selection touches 
 """
 import ml_collections
 
-from modeformer_jax.configs import common
+from modeformer_jax import config_utils
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the GRID config."""
-  a = common.parse_arg(arg, variant="tiny", steps=2000, batch=32, num_hard=4)
-  c = common.training_config(variant=a.variant, data_dir="data/grid_s1_prepared",
+  a = config_utils.parse_arg(arg, variant="tiny", steps=2000, batch=32, num_hard=4)
+  c = config_utils.training_config(variant=a.variant, data_dir="data/grid_s1_prepared",
                              batch_size=a.batch, num_hard=a.num_hard,
                              total_steps=a.steps)
   c.optim.lr = 1e-3

@@ -1,6 +1,6 @@
 """The dataset: LRS2 layout, speaker splits, resumable parallel generation, and the CLI.
 
-Layout (what ``modeformer_jax.data_prep.prepare --layout lrs2`` reads)::
+Layout (what ``data_prep.prepare --layout lrs2`` reads)::
 
   OUT/mvlrs_v1/main/spk007v001/00003.mp4     h264 yuv420p 160x160 @ 25 fps + AAC 16 kHz mono
   OUT/mvlrs_v1/pretrain/                     empty (LRS2 has it; nothing synthetic goes there)
@@ -30,11 +30,11 @@ import time
 import cv2
 import tqdm
 
-from modeformer_jax.data_prep.synthetic.clip import render_clip
-from modeformer_jax.data_prep.synthetic.constants import FPS, FRAME_SIZE, SAMPLE_RATE
-from modeformer_jax.data_prep.synthetic.encode import write_mp4
-from modeformer_jax.data_prep.synthetic.seeds import keyed_rng
-from modeformer_jax.data_prep.synthetic.speakers import make_scene, make_speaker
+from data_prep.synthetic.clip import render_clip
+from data_prep.synthetic.constants import FPS, FRAME_SIZE, SAMPLE_RATE
+from data_prep.synthetic.encode import write_mp4
+from data_prep.synthetic.seeds import keyed_rng
+from data_prep.synthetic.speakers import make_scene, make_speaker
 
 FORMAT = "modeformer-synthetic-v1"
 

@@ -1,7 +1,7 @@
 """One clip written the ways real files come: rotation tags, anamorphic pixels, surround and
 multi-track audio, variable frame rate, interlaced MXF, ProRes at 29.97 fps, late audio.
 
-  python -m modeformer_jax.data_prep.synthetic.formats --out DIR [--shift 3] [--kinds rotate90,vfr]
+  python -m data_prep.synthetic.formats --out DIR [--shift 3] [--kinds rotate90,vfr]
 
 writes ``base.mp4`` (h264 + AAC, 25 fps, the clip as rendered) and one file per kind with the
 audio delayed by ``--shift`` more frames, so a detector's answer on ``KIND.*`` must be its answer
@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import soxr
 
-from modeformer_jax.data_prep.synthetic.constants import FPS, SAMPLE_RATE
-from modeformer_jax.data_prep.synthetic.encode import write_mp4
+from data_prep.synthetic.constants import FPS, SAMPLE_RATE
+from data_prep.synthetic.encode import write_mp4
 
 BROADCAST_RATE = 48000
 
@@ -284,8 +284,8 @@ def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None 
   if source is not None:
     frames, audio, shifted = _from_source(source, size, shift)
   else:
-    from modeformer_jax.data_prep.synthetic.clip import render_clip
-    from modeformer_jax.data_prep.synthetic.speakers import make_speaker
+    from data_prep.synthetic.clip import render_clip
+    from data_prep.synthetic.speakers import make_speaker
     sp = make_speaker(speaker, 30)
     frames, audio = render_clip(sp, seconds, seed)
     _, shifted = render_clip(sp, seconds, seed, audio_offset_frames=shift)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from modeformer_jax.data_prep.synthetic.constants import FPS, FRAME_SIZE
-from modeformer_jax.data_prep.synthetic.seeds import smooth_noise
-from modeformer_jax.data_prep.synthetic.speakers import SceneParams, SpeakerParams
+from data_prep.synthetic.constants import FPS, FRAME_SIZE
+from data_prep.synthetic.seeds import smooth_noise
+from data_prep.synthetic.speakers import SceneParams, SpeakerParams
 
 _SUB = 16           # cv2 drawing with 4 fractional bits: smooth sub-pixel lip motion
 _AA = cv2.LINE_AA

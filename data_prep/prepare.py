@@ -1,15 +1,15 @@
 """Offline preparation: video files -> lip crops + mel in ArrayRecord shards, resumably.
 
-  python -m modeformer_jax.data_prep.prepare --layout lrs2 --src demo_out/synthetic \\
+  python -m data_prep.prepare --layout lrs2 --src demo_out/synthetic \\
       --out demo_out/prepared
-  python -m modeformer_jax.data_prep.prepare --layout lrs3 --src /data/lrs3 \\
+  python -m data_prep.prepare --layout lrs3 --src /data/lrs3 \\
       --out /data/lrs3_prep --workers 16
-  python -m modeformer_jax.data_prep.prepare --layout raw --src ~/videos --out /tmp/mine \\
+  python -m data_prep.prepare --layout raw --src ~/videos --out /tmp/mine \\
       --val_fraction 0.1
       --group_by '^([^/]+)/'
   # on Apache Beam (pip install -e '.[beam]'): the same shards, any Beam runner
-  python -m modeformer_jax.data_prep.prepare ... --runner DirectRunner --workers 8
-  python -m modeformer_jax.data_prep.prepare ... --runner DataflowRunner --project P --region R ...
+  python -m data_prep.prepare ... --runner DirectRunner --workers 8
+  python -m data_prep.prepare ... --runner DataflowRunner --project P --region R ...
 
 What it writes in ``--out`` (format: ``modeformer_jax.records``)
   ``{split}.array_record-{i:05d}-of-{n:05d}``   one msgpack record per clip, in input order
@@ -26,7 +26,7 @@ Why ArrayRecord written directly rather than through a TFDS builder
   input spec in ``manifest.json``, and random access through grain's
   ``ArrayRecordDataSource`` (``records.open_split``). Writer option ``group_size:1`` makes
   every record its own chunk, so reading one clip decompresses only that clip. For readers
-  that expect TFDS, ``modeformer_jax.data_prep.tfds_builder`` builds the same records as a
+  that expect TFDS, ``data_prep.tfds_builder`` builds the same records as a
   TFDS dataset.
 
 Determinism and resume
@@ -44,10 +44,10 @@ Determinism and resume
 Executors
   The plan (inputs, splits, shards; ``make_plan``), the per-clip function
   (``process_item``), the shard writer (``write_shard``) and the manifest (``finalize``)
-  live in ``modeformer_jax.data_prep.pipeline``, which both executors import; only the
+  live in ``data_prep.pipeline``, which both executors import; only the
   executor differs. ``--runner local`` (the default) runs them in
   this machine's processes and needs no Beam. Any other ``--runner`` hands the same plan to
-  Apache Beam (``modeformer_jax.data_prep.beam_prepare``): one machine's DirectRunner, or
+  Apache Beam (``data_prep.beam_prepare``): one machine's DirectRunner, or
   Dataflow, Flink or Spark for datasets that need a cluster; Beam retries failed work and the output is
   record-identical to local preparation. Beam replaced the former ``--num_tasks`` /
   ``--task_index`` scheme (hand-launched processes over a shared folder).
@@ -77,9 +77,9 @@ from typing import Iterator, Sequence
 import tqdm
 
 from modeformer_jax import features, input_spec, records
-from modeformer_jax.data_prep import layouts
+from data_prep import layouts
 # The shared pieces; re-exported because callers know them as ``prepare.<name>``.
-from modeformer_jax.data_prep.pipeline import (  # noqa: F401
+from data_prep.pipeline import (  # noqa: F401
     CLIPS_PER_SHARD, FEATURE_LAYOUTS, PLAN, SKIP_KINDS, Plan, Shard, feature_description,
     finalize, init_worker, job_options, make_job, make_plan, num_shards, process_item,
     shard_bounds, shard_done, write_shard)
@@ -151,7 +151,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
       Recorded in the manifest.
     runner: 'local' (this machine's processes, no Beam needed) or an Apache Beam runner
       name (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner, ...);
-      see ``modeformer_jax.data_prep.beam_prepare``.
+      see ``data_prep.beam_prepare``.
     pipeline_args: further Beam pipeline options (``--project=...``), Beam runners only.
     worker_path_map: Beam runners only: ``LOCAL_PREFIX=URL_PREFIX[,...]``, where workers
       find this machine's ``src``/``out`` (e.g. ``/gcs/b=gs://b``); see ``beam_prepare``.
@@ -186,7 +186,7 @@ def prepare(layout: str, src: str | os.PathLike, out: str | os.PathLike, *,
     else:
       # Imported here: Beam is an optional extra and local preparation never needs it.
       try:
-        from modeformer_jax.data_prep import beam_prepare
+        from data_prep import beam_prepare
       except ImportError as e:
         raise ImportError(f"--runner {runner} needs Apache Beam: pip install -e '.[beam]' "
                           f"(or --runner local) [{e}]") from e
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
                  group_by=a.group_by, seed=a.seed, feature_layout=a.feature_layout,
                  crop_box=crop_box, audio_shift=a.audio_shift, name=a.name,
                  progress=not a.no_progress,
-                 command=shlex.join(["python", "-m", "modeformer_jax.data_prep.prepare", *argv]))
+                 command=shlex.join(["python", "-m", "data_prep.prepare", *argv]))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ import math
 import numpy as np
 import scipy.signal
 
-from modeformer_jax.data_prep.synthetic.constants import SAMPLE_RATE
-from modeformer_jax.data_prep.synthetic.plan import ATTACK, RELEASE, Segment, envelope
-from modeformer_jax.data_prep.synthetic.seeds import smooth_noise
-from modeformer_jax.data_prep.synthetic.speakers import SceneParams, SpeakerParams
+from data_prep.synthetic.constants import SAMPLE_RATE
+from data_prep.synthetic.plan import ATTACK, RELEASE, Segment, envelope
+from data_prep.synthetic.seeds import smooth_noise
+from data_prep.synthetic.speakers import SceneParams, SpeakerParams
 
 
 def _resonator_sos(freqs, bandwidths, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,22 +1,22 @@
 """The demo: the tiny model on the synthetic talking-mouth dataset, on CPU.
 
-  python -m modeformer_jax.data_prep.synthetic --out demo_out/synthetic
-  python -m modeformer_jax.data_prep.prepare --layout lrs2 --src demo_out/synthetic --out demo_out/prepared
-  python -m modeformer_jax.train --config modeformer_jax/configs/synthetic.py \\
+  python -m data_prep.synthetic --out demo_out/synthetic
+  python -m data_prep.prepare --layout lrs2 --src demo_out/synthetic --out demo_out/prepared
+  python -m modeformer_jax.train --config configs/synthetic.py \\
       --workdir demo_out/run --config.data.dir=demo_out/prepared
 
 Arguments: ``variant`` (default tiny), ``steps``, ``batch``, ``num_hard``, ``runlocal`` (a
-few-step smoke run: batch 8, no worker processes), e.g. ``modeformer_jax/configs/synthetic.py:steps=6,runlocal``.
+few-step smoke run: batch 8, no worker processes), e.g. ``configs/synthetic.py:steps=6,runlocal``.
 """
 import ml_collections
 
-from modeformer_jax.configs import common
+from modeformer_jax import config_utils
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the synthetic-data config."""
-  a = common.parse_arg(arg, variant="tiny", steps=1100, batch=32, num_hard=4, runlocal=False)
-  c = common.training_config(variant=a.variant, data_dir="demo_out/prepared",
+  a = config_utils.parse_arg(arg, variant="tiny", steps=1100, batch=32, num_hard=4, runlocal=False)
+  c = config_utils.training_config(variant=a.variant, data_dir="demo_out/prepared",
                              batch_size=a.batch, num_hard=a.num_hard,
                              total_steps=a.steps)
   c.optim.lr = 1e-3            # the tiny model on easy data learns faster with a larger step

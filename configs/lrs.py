@@ -2,9 +2,9 @@
 
 Prepare the data once (docs/data.md), then on a pod/cluster (one command per host)::
 
-  python -m modeformer_jax.train --config modeformer_jax/configs/lrs.py:dataset=lrs2,stage=1 \\
+  python -m modeformer_jax.train --config configs/lrs.py:dataset=lrs2,stage=1 \\
       --workdir gs://bucket/lrs2_stage1 --config.data.dir=/data/lrs2_prepared
-  python -m modeformer_jax.train --config modeformer_jax/configs/lrs.py:dataset=lrs2,stage=2 \\
+  python -m modeformer_jax.train --config configs/lrs.py:dataset=lrs2,stage=2 \\
       --workdir gs://bucket/lrs2_stage2 --config.data.dir=/data/lrs2_prepared \\
       --config.init_from=gs://bucket/lrs2_stage1
 
@@ -15,11 +15,11 @@ bf16 compute.
 
 Arguments: ``dataset`` (lrs2 | lrs3), ``stage`` (1 | 2), ``variant`` (model variant,
 default paper), ``num_hard`` (default: the stage's), ``batch``, ``runlocal`` (a CPU smoke
-run: tiny model, batch 16, 20 steps), e.g. ``modeformer_jax/configs/lrs.py:dataset=lrs3,stage=2,runlocal``.
+run: tiny model, batch 16, 20 steps), e.g. ``configs/lrs.py:dataset=lrs3,stage=2,runlocal``.
 """
 import ml_collections
 
-from modeformer_jax.configs import common
+from modeformer_jax import config_utils
 
 DATASETS = ("lrs2", "lrs3")
 # Per stage: (hard negatives N_H, entries per clip, training steps).
@@ -29,23 +29,23 @@ STAGES = {1: (2, 1, 200000), 2: (11, 4, 100000)}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config for ``arg`` (see the module docstring)."""
   # num_hard=None: the stage's default; parse_arg then keeps a given value as a string.
-  a = common.parse_arg(arg, dataset="lrs2", stage=1, variant="paper", num_hard=None,
+  a = config_utils.parse_arg(arg, dataset="lrs2", stage=1, variant="paper", num_hard=None,
                        batch=2000, runlocal=False)
   if a.dataset not in DATASETS:
     raise ValueError(f"unknown dataset {a.dataset!r}; known: {DATASETS}")
   if a.stage not in STAGES:
     raise ValueError(f"unknown stage {a.stage}; known: {sorted(STAGES)}")
   num_hard, entries_per_clip, steps = STAGES[a.stage]
-  c = common.training_config(
+  c = config_utils.training_config(
       variant=a.variant, data_dir=f"/data/{a.dataset}_prepared", batch_size=a.batch,
       num_hard=num_hard if a.num_hard is None else int(a.num_hard), total_steps=steps,
       entries_per_clip=entries_per_clip)
   # The default splits fit both: LRS3's 'train' is trainval minus the seeded 40% 'val'
-  # that modeformer_jax.data_prep.layouts carves out.
+  # that data_prep.layouts carves out.
   c.model.dtype = "bfloat16"
   c.data.workers = 8
   if a.runlocal:
-    c.model = common.model_config("tiny")
+    c.model = config_utils.model_config("tiny")
     c.batch_size, c.total_steps = 16, 20
     c.data.workers, c.log_every, c.eval_every, c.checkpoint_every = 0, 5, 10, 10
     c.data.entries_per_clip = min(c.data.entries_per_clip, 2)

@@ -1,26 +1,26 @@
 """Many real faces on a CPU: LRC-AR + GRID s1 + synthetic, landmark-centred mouth crops.
 
 The recipe of the shipped detectors: faces_v1 (``--config.init_from=modeformer_jax/weights/grid_s1``)
-and the default faces_v2 (``modeformer_jax/configs/faces.py:steps=5000,exact,lr=3e-4`` from faces_v1); their
+and the default faces_v2 (``configs/faces.py:steps=5000,exact,lr=3e-4`` from faces_v1); their
 model cards are in modeformer_jax/weights/.
 Every dataset is prepared with ``--feature_layout landmarks`` so they share one input spec::
 
-  python -m modeformer_jax.data_prep.prepare --layout folder --feature_layout landmarks \\
+  python -m data_prep.prepare --layout folder --feature_layout landmarks \\
       --src ../shared/data/lrc_ar/clips --out data/lrc_ar_landmarks \\
       --val_fraction 0.05 --test_fraction 0.1 --seed 0 --min_frames 20 --name lrc_ar
-  python -m modeformer_jax.data_prep.prepare --layout raw --feature_layout landmarks \\
+  python -m data_prep.prepare --layout raw --feature_layout landmarks \\
       --src ../shared/data/grid_s1/video --out data/grid_s1_landmarks \\
       --val_fraction 0.125 --seed 0 --name grid_s1
-  python -m modeformer_jax.data_prep.synthetic --out data/synthetic --num_speakers 40 --clips_per_speaker 8 \\
+  python -m data_prep.synthetic --out data/synthetic --num_speakers 40 --clips_per_speaker 8 \\
       --seed 3
-  python -m modeformer_jax.data_prep.prepare --layout lrs2 --feature_layout landmarks --src data/synthetic \\
+  python -m data_prep.prepare --layout lrs2 --feature_layout landmarks --src data/synthetic \\
       --out data/synthetic_landmarks --name synthetic
-  python -m modeformer_jax.train --config modeformer_jax/configs/faces.py --workdir runs/faces \\
+  python -m modeformer_jax.train --config configs/faces.py --workdir runs/faces \\
       --config.init_from=modeformer_jax/weights/grid_s1
 
 Arguments: ``variant`` (default tiny), ``steps``, ``batch``, ``num_hard``, ``lr``, ``noaug``
 (every augmentation off, for measuring their effect), ``exact`` (hard negatives from +-1
-frame, no tolerance in the loss), e.g. ``modeformer_jax/configs/faces.py:steps=500,noaug``.
+frame, no tolerance in the loss), e.g. ``configs/faces.py:steps=500,noaug``.
 Single augmentations are switched with overrides (``--config.data.flip=False``).
 
 LRC-AR clips are 25-32 frames: hard negatives are drawn only at shifts inside the clip
@@ -30,16 +30,16 @@ people the model has not seen.
 """
 import ml_collections
 
-from modeformer_jax.configs import common
+from modeformer_jax import config_utils
 
 DATA = "data/lrc_ar_landmarks,data/grid_s1_landmarks,data/synthetic_landmarks"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the multi-speaker config."""
-  a = common.parse_arg(arg, variant="tiny", steps=6000, batch=32, num_hard=4, noaug=False,
+  a = config_utils.parse_arg(arg, variant="tiny", steps=6000, batch=32, num_hard=4, noaug=False,
                        exact=False, lr=5e-4)
-  c = common.training_config(variant=a.variant, data_dir=DATA, batch_size=a.batch,
+  c = config_utils.training_config(variant=a.variant, data_dir=DATA, batch_size=a.batch,
                              num_hard=a.num_hard, total_steps=a.steps)
   c.optim.lr = a.lr            # starts from a trained model (init_from), so a smaller step
   if a.exact:

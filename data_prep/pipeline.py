@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from modeformer_jax import features, input_spec, records
-from modeformer_jax.data_prep import layouts
+from data_prep import layouts
 
 CLIPS_PER_SHARD = 256          # 'auto' sharding target: ~100-200 MB of jpeg records
 PLAN = "prepare_plan.json"
@@ -328,7 +328,7 @@ def _command_line(layout, src, out, splits, shards_per_split, min_frames, lip_co
                   val_fraction, test_fraction, group_by, seed, feature_layout,
                   crop_box, audio_shift=0) -> str:
   """The CLI call equivalent to a library call, for the manifest."""
-  args = ["python", "-m", "modeformer_jax.data_prep.prepare", "--layout", layout, "--src", str(src),
+  args = ["python", "-m", "data_prep.prepare", "--layout", layout, "--src", str(src),
           "--out", str(out), "--shards_per_split", str(shards_per_split),
           "--min_frames", str(min_frames), "--lip_codec", lip_codec, "--seed", str(seed),
           "--feature_layout", feature_layout]

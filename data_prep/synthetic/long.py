@@ -1,6 +1,6 @@
 """Long videos with known audio-video offsets, for testing per-segment sync analysis (QC).
 
-  python -m modeformer_jax.data_prep.synthetic.long --out DIR [--minutes 1] [--size 1280x720]
+  python -m data_prep.synthetic.long --out DIR [--minutes 1] [--size 1280x720]
 
 writes the standard suite (each ``X.mp4`` with its ``X.truth.json`` beside it):
 
@@ -64,30 +64,30 @@ import cv2
 import numpy as np
 import tqdm
 
-from modeformer_jax.data_prep.synthetic.clip import MIN_MARGIN_FRAMES, render_clip
-from modeformer_jax.data_prep.synthetic.constants import (
+from data_prep.synthetic.clip import MIN_MARGIN_FRAMES, render_clip
+from data_prep.synthetic.constants import (
   FPS,
   FRAME_SIZE,
   SAMPLE_RATE,
   SAMPLES_PER_FRAME,
 )
-from modeformer_jax.data_prep.synthetic.encode import (
+from data_prep.synthetic.encode import (
   RGB_TO_YUV,
   YUV_OFFSET,
   x264_params,
   yuv_frame,
 )
-from modeformer_jax.data_prep.synthetic.mouth import frame_tracks
-from modeformer_jax.data_prep.synthetic.plan import plan_speech
-from modeformer_jax.data_prep.synthetic.render import render_video
-from modeformer_jax.data_prep.synthetic.seeds import smooth_noise
-from modeformer_jax.data_prep.synthetic.speakers import (
+from data_prep.synthetic.mouth import frame_tracks
+from data_prep.synthetic.plan import plan_speech
+from data_prep.synthetic.render import render_video
+from data_prep.synthetic.seeds import smooth_noise
+from data_prep.synthetic.speakers import (
   SceneParams,
   SpeakerParams,
   make_scene,
   make_speaker,
 )
-from modeformer_jax.data_prep.synthetic.speech import synthesize_audio
+from data_prep.synthetic.speech import synthesize_audio
 
 TRUTH_FORMAT = "modeformer-long-truth-v1"
 KINDS = ("speech", "silence", "noface")
@@ -811,4 +811,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main(prog="python -m modeformer_jax.data_prep.synthetic.long")
+  main(prog="python -m data_prep.synthetic.long")

@@ -1,10 +1,10 @@
 """Data preparation on Apache Beam: the same shards as local preparation, on any runner.
 
-Run through ``modeformer_jax.data_prep.prepare`` with a Beam ``--runner`` (needs ``pip
+Run through ``data_prep.prepare`` with a Beam ``--runner`` (needs ``pip
 install -e '.[beam]'``); docs/data.md "Data preparation on Apache Beam" has the commands for the
 DirectRunner, Dataflow, Flink and Spark.
 
-What is shared with local preparation (``modeformer_jax.data_prep.pipeline``, which both
+What is shared with local preparation (``data_prep.pipeline``, which both
 import): the plan (inputs, splits, shard boundaries, ``prepare_plan.json``), the per-clip
 function ``process_item``, the shard writer ``write_shard`` and the manifest/report writer
 ``finalize``. Only the executor is Beam's:
@@ -58,7 +58,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from modeformer_jax.data_prep import pipeline
+from data_prep import pipeline
 
 INPUTS = "beam_inputs.jsonl"    # the jobs of one run, read by the workers; removed after it
 NAMESPACE = "modeformer_prepare"

@@ -1,6 +1,0 @@
-"""``python -m modeformer_jax.data_prep.synthetic --out DIR``: writes the synthetic dataset (see ``dataset``)."""
-from modeformer_jax.data_prep.synthetic.dataset import main
-
-if __name__ == "__main__":
-  # Without prog, argparse would call the command "__main__.py" in its usage line.
-  main(prog="python -m modeformer_jax.data_prep.synthetic")
