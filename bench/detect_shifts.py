@@ -5,9 +5,10 @@
   # any videos (cropped as the model's training data, or --layout)
   python -m bench.detect_shifts --checkpoint modeformer_jax/weights/grid_s1 ../shared/data/real_clips/*/*.mp4
 
-Every video's audio is delayed by each shift in ``--shifts`` (default -7..+7 frames) with
-``features.shift_audio``, exactly as ``extract_clip(audio_shift_frames=k)`` does, and the
-detector's answer is compared with it: exact, and within +-1 frame. A source that is not
+Every video's audio is delayed by each shift in ``--shifts`` (default -7..+7 frames), all
+in one pass of the analysis ``detect`` runs (``sync_qc.detect_shifted``; windows that would
+read the silence a shift moves in are not scored), and the detector's answer is compared
+with it: exact, and within +-1 frame. A source that is not
 perfectly in sync to begin with shows up as a constant bias, so the mean error is printed
 too. Files that cannot be read are listed with their reason and counted, not dropped.
 """
@@ -28,6 +29,7 @@ from modeformer_jax import (
   offsets,
   records,
 )
+from modeformer_jax.qc import sync_qc
 
 
 def prepared_sources(spec: str, max_clips: int | None) -> list[str]:
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.error("give videos or --prepared DIR:SPLIT")
 
   det = offsets.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
-  embedder, crop, meta = det.embedder, det.crop, det.meta
+  meta = det.meta
+  analyzer = sync_qc.Analyzer(detector=det)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
         f"{len(files)} videos x {len(shifts)} shifts ({shifts[0]:+d}..{shifts[-1]:+d})")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   for path in tqdm(files, desc="videos"):
     try:
-      results = offsets.detect_shifted(embedder, path, shifts, crop)
+      results = sync_qc.detect_shifted(analyzer, path, shifts)
     except (features.FeatureError, ValueError) as e:
       failed.append({"file": path, "error": str(e)})
       continue

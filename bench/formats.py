@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--checkpoint", default=None)
   a = p.parse_args(argv)
 
-  from modeformer_jax import checkpoints, embedding, input_spec, offsets
+  from modeformer_jax import offsets
   from data_prep.synthetic import formats
   from modeformer_jax.qc import sync_qc
   out = pathlib.Path(a.out)
@@ -40,15 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(int(v) for v in a.size.lower().split("x")) if a.size else None
     manifest = formats.write_suite(out, a.shift, source=a.source, size=size)
   ckpt = a.checkpoint or str(offsets.DEFAULT_MODEL)
-  model, params, meta = checkpoints.load_model(ckpt)
-  crop = input_spec.from_model_meta(meta, ckpt).crop
-  emb = embedding.Embedder(model, params, chunk=128)
   analyzer = sync_qc.Analyzer(ckpt)
   rows = []
   for name, f in manifest["files"].items():
     path = str(out / f["file"])
     t0 = time.perf_counter()
-    r = offsets.detect_file(emb, path, crop)
+    r = sync_qc.detect_file(analyzer, path)
     t1 = time.perf_counter()
     q = analyzer.analyze(path)
     t2 = time.perf_counter()

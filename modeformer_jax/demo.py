@@ -78,15 +78,15 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
     print(plots.format_table({res["name"]: res["accuracy"]}))
 
   with _phase("5. detect injected offsets on test clips", timings):
-    det = offsets.load_detector(workdir, which="latest")   # the model's own crop
-    embedder, crop = det.embedder, det.crop
+    from modeformer_jax.qc import sync_qc
+    analyzer = sync_qc.Analyzer(detector=offsets.load_detector(workdir, which="latest"))
     test_list = (src / "test.txt").read_text().split()
     files = [src / "mvlrs_v1" / "main" / f"{line}.mp4" for line in test_list]
     shifts = [-7, -4, -2, 0, 3, 5, 7] if not quick else [3]
     rows = []
     for i, k in enumerate(shifts):
       f = files[i % len(files)]
-      r = offsets.detect_file(embedder, str(f), crop, audio_shift_frames=k)
+      r = sync_qc.detect_file(analyzer, str(f), audio_shift_frames=k)
       rows.append({"file": str(f.relative_to(src)), "injected": k,
                    "detected": r["offset_frames"], "confidence": r["confidence"]})
       print(f"{f.name}: injected {k:+d}, detected {r['offset_frames']:+d} "

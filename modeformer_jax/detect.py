@@ -16,9 +16,11 @@ ms (5 s segments every 1 s), drift, every face, broadcast tolerances, HTML repor
 A folder or list (or ``--qc``) writes ``OUT/results.jsonl`` (one line per file, a rerun
 skips finished files), ``OUT/summary.csv``, ``OUT/reports/*.html`` and ``OUT/index.html``.
 
-Short clips (no ``--qc``): prints each file's audio offset in frames and ms (**positive = audio late**) with a
-confidence (``modeformer_jax.offsets`` is the library), and writes a PNG of the per-frame
-histogram and averaged score curve per video; over a prepared split the dataset-level
+Without ``--qc``: prints each file's whole-file audio offset in frames and ms (**positive =
+audio late**) with a confidence, and writes a PNG of the per-frame histogram and averaged
+score curve per video. It is the same analysis as ``--qc`` (``qc.sync_qc``: one decoding,
+face track, audio choice and estimator), summarised over the whole file, so the two never
+give two answers for one file; ``--qc`` adds the timeline, tolerances and reports; over a prepared split the dataset-level
 histogram (the paper's Fig. 4 and Sec. 3.5) is written too. Lips are cropped exactly as
 the model's training data were (its recorded input spec) unless --layout says otherwise.
 
@@ -42,14 +44,24 @@ from modeformer_jax import (
   protocol,
   records,
 )
-from modeformer_jax.qc import qc_batch, tracking
+from modeformer_jax.qc import qc_batch, sync_qc, tracking
+
+
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sync_qc.QCOptions:
+  """The analysis options, the same for plain ``detect`` and ``--qc``."""
+  options = sync_qc.QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
+                              detect_every=args.detect_every, face_frame=args.face_frame)
+  try:
+    options.check()
+  except ValueError as e:
+    parser.error(str(e))
+  return options
 
 
 def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   """Sync QC of files, folders and lists into ``args.out`` (see the module docstring)."""
   import functools
 
-  from modeformer_jax.qc import sync_qc
   try:
     inputs = qc_batch.list_inputs(args.videos)
   except (FileNotFoundError, ValueError) as e:
@@ -58,12 +70,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     parser.error(f"no video files found in {args.videos}")
   if args.fix and (len(inputs) != 1 or args.workers != 1):
     parser.error("--fix needs exactly one input video")
-  options = sync_qc.QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
-                              detect_every=args.detect_every, face_frame=args.face_frame)
-  try:
-    options.check()
-  except ValueError as e:
-    parser.error(str(e))
+  options = _options(args, parser)
   make = functools.partial(sync_qc.Analyzer, args.checkpoint, options, args.layout,
                            progress=args.workers == 1 and not args.json)
   summary = qc_batch.run_batch(inputs, args.out, make, workers=args.workers,
@@ -121,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
   qc.add_argument("--max_faces", type=int, default=4, help="faces tracked at once")
   qc.add_argument("--detect_every", type=int, default=1,
                   help="run the face landmarker on every n-th frame (faster, coarser)")
-  qc.add_argument("--face_frame", default="lrs2", choices=sorted(tracking.FACE_FRAMES),
-                  help="box-crop models only: where faces sit in their training frames")
+  qc.add_argument("--face_frame", default="fixed", choices=["fixed", *sorted(tracking.FACE_FRAMES)],
+                  help="box-crop models only: 'fixed' = the video is a face crop like the "
+                  "model's training frames; a dataset name = find faces in a wider picture "
+                  "and place that dataset's face crop on each")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   if not args.videos and not args.prepared:
@@ -142,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
       print(f"using the shipped model {offsets.DEFAULT_MODEL} (see MODEL_CARD.md there)",
             file=sys.stderr)
   det = offsets.load_detector(ckpt, layout=args.layout)
-  spec, crop, embedder = det.spec, det.crop, det.embedder
+  spec, embedder = det.spec, det.embedder
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results, failed = [], 0
+  analyzer = sync_qc.Analyzer(options=_options(args, parser), detector=det) if args.videos else None
   for path in args.videos:
     try:
-      r = offsets.detect_file(embedder, path, crop)
+      r = sync_qc.detect_file(analyzer, path)
     except (features.FeatureError, ValueError) as e:
       failed += 1
       results.append({"name": str(path), "error": str(e)})
@@ -159,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                   title=pathlib.Path(path).name)
     results.append(r)
     if not args.json:
-      print(offsets.describe(r))
+      print(sync_qc.describe_plain(r))
     if args.fix:
       offsets.fix_offset(path, args.fix, r["offset_ms"])
       if not args.json:

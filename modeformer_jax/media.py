@@ -56,8 +56,8 @@ from modeformer_jax.windows import FPS
 TS_TOLERANCE_S = 1e-3
 
 # A decoded video this much shorter than its declared stream duration is truncated.
-_TRUNCATION_SLACK_S = 0.5
-_TRUNCATION_SLACK_FRAC = 0.1
+TRUNCATION_SLACK_S = 0.5
+TRUNCATION_SLACK_FRAC = 0.1
 
 SCAN_S = 30.0                 # seconds of each audio channel measured to choose the speech
 SILENT_DBFS = -60.0           # a channel whose loud 5% stays below this is silent
@@ -66,7 +66,8 @@ SPEECH_SPREAD_MARGIN_DB = 10.0  # channels this far below the most speech-like a
 
 ONLY_CHANNEL = "the only channel"   # the choice's reason for a file with one mono track
 
-ERROR_KINDS = ("corrupt", "no_video", "no_audio", "audio_short", "too_short", "no_face")
+ERROR_KINDS = ("corrupt", "no_video", "no_audio", "audio_short", "too_short", "no_face",
+               "no_speech")
 
 
 class FeatureError(ValueError):
@@ -130,15 +131,33 @@ def frame_indices_for_timestamps(timestamps: np.ndarray, fps: float,
 
 
 class _NearestFrames:
-  """``frame_indices_for_timestamps`` as a stream: frames in, output frames out."""
+  """``frame_indices_for_timestamps`` as a stream: frames in, output frames out.
+
+  Each output frame comes with ``held``: True when it shows the same source frame as the
+  output frame before it (the source had no frame of its own near that instant: a dropped
+  frame of a variable-rate file, or a source slower than 25 fps). ``held_frames`` counts
+  them and ``unused_frames`` counts source frames no output instant showed (sources faster
+  than 25 fps, or several frames inside one 40 ms slot).
+  """
 
   def __init__(self):
     self.next_t = 0                 # next output frame to emit
     self.prev: np.ndarray | None = None
     self.prev_t = 0.0
+    self.prev_shown = False         # ``prev`` was emitted at least once
+    self.held_frames = 0
+    self.unused_frames = 0
 
-  def push(self, img: np.ndarray, rel: float) -> list[np.ndarray]:
-    """A source frame at ``rel`` s (presentation order); returns the output frames decided."""
+  def _emit(self) -> tuple[np.ndarray, bool]:
+    held = self.prev_shown
+    self.prev_shown = True
+    self.held_frames += held
+    self.next_t += 1
+    return self.prev, held
+
+  def push(self, img: np.ndarray, rel: float) -> list[tuple[np.ndarray, bool]]:
+    """A source frame at ``rel`` s (presentation order); returns the output frames decided
+    as ``(picture, held)``."""
     out = []
     if self.prev is not None:
       # Instants up to this frame's time that are nearer the previous frame show that one.
@@ -146,16 +165,15 @@ class _NearestFrames:
         inst = self.next_t / FPS
         if inst > rel or (rel - inst) < (inst - self.prev_t) - TS_TOLERANCE_S:
           break
-        out.append(self.prev)
-        self.next_t += 1
-    self.prev, self.prev_t = img, rel
+        out.append(self._emit())
+      self.unused_frames += not self.prev_shown
+    self.prev, self.prev_t, self.prev_shown = img, rel, False
     return out
 
-  def finish(self, total: int) -> list[np.ndarray]:
+  def finish(self, total: int) -> list[tuple[np.ndarray, bool]]:
     out = []
     while self.next_t < total:
-      out.append(self.prev)
-      self.next_t += 1
+      out.append(self._emit())
     return out
 
 
@@ -423,6 +441,11 @@ class Chunk:
   start: int
   frames: np.ndarray          # uint8 [n, H, W, 3] RGB at 25 fps, as displayed
   audio: np.ndarray           # float32 mono 16 kHz samples that follow the previous chunk's
+  # True where an output frame repeats the picture of the frame before it (``_NearestFrames``).
+  held: np.ndarray | None = None
+  # Samples of silence the reader put in front of a late-starting audio stream (known once
+  # any audio has been emitted; the audio clock's real sound starts there).
+  audio_lead: int = 0
 
 
 class _Track:
@@ -502,7 +525,9 @@ class Reader:
   """Decodes one file in chunks (``chunks()``); see the module docstring for the rules.
 
   After ``chunks()`` is exhausted: ``source_frames``,
-  ``duration`` (s of video), ``audio_lead_s`` (silence put in front of a late audio start).
+  ``duration`` (s of video), ``audio_lead_s`` (silence put in front of a late audio start),
+  ``audio_samples`` (samples emitted, the lead included), ``held_frames`` and
+  ``unused_frames`` (``_NearestFrames``).
   """
 
   def __init__(self, path: str, chunk_frames: int = 25, audio: AudioChoice | None = None):
@@ -513,6 +538,9 @@ class Reader:
     self.source_frames = 0
     self.duration = 0.0
     self.audio_lead_s = 0.0
+    self.audio_samples = 0
+    self.held_frames = 0
+    self.unused_frames = 0
 
   def chunks(self) -> Iterator[Chunk]:
     """Yields ``Chunk``s of ``chunk_frames`` output frames (the last may be shorter).
@@ -531,6 +559,7 @@ class Reader:
       origin: float | None = None
       resample = _NearestFrames()
       frames: list[np.ndarray] = []
+      held: list[bool] = []
       start = 0
       steps: list[float] = []
       last_rel = 0.0
@@ -549,14 +578,18 @@ class Reader:
         return out
 
       def take_chunk(final: bool = False) -> Chunk | None:
-        nonlocal frames, start
+        nonlocal frames, held, start
         audio = mixed(final)
         if not frames and not (final and audio.size):
           return None
+        self.audio_samples += audio.size
+        # Several tracks: sound exists from the earliest real start.
+        lead = min((t.lead for t in tracks.values() if t.aligned), default=0)
         ch = Chunk(start, np.stack(frames) if frames else
-                   np.zeros((0, info.height, info.width, 3), np.uint8), audio)
+                   np.zeros((0, info.height, info.width, 3), np.uint8), audio,
+                   np.array(held, bool), lead)
         start += len(frames)
-        frames = []
+        frames, held = [], []
         return ch
 
       try:
@@ -579,8 +612,9 @@ class Reader:
               del steps[:-100]
             self.source_frames += 1
             last_rel = max(last_rel, rel)
-            for out in resample.push(img, rel):
+            for out, h in resample.push(img, rel):
               frames.append(out)
+              held.append(h)
               if len(frames) == self.chunk_frames:
                 yield take_chunk()
         for tr in tracks.values():
@@ -593,14 +627,16 @@ class Reader:
       last_step = float(np.median(steps)) if steps else 1.0 / nominal
       self.duration = last_rel + last_step
       total = num_output_frames(self.duration, FPS)
-      for out in resample.finish(total):
+      for out, h in resample.finish(total):
         frames.append(out)
+        held.append(h)
         if len(frames) == self.chunk_frames:
           yield take_chunk()
+      self.audio_lead_s = max((t.lead for t in tracks.values()), default=0) / SAMPLE_RATE
+      self.held_frames, self.unused_frames = resample.held_frames, resample.unused_frames
       last = take_chunk(final=True)
       if last is not None:
         yield last
-      self.audio_lead_s = max((t.lead for t in tracks.values()), default=0) / SAMPLE_RATE
     finally:
       container.close()
 
@@ -639,8 +675,8 @@ def decode(path: str) -> Decoded:
     raise FeatureError(reader.path, "no_audio", "audio stream has no decodable samples")
   duration = reader.duration
   declared = info.declared_video_s
-  if declared is not None and duration + max(_TRUNCATION_SLACK_S,
-                                             _TRUNCATION_SLACK_FRAC * declared) < declared:
+  if declared is not None and duration + max(TRUNCATION_SLACK_S,
+                                             TRUNCATION_SLACK_FRAC * declared) < declared:
     raise FeatureError(reader.path, "corrupt", f"truncated: decoded {duration:.2f} s of "
                        f"video, the stream declares {declared:.2f} s")
   tail = max(0.0, duration - audio_arr.size / SAMPLE_RATE)

@@ -1,11 +1,10 @@
-"""Audio-video offset detection on a user's file (the library behind ``detect``).
+"""The detector behind ``detect``: loading a model (``load_detector``) and re-aligning a file
+(``fix_offset``).
 
-For every 5-frame position the best audio offset in -15..+15 frames is found; the
-predicted offset is the largest peak of the histogram of those (ties broken by the averaged
-score curve), reported in frames and milliseconds. **Positive = audio late** (the sound of
-frame i is heard at frame i + k). The confidence is the averaged score at the predicted
-offset minus the median of the averaged curve (SyncNet's median-minus-best margin, for
-similarities); see ``protocol.detect_offset``.
+The analysis of a file (plain ``detect`` and ``--qc`` alike) is ``qc.sync_qc``: one pass
+that measures every 5-frame lip window against the audio, summarised over the whole file
+(``sync_qc.detect_file``, the plain answer) or over time (``--qc``). **Positive = audio
+late** (the sound of frame i is heard at frame i + k).
 
 A file is cut into lips with the crop the model was trained with (``InputSpec.crop``,
 recorded in every checkpoint and exported model); ``resolve_crop`` is the one place that
@@ -17,11 +16,9 @@ import dataclasses
 import logging
 import pathlib
 from fractions import Fraction
-from typing import Any, Sequence
 
-import numpy as np
 
-from modeformer_jax import checkpoints, embedding, features, input_spec, protocol, windows
+from modeformer_jax import checkpoints, embedding, input_spec
 from modeformer_jax.input_spec import CropSpec, InputSpec
 
 log = logging.getLogger("modeformer_jax.offsets")
@@ -54,7 +51,7 @@ class Detector:
   checkpoint: str
   embedder: embedding.Embedder
   spec: InputSpec            # what the model was trained on
-  crop: CropSpec             # what ``detect_file`` cuts (``resolve_crop``)
+  crop: CropSpec             # what the analysis cuts (``resolve_crop``)
   meta: dict
 
 
@@ -71,48 +68,6 @@ def load_detector(checkpoint: str | pathlib.Path | None = None, *, which: str = 
     spec = input_spec.for_layout(layout)
   return Detector(ckpt, embedding.Embedder(model, params, chunk=chunk), spec,
                   resolve_crop(spec, layout, warn), meta)
-
-
-def detect_arrays(embedder: embedding.Embedder, lips: np.ndarray, mel: np.ndarray,
-                  name: str = "") -> dict[str, Any]:
-  """Offset detection from lip crops and mel (the shared feature format)."""
-  ((_, scores, reason),) = list(embedding.score_clips(embedder, [(name, lips, mel)]))
-  if scores is None:
-    raise ValueError(reason)
-  return protocol.detect_offset(scores) | {"name": name, "num_frames": int(lips.shape[0])}
-
-
-def detect_file(embedder: embedding.Embedder, path: str, crop: CropSpec,
-                audio_shift_frames: int = 0) -> dict[str, Any]:
-  """Detects the offset of one video file (raises ``FeatureError`` on bad input)."""
-  clip = features.extract_clip(path, crop, audio_shift_frames=audio_shift_frames)
-  return detect_arrays(embedder, clip.lips, clip.mel, name=str(path)) | {
-      "crop": crop.to_dict(), "audio_source": clip.audio_source, "audio_note": clip.audio_note}
-
-
-def detect_shifted(embedder: embedding.Embedder, path: str, shifts: Sequence[int],
-                   crop: CropSpec) -> list[dict[str, Any]]:
-  """Detects the offset of ``path`` with its audio delayed by each of ``shifts`` frames.
-
-  Equal to ``[detect_file(..., audio_shift_frames=k) for k in shifts]`` (each shift goes
-  through the same ``features.shift_audio`` + ``features.log_mel``) without re-decoding,
-  re-cropping or re-embedding the video per shift: only the audio changes. Each result
-  gains ``injected``.
-  """
-  dec = features.decode(path)
-  clip = features.extract_clip(path, crop, decoded=dec)
-  v = embedder.video(windows.video_windows(clip.lips))
-  out = []
-  for k in shifts:
-    mel = features.log_mel(features.shift_audio(dec.audio, k) if k else dec.audio,
-                           clip.num_frames)
-    a = embedder.audio(windows.audio_windows(mel, len(v)))
-    (scores,) = embedding.embedded_scores(v, a, [len(v)])
-    out.append(protocol.detect_offset(scores)
-               | {"name": str(path), "num_frames": int(clip.num_frames),
-                  "crop": crop.to_dict(), "injected": int(k),
-                  "audio_source": clip.audio_source, "audio_note": clip.audio_note})
-  return out
 
 
 def fix_offset(src: str, dst: str, offset_ms: float) -> None:
@@ -144,12 +99,3 @@ def fix_offset(src: str, dst: str, offset_ms: float) -> None:
           continue
         pkt.stream = aout
       out.mux(pkt)
-
-
-def describe(r: dict) -> str:
-  """One line for a person: the offset, its direction and the confidence."""
-  k = r["offset_frames"]
-  side = "audio late" if k > 0 else ("audio early" if k < 0 else "in sync")
-  audio = f"; audio: {r['audio_note']}" if r.get("audio_note") else ""
-  return (f"{r['name']}: offset {k:+d} frames ({r['offset_ms']:+.0f} ms, {side}), "
-          f"confidence {r['confidence']:.3f}, {r['vote_fraction']:.0%} of frames agree{audio}")

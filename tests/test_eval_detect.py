@@ -9,6 +9,7 @@ import pytest
 
 from modeformer_jax import checkpoints, detect, embedding, features, input_spec, models, offsets
 from modeformer_jax import eval as eval_lib
+from modeformer_jax.qc import sync_qc
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,9 @@ def test_detect_runs_and_plots(exported, synthetic_src, tmp_path, capsys):
   f = sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
   rc = detect.main([str(f), "--checkpoint", str(exported), "--out", str(tmp_path), "--json"])
   (r,) = json.loads(capsys.readouterr().out)
-  assert rc == 0 and -15 <= r["offset_frames"] <= 15 and r["offset_ms"] == 40 * r["offset_frames"]
+  # offset_ms is the sub-frame estimate; offset_frames the whole frame nearest it.
+  assert rc == 0 and -15 <= r["offset_frames"] <= 15
+  assert abs(r["offset_ms"] - 40 * r["offset_frames"]) <= 20
   assert len(r["histogram"]) == 31 and pathlib.Path(r["plot"]).stat().st_size > 1000
 
 
@@ -125,16 +128,15 @@ def test_fix_moves_audio_without_touching_video(synthetic_src, tmp_path):
 
 
 def test_detect_shifted_matches_detect_file(exported, synthetic_src):
-  """Decoding once and shifting the audio gives what re-extracting per shift gives."""
-  model, params, _ = checkpoints.load_model(exported)
-  embedder = embedding.Embedder(model, params, chunk=64)
+  """Analysing several audio shifts in one pass gives what one analysis per shift gives."""
+  analyzer = sync_qc.Analyzer(detector=offsets.load_detector(exported, chunk=64))
   f = str(sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
-  crop = input_spec.crop_for_layout("lrs2")
-  shifted = offsets.detect_shifted(embedder, f, [-4, 0, 3], crop)
+  shifted = sync_qc.detect_shifted(analyzer, f, [-4, 0, 3])
   for k, r in zip([-4, 0, 3], shifted):
-    ref = offsets.detect_file(embedder, f, crop, audio_shift_frames=k)
+    ref = sync_qc.detect_file(analyzer, f, audio_shift_frames=k)
     assert r["injected"] == k and r["offset_frames"] == ref["offset_frames"]
-    np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(r["histogram"], ref["histogram"])
 
 
 def test_detect_crops_as_the_model_was_trained(synthetic_src, micro_model, tmp_path, capsys):
@@ -150,9 +152,10 @@ def test_detect_crops_as_the_model_was_trained(synthetic_src, micro_model, tmp_p
   detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json"])
   (auto,) = json.loads(capsys.readouterr().out)
   assert auto["crop"] == {"method": "box", "box": list(box)}
-  m, params, _ = checkpoints.load_model(out)
-  ref = offsets.detect_file(embedding.Embedder(m, params, chunk=64), f,
-                            input_spec.CropSpec("box", box))
+  m, params, meta = checkpoints.load_model(out)
+  det = offsets.Detector(str(out), embedding.Embedder(m, params, chunk=64),
+                         input_spec.from_model_meta(meta), input_spec.CropSpec("box", box), meta)
+  ref = sync_qc.detect_file(sync_qc.Analyzer(detector=det), f)
   np.testing.assert_allclose(auto["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
   detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json",
                "--layout", "crop"])

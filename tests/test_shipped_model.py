@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from modeformer_jax import checkpoints, embedding, input_spec, offsets
+from modeformer_jax import checkpoints, input_spec, offsets
+from modeformer_jax.qc import sync_qc
 
 SHIPPED = offsets.WEIGHTS / "grid_s1"
 
@@ -11,8 +12,8 @@ SHIPPED = offsets.WEIGHTS / "grid_s1"
 def shipped():
   if not (SHIPPED / "model.json").is_file():
     pytest.skip(f"no shipped model at {SHIPPED}")
-  model, params, meta = checkpoints.load_model(SHIPPED)
-  return embedding.Embedder(model, params, chunk=128), meta
+  det = offsets.load_detector(SHIPPED, chunk=128)
+  return sync_qc.Analyzer(detector=det), det.meta
 
 
 def test_shipped_model_states_what_it_was_trained_on(shipped):
@@ -27,13 +28,12 @@ def test_shipped_model_states_what_it_was_trained_on(shipped):
 
 @pytest.mark.slow
 def test_shipped_model_scores_a_real_clip_reproducibly(shipped, real_clips_dir):
-  embedder, meta = shipped
+  analyzer, meta = shipped
   clip = sorted((real_clips_dir / "lrs2_crop").rglob("*.mp4"))[0]
-  crop = offsets.resolve_crop(input_spec.from_model_meta(meta), "auto")
-  first = offsets.detect_file(embedder, str(clip), crop)
+  first = sync_qc.detect_file(analyzer, str(clip))
   # A second, independent load must give the same numbers (no hidden state, no randomness).
-  model, params, _ = checkpoints.load_model(SHIPPED)
-  again = offsets.detect_file(embedding.Embedder(model, params, chunk=64), str(clip), crop)
+  again = sync_qc.detect_file(sync_qc.Analyzer(
+      detector=offsets.load_detector(SHIPPED, chunk=64)), str(clip))
   curve = np.asarray(first["mean_curve"], np.float64)
   assert np.isfinite(curve[np.isfinite(curve)]).all() and np.isfinite(curve).sum() >= 25
   assert np.isfinite(first["confidence"]) and -15 <= first["offset_frames"] <= 15
@@ -47,12 +47,12 @@ GRID_CLIP = "bbal6n.mp4"
 
 
 def test_shipped_model_detects_an_injected_shift_on_grid(shipped, grid_dir):
-  embedder, _ = shipped
+  analyzer, _ = shipped
   path = grid_dir / "video" / GRID_CLIP
   if not path.is_file():
     pytest.skip(f"{path} not present")
-  results = offsets.detect_shifted(embedder, str(path), [-5, 0, 4],
-                                   input_spec.CropSpec("haar"))
+  assert analyzer.crop == input_spec.CropSpec("haar")
+  results = sync_qc.detect_shifted(analyzer, str(path), [-5, 0, 4])
   found = {r["injected"]: r["offset_frames"] for r in results}
   detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
   # GRID recordings are not all perfectly in sync (this one reads as audio 1 frame late
@@ -82,11 +82,9 @@ def test_default_detector_is_the_multi_speaker_model():
 def test_default_detector_finds_a_shift_on_a_person_it_never_saw(real_clips_dir):
   """A VoxCeleb2 clip: real_clips is never trained on. Shifts are checked relative to the
   clip's own unshifted estimate (the recording itself need not be perfectly in sync)."""
-  model, params, meta = checkpoints.load_model(FACES)
-  crop = offsets.resolve_crop(input_spec.from_model_meta(meta), "auto")
+  analyzer = sync_qc.Analyzer(detector=offsets.load_detector(FACES, chunk=128))
   path = real_clips_dir / "vox2_crop" / "00015.mp4"
-  results = offsets.detect_shifted(embedding.Embedder(model, params, chunk=128), str(path),
-                                   [-5, 0, 4], crop)
+  results = sync_qc.detect_shifted(analyzer, str(path), [-5, 0, 4])
   found = {r["injected"]: r["offset_frames"] for r in results}
   detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
   assert abs(found[0]) <= 1, detail

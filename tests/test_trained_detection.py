@@ -14,13 +14,13 @@ import pytest
 from modeformer_jax import (
   checkpoints,
   detect,
-  embedding,
   features,
   input_spec,
   offsets,
   records,
   train,
 )
+from modeformer_jax.qc import sync_qc
 
 pytestmark = pytest.mark.slow   # trains a tiny model first (~4 min)
 
@@ -60,15 +60,13 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
 
 def test_trained_tiny_model_detects_injected_shifts(trained):
   src, workdir = trained
-  model, params, meta = checkpoints.load_model(str(workdir), which="latest")
-  embedder = embedding.Embedder(model, params, chunk=128)
-  crop = offsets.resolve_crop(input_spec.from_model_meta(meta), "auto")
+  analyzer = sync_qc.Analyzer(detector=offsets.load_detector(str(workdir), which="latest"))
   test_ids = (src / "test.txt").read_text().split()
   assert len(test_ids) == 8  # 2 unseen speakers x 4 clips
   rows = []
   for clip_id in test_ids:
     path = src / "mvlrs_v1" / "main" / f"{clip_id}.mp4"
-    for r in offsets.detect_shifted(embedder, str(path), SHIFTS, crop):
+    for r in sync_qc.detect_shifted(analyzer, str(path), SHIFTS):
       rows.append((clip_id, r["injected"], r["offset_frames"]))
   exact = np.mean([k == d for _, k, d in rows])
   misses = [(c, k, d) for c, k, d in rows if k != d]

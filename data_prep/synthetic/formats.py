@@ -1,5 +1,6 @@
 """One clip written the ways real files come: rotation tags, anamorphic pixels, surround and
-multi-track audio, variable frame rate, interlaced MXF, ProRes at 29.97 fps, late audio.
+multi-track audio, variable frame rate (random and regular drops), interlaced MXF, ProRes at
+29.97 fps, audio that starts late, ends early or runs on past the video.
 
   python -m data_prep.synthetic.formats --out DIR [--shift 3] [--kinds rotate90,vfr]
 
@@ -117,8 +118,12 @@ def write_rotate90(path: str, frames: np.ndarray, audio: np.ndarray, seed: int =
     _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "fltp")
 
 
-def write_anamorphic(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
-  """Pixels 3/4 as wide as they show (SAR 4:3, like HDV 1440x1080), MKV with Opus audio."""
+def write_anamorphic(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0,
+                     audio_trim_s: float = 0.0) -> None:
+  """Pixels 3/4 as wide as they show (SAR 4:3, like HDV 1440x1080), MKV with Opus audio
+  (its last ``audio_trim_s`` seconds cut off, when given)."""
+  if audio_trim_s:
+    audio = audio[:len(audio) - int(round(audio_trim_s * SAMPLE_RATE))]
   t, h, w, _ = frames.shape
   sw = (w * 3 // 4) // 2 * 2
   stored = np.stack([cv2.resize(f, (sw, h), interpolation=cv2.INTER_AREA) for f in frames])
@@ -173,11 +178,14 @@ def write_mono_tracks(path: str, frames: np.ndarray, audio: np.ndarray, seed: in
     _mux_tracks(c, streams, tracks)
 
 
-def write_vfr(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
-  """Frames dropped irregularly (a phone under load) with their true timestamps kept."""
-  rng = np.random.default_rng(seed)
-  keep = np.ones(len(frames), bool)
-  keep[1:-1] = rng.random(len(frames) - 2) > 0.3
+def write_vfr(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0,
+              keep: np.ndarray | None = None) -> None:
+  """Frames dropped irregularly (a phone under load) with their true timestamps kept
+  (``keep``: which frames stay; default: each of the inner ones with probability 0.7)."""
+  if keep is None:
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(frames), bool)
+    keep[1:-1] = rng.random(len(frames) - 2) > 0.3
   tb = 90000
   pts = np.flatnonzero(keep) * (tb // FPS)
   with av.open(path, "w", format="mp4") as c:
@@ -227,6 +235,29 @@ def write_late_audio(path: str, frames: np.ndarray, audio: np.ndarray, seed: int
     _mux_audio(c, ast, audio[None, lead:], SAMPLE_RATE, "mono", "fltp", start=lead)
 
 
+def write_vfr_every7(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """Every 7th frame dropped by the encoder (21.4 fps on average), timestamps kept."""
+  keep = np.arange(len(frames)) % 7 != 6
+  write_vfr(path, frames, audio, seed, keep=keep)
+
+
+def write_audio_trimmed(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """The anamorphic MKV with Opus audio whose last 0.3 s were trimmed: the audio stream ends
+  before the video (an edit cut on a picture, encoder padding removed)."""
+  write_anamorphic(path, frames, audio, seed, audio_trim_s=0.3)
+
+
+def write_video_short(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """The video stream ends 0.5 s before the audio (the sound runs on over a last frame)."""
+  n = len(frames) - int(round(0.5 * FPS))
+  with av.open(path, "w", format="mp4") as c:
+    vs = _h264(c, frames.shape[2], frames.shape[1])
+    ast = c.add_stream("aac", rate=BROADCAST_RATE, layout="stereo")
+    _mux_video(c, vs, frames[:n])
+    a = _resample(audio, BROADCAST_RATE)
+    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "fltp")
+
+
 KINDS: dict[str, Kind] = {
     "rotate90": Kind(".mp4", "display rotation (-90 degrees, a portrait phone video)",
                      write_rotate90),
@@ -243,6 +274,11 @@ KINDS: dict[str, Kind] = {
     "prores_2997": Kind(".mov", "ProRes 422 at 29.97 fps, 48 kHz PCM", write_prores_2997),
     "late_audio": Kind(".mp4", "the audio stream starts 0.2 s after the video",
                        write_late_audio),
+    "vfr_every7": Kind(".mp4", "every 7th frame dropped (21.4 fps average), timestamps kept",
+                       write_vfr_every7),
+    "audio_trimmed": Kind(".mkv", "anamorphic MKV, Opus audio ending 0.3 s before the video",
+                          write_audio_trimmed),
+    "video_short": Kind(".mp4", "the video ends 0.5 s before the audio", write_video_short),
 }
 
 

@@ -37,7 +37,7 @@ import math
 import pathlib
 import resource
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -49,6 +49,7 @@ from modeformer_jax.qc import stream, tolerances, tracking
 FPS = windows.FPS
 MEL_MS = 1000.0 / 80              # one mel hop: 12.5 ms
 FRAME_MS = windows.FRAME_MS
+MISMATCH_NOTE_S = 0.1            # stream ends further apart than this are reported
 _PHASE_MS = np.array([12.5 * (windows.mel_start(p) - 3.2 * p) for p in range(5)])
 
 
@@ -65,9 +66,17 @@ class QCOptions:
   fit_ms: float = 20.0           # half-width of the parabola fit around the peak
   max_faces: int = 4             # faces tracked at once
   detect_every: int = 1          # run the face landmarker on every n-th frame
-  face_frame: str = "lrs2"       # box models: where faces sit in the training frames
+  # Box-crop models: "fixed" = the picture is the face crop the model was trained on (LRS2
+  # or VoxCeleb2 style face-cropped video); a FACE_FRAMES name = find faces in a wider
+  # picture and place such a crop on each. Landmark models ignore it.
+  face_frame: str = "fixed"
   drift_min_ms: float = 20.0     # change over the file below this is "stable"
   chunk_frames: int = 50         # frames decoded per step
+  # A lip window is measured when at most this many of its 5 frames repeat the picture
+  # before them (dropped frames of a variable-rate file, sources under 25 fps): 2 keeps
+  # 15 fps webcams measurable (3 of 5 pictures their own), more would feed the model
+  # mostly frozen mouths.
+  max_held: int = 2
 
   def check(self) -> None:
     k = self.window_s / self.hop_s
@@ -96,293 +105,563 @@ class _Blocks:
       d["hist"][best] += 1
     d["n"][0] += 1
 
+  def forget(self, before: int) -> None:
+    """Drops blocks before ``before`` (a live monitor's memory stays flat)."""
+    for key in [k for k in self.data if k[1] < before]:
+      del self.data[key]
+
+
+class _Lane:
+  """One version of the source's audio (delayed by ``shift`` video frames, as
+  ``features.shift_audio`` does): its mel, audio embeddings, speech levels and evidence.
+
+  Real sound occupies samples ``start .. end`` of the lane's clock (``end`` is known when
+  the source ends); audio windows that read outside it (a late start, an audio stream that
+  ends before the video, samples a shift moved in) are never scored: silence made up by
+  the reader is not evidence.
+  """
+
+  def __init__(self, shift: int, n_fine: int, n_whole: int, hop_f: int):
+    self.shift = int(shift)
+    self.delay = int(round(self.shift * windows.SAMPLE_RATE / FPS))
+    self.hop_f = hop_f
+    self.mel_stream = stream.MelStream()
+    self.mel_buf, self.mel_base = np.zeros((80, 0), np.float32), 0   # mel frames from mel_base
+    self.a_buf, self.a_base = np.zeros((0, 0), np.float32), 0        # unit audio embeddings
+    self.blocks = _Blocks(n_fine, n_whole)
+    self.speech: dict[int, np.ndarray] = {}      # block -> histogram of 12.5 ms levels (dB)
+    self.rms_hist = np.zeros(120)                # hop levels in dB, -120..0, whole source
+    self.vad_tail = np.zeros(0, np.float32)
+    self.vad_count = 0                           # 200-sample hops measured so far
+    self.raw = 0                                 # source samples received
+    self.lead = 0                                # silence the reader put in front
+    self.end: int | None = None                  # end of real sound (lane clock), at finish
+    self.positions = 0                           # positions with real sound in reach
+
+  @property
+  def start(self) -> int:
+    """First sample of real sound on the lane's clock."""
+    return max(0, self.lead + self.delay)
+
+  def push(self, x: np.ndarray) -> np.ndarray:
+    """Source samples in; returns the lane's samples (shifted)."""
+    if self.delay > 0 and self.raw == 0 and x.size:
+      y = np.concatenate([np.zeros(self.delay, np.float32), x])
+    elif self.delay < 0:
+      drop = max(0, min(x.size, -self.delay - self.raw))
+      y = x[drop:]
+    else:
+      y = x
+    self.raw += x.size
+    return y
+
+  def valid_windows(self, video_samples: int | None) -> tuple[int, float]:
+    """Audio windows ``[lo, hi)`` (by first mel frame) that read real sound only.
+
+    A window starting at mel frame ``m`` reads samples ``200 m - 400 .. 200 (m + 15) + 400``.
+    The file's own edges (sound from the first frame, or running past the last) are the
+    training data's edges too and stay valid."""
+    lo = 0 if self.start == 0 else -(-(self.start + 400) // 200)
+    hi = math.inf
+    if self.end is not None and video_samples is not None and self.end < video_samples:
+      hi = (self.end - 400) // 200 - windows.MEL_WINDOW + 2
+    return lo, hi
+
+  def vad(self, x: np.ndarray) -> None:
+    """Levels of 12.5 ms hops, per block and for the whole source."""
+    x = np.concatenate([self.vad_tail, x])
+    n = x.size // 200
+    if n:
+      e = x[:n * 200].reshape(n, 200)
+      db = 10 * np.log10(np.mean(e * e, axis=1) + 1e-12)
+      bins = np.clip((-db).astype(int), 0, 119)
+      blk = ((self.vad_count + np.arange(n)) * 200 // (640 * self.hop_f)).astype(int)
+      for b in np.unique(blk):
+        h = self.speech.setdefault(int(b), np.zeros(120, np.int32))
+        np.add.at(h, bins[blk == b], 1)
+      # Made-up silence (a late start) says nothing about the room's noise floor.
+      real = (self.vad_count + np.arange(n)) * 200 >= self.start
+      np.add.at(self.rms_hist, bins[real], 1)
+      self.vad_count += n
+    self.vad_tail = x[n * 200:]
+
+  def forget(self, before_block: int) -> None:
+    self.blocks.forget(before_block)
+    for b in [b for b in self.speech if b < before_block]:
+      del self.speech[b]
+
+
+class Evidence:
+  """The one analysis of a source, as it streams: per face track and per ``hop_s`` block,
+  the similarity of every 5-frame lip window with the audio windows 0..+-15 frames away at
+  every mel frame (see the module docstring). ``push`` chunks of ``media.Reader`` (or of a
+  live reader), then ``finish``; ``Analyzer.summarise`` turns it into answers.
+
+  ``shifts`` analyses several versions of the audio at once (each delayed by that many
+  frames, ``_Lane``); the pictures are decoded, tracked and embedded once.
+  """
+
+  def __init__(self, analyzer: "Analyzer", info: media.StreamInfo, shifts: Sequence[int] = (0,),
+               name: str = ""):
+    o = analyzer.options
+    self.analyzer, self.options, self.info, self.name = analyzer, o, info, name
+    self.embedder = analyzer.embedder
+    self.maxk = o.max_offset_frames
+    self.max_s = windows.mel_start(self.maxk)          # mel frames of maxk video frames
+    self.n_fine = 2 * self.max_s + 1
+    self.whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + self.max_s
+                                for k in range(-self.maxk, self.maxk + 1)] for p in range(5)])
+    self.hop_f = int(round(o.hop_s * FPS))
+    self.win_blocks = int(round(o.window_s / o.hop_s))
+    self.lanes = [_Lane(k, self.n_fine, 2 * self.maxk + 1, self.hop_f) for k in shifts]
+    self.lips = analyzer.lip_source()
+    self.observer = (tracking.FaceObserver(o.max_faces) if self.lips.needs_faces else None)
+    self.shots = tracking.ShotDetector()
+    self.frame_buf: list[np.ndarray] = []
+    self.held_buf: list[bool] = []
+    self.buf_base = 0                  # frame number of frame_buf[0]
+    self.cropped = 0                   # frames cut into lips so far
+    self.tails: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}  # track -> (next, crops, held)
+    self.pending: list[tuple[int, int, np.ndarray]] = []   # (track, position, video embedding)
+    self.vid_queue: list[tuple[list, np.ndarray]] = []     # windows waiting for a full chunk
+    self.cuts: list[int] = []
+    self.num_frames = 0
+    self.held_frames = 0
+    self.windows_held = 0              # lip windows skipped for held frames
+    self.finished = False
+
+  # --- audio -------------------------------------------------------------------------------
+  def _embed_audio(self, lane: _Lane, final: bool) -> None:
+    chunk = self.embedder.chunk
+    start = lane.a_base + lane.a_buf.shape[0]
+    stop = lane.mel_base + lane.mel_buf.shape[1] - windows.MEL_WINDOW + 1
+    if final:                                  # windows past the end read silence
+      stop = lane.mel_base + lane.mel_buf.shape[1]
+    else:   # whole embedder chunks only: a padded chunk costs a full one
+      stop = start + (stop - start) // chunk * chunk
+    if stop <= start:
+      return
+    mel = lane.mel_buf
+    if final:
+      mel = np.pad(mel, ((0, 0), (0, windows.MEL_WINDOW)), constant_values=features.MEL_SILENCE)
+    idx = np.arange(start, stop) - lane.mel_base
+    win = mel[:, idx[:, None] + np.arange(windows.MEL_WINDOW)].transpose(1, 0, 2)
+    a = _unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
+    lane.a_buf = a if lane.a_buf.size == 0 else np.concatenate([lane.a_buf, a])
+
+  def _score(self, final: bool) -> None:
+    max_s = self.max_s
+    video_samples = self.num_frames * 640 if final else None
+    bounds = [lane.valid_windows(video_samples) for lane in self.lanes]
+    have = min(lane.a_base + lane.a_buf.shape[0] for lane in self.lanes)
+    keep = []
+    for tr, p, v in self.pending:
+      m0 = windows.mel_start(p)
+      if not final and m0 + max_s >= have:
+        keep.append((tr, p, v))
+        continue
+      lo, hi = m0 - max_s, m0 + max_s + 1
+      for lane, (vlo, vhi) in zip(self.lanes, bounds):
+        a = max(lo, lane.a_base, vlo)
+        b = min(hi, lane.a_base + lane.a_buf.shape[0], vhi)
+        if a >= b:          # no real sound within reach of this window
+          continue
+        curve = np.full(self.n_fine, np.nan)
+        curve[a - lo:b - lo] = lane.a_buf[a - lane.a_base:b - lane.a_base] @ v
+        whole = curve[self.whole_idx[p % 5]]
+        best = int(np.nanargmax(whole)) if np.isfinite(whole).any() else None
+        lane.blocks.add(tr, p // self.hop_f, p % 5, curve, best)
+    self.pending = keep
+
+  # --- pictures ------------------------------------------------------------------------------
+  def _embed_video(self, final: bool) -> None:
+    # Whole embedder chunks only (as _embed_audio), the rest waits for the next call.
+    n = sum(len(ow) for ow, _ in self.vid_queue)
+    take = n if final else n // self.embedder.chunk * self.embedder.chunk
+    if take == 0:
+      return
+    owners = [x for ow, _ in self.vid_queue for x in ow]
+    wins = np.concatenate([w for _, w in self.vid_queue])
+    v = _unit(self.embedder.video(wins[:take]))
+    self.pending.extend((tid, p, v[i]) for i, (tid, p) in enumerate(owners[:take]))
+    self.vid_queue.clear()
+    if take < n:
+      self.vid_queue.append((owners[take:], wins[take:]))
+
+  def _cut_lips(self, upto: int, final: bool = False) -> None:
+    if upto <= self.cropped:
+      self._embed_video(final)
+      return
+    lo, w = self.cropped, windows.WINDOW_FRAMES
+    held = np.array(self.held_buf[lo - self.buf_base:upto - self.buf_base], bool)
+    got = self.lips.crops_for(lo, upto, self.frame_buf[lo - self.buf_base:upto - self.buf_base])
+    vids, owners = [], []
+    for tid, (idx, cr) in got.items():
+      nxt, tail, tail_held = self.tails.get(
+          tid, (-1, np.zeros((0, *cr.shape[1:]), np.uint8), np.zeros(0, bool)))
+      if nxt != idx[0]:                          # a new track (or a gap): no tail
+        tail, tail_held = tail[:0], tail_held[:0]
+      seq = np.concatenate([tail, cr])
+      seq_held = np.concatenate([tail_held, held[idx - lo]])
+      first = idx[0] - tail.shape[0]
+      n = seq.shape[0] - w + 1
+      if n > 0:
+        # A window is measured when at most ``max_held`` of its frames repeat the picture
+        # before them; its frames stay where their timestamps put them either way.
+        n_held = np.convolve(seq_held.astype(int), np.ones(w, int), "valid")
+        ok = n_held <= self.options.max_held
+        self.windows_held += int((~ok).sum())
+        if ok.any():
+          vids.append(windows.video_windows(seq)[ok])
+          owners += [(tid, first + i) for i in np.flatnonzero(ok)]
+      self.tails[tid] = (idx[-1] + 1, seq[-(w - 1):], seq_held[-(w - 1):])
+    if vids:
+      self.vid_queue.append((owners, np.concatenate(vids)))
+    self._embed_video(final)
+    self.cropped = upto
+    drop = self.cropped - self.buf_base
+    del self.frame_buf[:drop]
+    del self.held_buf[:drop]
+    self.buf_base += drop
+    self.lips.prune(self.cropped)
+
+  # --- the stream ----------------------------------------------------------------------------
+  def push(self, ch: media.Chunk) -> None:
+    """Adds one chunk of frames and audio; analyses what became complete."""
+    o = self.options
+    for lane in self.lanes:
+      if ch.audio.size and lane.raw == 0:
+        lane.lead = int(ch.audio_lead)
+      x = lane.push(ch.audio)
+      lane.vad(x)
+      m = lane.mel_stream.push(x)
+      lane.mel_buf = np.concatenate([lane.mel_buf, m], axis=1)
+    held = ch.held if ch.held is not None else np.zeros(len(ch.frames), bool)
+    for i, frame in enumerate(ch.frames):
+      t = ch.start + i
+      cut = self.shots.is_cut(frame)
+      if cut:
+        self.cuts.append(t)
+        if self.observer is not None:
+          self.observer.reset()
+      faces = []
+      if self.observer is not None and (t % o.detect_every == 0 or cut):
+        faces = self.observer.observe(frame)
+      self.lips.update(t, faces, cut)
+      self.frame_buf.append(frame)
+      self.held_buf.append(bool(held[i]))
+    self.held_frames += int(held.sum())
+    self.num_frames = ch.start + len(ch.frames)
+    if self.lips.lookahead is not None:
+      self._cut_lips(max(self.cropped, self.num_frames - self.lips.lookahead))
+    for lane in self.lanes:
+      self._embed_audio(lane, final=False)
+    self._score(final=False)
+    self._forget_audio()
+
+  def _forget_audio(self) -> None:
+    """Forgets audio embeddings and mel that no pending or future window needs."""
+    oldest = min([p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
+                 + [max(0, self.cropped - windows.WINDOW_FRAMES)])
+    need = windows.mel_start(oldest) - self.max_s
+    for lane in self.lanes:
+      if need > lane.a_base:
+        drop = min(need - lane.a_base, lane.a_buf.shape[0])
+        lane.a_buf, lane.a_base = lane.a_buf[drop:], lane.a_base + drop
+      keep_mel = lane.a_base + lane.a_buf.shape[0]
+      if keep_mel > lane.mel_base:
+        lane.mel_buf = lane.mel_buf[:, keep_mel - lane.mel_base:]
+        lane.mel_base = keep_mel
+
+  def finish(self) -> None:
+    """The source ended: analyses the rest (windows past the end of the sound are not
+    scored)."""
+    if self.finished:
+      return
+    self.finished = True
+    try:
+      for lane in self.lanes:
+        # Real sound ends where the source's samples end, moved by the lane's shift.
+        lane.end = lane.raw + lane.delay
+      for tr in self.lips.tracks:
+        tr.ended = True
+      self._cut_lips(self.num_frames, final=True)
+      for lane in self.lanes:
+        m = lane.mel_stream.finish(self.num_frames)
+        lane.mel_buf = np.concatenate([lane.mel_buf, m], axis=1)
+        self._embed_audio(lane, final=True)
+      self._score(final=True)
+    finally:
+      self.close()
+
+  def close(self) -> None:
+    if self.observer is not None:
+      self.observer.close()
+      self.observer = None
+
+  def forget(self, before_block: int) -> None:
+    """Drops the evidence of blocks before ``before_block`` (live monitoring)."""
+    for lane in self.lanes:
+      lane.forget(before_block)
+
+  # --- reading it ----------------------------------------------------------------------------
+  def speech_threshold(self, lane: _Lane) -> float:
+    """Speech: above ``vad_db`` and ``vad_above_floor_db`` above the noise floor (the 10th
+    percentile level of the real sound)."""
+    o = self.options
+    cum = np.cumsum(lane.rms_hist[::-1])          # from the quietest bin up
+    floor = -float(119 - np.searchsorted(cum, 0.1 * cum[-1])) if cum[-1] else -120.0
+    return max(o.vad_db, floor + o.vad_above_floor_db)
+
+  def overlap_s(self, lane: _Lane) -> float:
+    """Seconds of video that have real sound (after ``finish``)."""
+    video = self.num_frames * 640
+    end = min(video, lane.end if lane.end is not None else video)
+    return max(0, end - lane.start) / windows.SAMPLE_RATE
+
+  def segment(self, lane: _Lane, first_block: int, num_blocks: int, thr: float) -> dict:
+    """The estimate over blocks ``first_block ..`` (at most ``num_blocks``): the speaking
+    face (the track with the highest confidence among those with lips in ``min_face`` of
+    the positions), its offset, and why it is not measurable when it is not."""
+    o = self.options
+    n_total = max(0, self.num_frames - windows.WINDOW_FRAMES + 1)
+    n_blocks = max(1, math.ceil(n_total / self.hop_f))
+    bl = range(first_block, min(first_block + num_blocks, n_blocks))
+    # Bin i holds levels in (-i - 1, -i] dB: speech where -i > thr.
+    hist = sum((lane.speech[b] for b in bl if b in lane.speech), np.zeros(120, np.int64))
+    speech_frac = (float(hist[:max(0, math.ceil(-thr))].sum() / hist.sum())
+                   if hist.sum() else 0.0)
+    n_pos = sum(max(0, min(self.hop_f, n_total - b * self.hop_f)) for b in bl)
+    tracks = sorted({tr for tr, b in lane.blocks.data if b in bl})
+    best = None
+    for tr in tracks:
+      parts = [p for p in (lane.blocks.data.get((tr, b)) for b in bl) if p is not None]
+      face_frac = float(sum(p["n"][0] for p in parts) / max(1, n_pos))
+      est = _estimate(parts, self.whole_idx, self.max_s, o.fit_ms)
+      if est is None:
+        continue
+      est |= {"track": tr, "face_fraction": round(face_frac, 3)}
+      if face_frac >= o.min_face and (best is None or est["confidence"] > best["confidence"]):
+        best = est
+    seg = {"start_s": first_block * self.hop_f / FPS,
+           "end_s": (first_block + num_blocks) * self.hop_f / FPS,
+           "speech_fraction": round(speech_frac, 3)}
+    t0, t1 = seg["start_s"] * windows.SAMPLE_RATE, seg["end_s"] * windows.SAMPLE_RATE
+    no_audio = lane.start >= t1 or (lane.end is not None and lane.end <= t0)
+    reason = None
+    if no_audio:
+      reason = "no audio"
+    elif best is None:
+      reason = "no face"
+    elif speech_frac < o.min_speech:
+      reason = "no speech"
+    elif best["at_search_edge"]:
+      # The best whole frame is the last one searched: the true peak may lie beyond the
+      # range, or there is none; either way this is not a measurement.
+      reason = "uncertain"
+    if best is not None:
+      seg |= best
+    else:
+      seg |= {"offset_ms": None, "offset_frames": None, "uncertainty_ms": None,
+              "confidence": None, "track": None, "face_fraction": 0.0}
+    seg["measurable"] = reason is None
+    seg["reason"] = reason
+    seg["blocks"] = [first_block, bl.stop]
+    return seg
+
 
 class Analyzer:
-  """A loaded model and the QC options; ``analyze(path)`` for each file."""
+  """A loaded model and the analysis options; ``analyze(path)`` for each file."""
 
   def __init__(self, checkpoint: str | pathlib.Path | None = None,
-               options: QCOptions | None = None, layout: str = "auto", progress: bool = False):
+               options: QCOptions | None = None, layout: str = "auto", progress: bool = False,
+               detector: Any | None = None):
     from modeformer_jax import offsets
     self.options = options or QCOptions()
     self.options.check()
     self.progress = progress
-    det = offsets.load_detector(checkpoint, layout=layout)
+    det = detector if detector is not None else offsets.load_detector(checkpoint, layout=layout)
     self.checkpoint, self.crop, self.embedder = det.checkpoint, det.crop, det.embedder
-    tracking.Tracker(self.crop, face_frame=self.options.face_frame)   # fails early if unsupported
+    self.lip_source()     # fails early if the crop is not supported
+
+  def lip_source(self) -> Any:
+    """Where lips come from: face tracks (landmark crops, box crops placed on found faces)
+    or the whole picture (a box model on face-cropped video, Haar models)."""
+    o = self.options
+    if self.crop.method == "haar" or (self.crop.method == "box" and o.face_frame == "fixed"):
+      return tracking.FrameLips(self.crop)
+    return tracking.Tracker(self.crop, face_frame=o.face_frame)
 
   # ---------------------------------------------------------------------------------------
-  def analyze(self, path: str | pathlib.Path, progress: bool | None = None) -> dict[str, Any]:
+  def analyze(self, path: str | pathlib.Path, progress: bool | None = None,
+              audio_shift_frames: int = 0) -> dict[str, Any]:
     """Measures one file (see the module docstring); raises ``FeatureError`` on bad input.
 
     ``progress`` (default: the analyzer's) shows a bar over the file's frames with an ETA.
+    ``audio_shift_frames`` delays the audio first (an injected offset, for tests and benches).
     """
-    o = self.options
+    return self.analyze_shifts(path, [audio_shift_frames], progress)[0]
+
+  def analyze_shifts(self, path: str | pathlib.Path, shifts: Sequence[int],
+                     progress: bool | None = None) -> list[dict[str, Any]]:
+    """``analyze`` with the audio delayed by each of ``shifts`` frames, in one pass over the
+    pictures (decoded, tracked and embedded once). Each result gains ``injected``."""
     progress = self.progress if progress is None else progress
     path = str(path)
     t_start = time.perf_counter()
     reader = media.Reader(path)
     info = reader.info
-    maxk = o.max_offset_frames
-    max_s = windows.mel_start(maxk)              # mel frames of maxk video frames
-    n_fine = 2 * max_s + 1
-    whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + max_s
-                           for k in range(-maxk, maxk + 1)] for p in range(5)])
-    hop_f, win_blocks = int(round(o.hop_s * FPS)), int(round(o.window_s / o.hop_s))
-    blocks = _Blocks(n_fine, 2 * maxk + 1)
-    speech: dict[int, np.ndarray] = {}           # block -> histogram of 12.5 ms levels (dB)
-    observer = tracking.FaceObserver(o.max_faces)
-    shots = tracking.ShotDetector()
-    tracker = tracking.Tracker(self.crop, face_frame=o.face_frame)
-    mel_stream = stream.MelStream()
-    mel_buf, mel_base = np.zeros((80, 0), np.float32), 0      # mel frames from mel_base
-    a_buf, a_base = np.zeros((0, 0), np.float32), 0           # unit audio embeddings from a_base
-    frame_buf: list[np.ndarray] = []
-    buf_base = 0                                  # frame number of frame_buf[0]
-    cropped = 0                                   # frames cut into lips so far
-    tails: dict[int, tuple[int, np.ndarray]] = {}  # track -> (next frame, last 4 crops)
-    pending: list[tuple[int, int, np.ndarray]] = []  # (track, position, unit video embedding)
-    vid_queue: list[tuple[list, np.ndarray]] = []     # video windows waiting for a full chunk
-    vad_tail = np.zeros(0, np.float32)
-    vad_count = 0                                 # 200-sample hops measured so far
-    rms_hist = np.zeros(120)                      # histogram of hop levels in dB, -120..0
-    cuts: list[int] = []
-    t_next = 0
+    ev = Evidence(self, info, shifts, name=pathlib.Path(path).name)
     bar = None
     if progress:
       from tqdm import tqdm
       total = int(info.duration * FPS) if info.duration else None
       bar = tqdm(total=total, unit="frame", desc=pathlib.Path(path).name, leave=False)
-
-    def embed_audio(final: bool) -> None:
-      nonlocal a_buf, a_base, mel_buf, mel_base
-      start = a_base + a_buf.shape[0]
-      stop = mel_base + mel_buf.shape[1] - windows.MEL_WINDOW + 1
-      if final:                                  # windows past the end read silence
-        stop = mel_base + mel_buf.shape[1]
-      if not final:   # whole embedder chunks only: a padded chunk costs a full one
-        stop = start + (stop - start) // self.embedder.chunk * self.embedder.chunk
-      if stop <= start:
-        return
-      mel = mel_buf
-      if final:
-        mel = np.pad(mel_buf, ((0, 0), (0, windows.MEL_WINDOW)),
-                     constant_values=features.MEL_SILENCE)
-      idx = np.arange(start, stop) - mel_base
-      win = mel[:, idx[:, None] + np.arange(windows.MEL_WINDOW)].transpose(1, 0, 2)
-      a = _unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
-      a_buf = a if a_buf.size == 0 else np.concatenate([a_buf, a])
-
-    def score(final: bool) -> None:
-      nonlocal pending
-      have = a_base + a_buf.shape[0]
-      keep = []
-      for tr, p, v in pending:
-        m0 = windows.mel_start(p)
-        if not final and m0 + max_s >= have:
-          keep.append((tr, p, v))
-          continue
-        lo, hi = m0 - max_s, m0 + max_s + 1
-        curve = np.full(n_fine, np.nan)
-        a, b = max(lo, a_base), min(hi, have)
-        if a < b:
-          curve[a - lo:b - lo] = a_buf[a - a_base:b - a_base] @ v
-        whole = curve[whole_idx[p % 5]]
-        best = int(np.nanargmax(whole)) if np.isfinite(whole).any() else None
-        blocks.add(tr, p // hop_f, p % 5, curve, best)
-      pending = keep
-
-    def embed_video(final: bool) -> None:
-      # Whole embedder chunks only (as embed_audio), the rest waits for the next call.
-      n = sum(len(ow) for ow, _ in vid_queue)
-      take = n if final else n // self.embedder.chunk * self.embedder.chunk
-      if take == 0:
-        return
-      owners = [x for ow, _ in vid_queue for x in ow]
-      wins = np.concatenate([w for _, w in vid_queue])
-      v = _unit(self.embedder.video(wins[:take]))
-      pending.extend((tid, p, v[i]) for i, (tid, p) in enumerate(owners[:take]))
-      vid_queue.clear()
-      if take < n:
-        vid_queue.append((owners[take:], wins[take:]))
-
-    def cut_lips(upto: int, final: bool = False) -> None:
-      nonlocal cropped, frame_buf, buf_base
-      if upto <= cropped:
-        embed_video(final)
-        return
-      got = tracker.crops_for(cropped, upto, frame_buf[cropped - buf_base:upto - buf_base])
-      vids, owners = [], []
-      for tid, (idx, cr) in got.items():
-        nxt, tail = tails.get(tid, (-1, np.zeros((0, *cr.shape[1:]), np.uint8)))
-        if nxt != idx[0]:                          # a new track (or a gap): no tail
-          tail = tail[:0]
-        seq = np.concatenate([tail, cr])
-        first = idx[0] - tail.shape[0]
-        n = seq.shape[0] - windows.WINDOW_FRAMES + 1
-        if n > 0:
-          vids.append(windows.video_windows(seq))
-          owners += [(tid, first + i) for i in range(n)]
-        tails[tid] = (idx[-1] + 1, seq[-(windows.WINDOW_FRAMES - 1):])
-      if vids:
-        vid_queue.append((owners, np.concatenate(vids)))
-      embed_video(final)
-      cropped = upto
-      drop = cropped - buf_base
-      del frame_buf[:drop]
-      buf_base += drop
-      tracker.prune(cropped)
-
-    def vad(x: np.ndarray) -> None:
-      nonlocal vad_tail, vad_count
-      x = np.concatenate([vad_tail, x])
-      n = x.size // 200
-      if n:
-        e = x[:n * 200].reshape(n, 200)
-        db = 10 * np.log10(np.mean(e * e, axis=1) + 1e-12)
-        bins = np.clip((-db).astype(int), 0, 119)
-        blk = ((vad_count + np.arange(n)) * 200 // (640 * hop_f)).astype(int)
-        for b in np.unique(blk):
-          h = speech.setdefault(int(b), np.zeros(120, np.int32))
-          np.add.at(h, bins[blk == b], 1)
-        np.add.at(rms_hist, bins, 1)
-        vad_count += n
-      vad_tail = x[n * 200:]
-
     try:
       # Fewer frames per chunk for large pictures: a chunk is held about three times
       # (decoder output, the stacked chunk, the crop delay), ~128 MB a copy at most.
-      chunk = max(10, min(o.chunk_frames, int(128e6 // (3 * info.width * info.height))))
-      reader.chunk_frames = chunk
+      reader.chunk_frames = max(10, min(self.options.chunk_frames,
+                                        int(128e6 // (3 * info.width * info.height))))
       for ch in reader.chunks():
-        vad(ch.audio)
-        m = mel_stream.push(ch.audio)
-        mel_buf = np.concatenate([mel_buf, m], axis=1)
-        for i, frame in enumerate(ch.frames):
-          t = ch.start + i
-          cut = shots.is_cut(frame)
-          if cut:
-            cuts.append(t)
-            observer.reset()
-          faces = observer.observe(frame) if t % o.detect_every == 0 or cut else []
-          tracker.update(t, faces, cut)
-          frame_buf.append(frame)
-        t_next = ch.start + len(ch.frames)
-        cut_lips(max(cropped, t_next - tracker.lookahead))
-        embed_audio(final=False)
-        score(final=False)
-        # Forget audio embeddings and mel no pending or future window needs.
-        oldest = min([p for _, p, _ in pending] + [p for ow, _ in vid_queue for _, p in ow]
-                     + [max(0, cropped - windows.WINDOW_FRAMES)])
-        need = windows.mel_start(oldest) - max_s
-        if need > a_base:
-          drop = min(need - a_base, a_buf.shape[0])
-          a_buf, a_base = a_buf[drop:], a_base + drop
-        keep_mel = a_base + a_buf.shape[0]
-        if keep_mel > mel_base:
-          mel_buf, mel_base = mel_buf[:, keep_mel - mel_base:], keep_mel
+        _named(path, ev.push, ch)
         if bar is not None:
           bar.update(len(ch.frames))
-      if t_next < features.MIN_FRAMES:
-        raise FeatureError(path, "too_short", f"{t_next} frames at {FPS} fps, need at least "
-                           f"{features.MIN_FRAMES}")
-      for tr in tracker.tracks:
-        tr.ended = True
-      cut_lips(t_next, final=True)
-      m = mel_stream.finish(t_next)
-      mel_buf = np.concatenate([mel_buf, m], axis=1)
-      embed_audio(final=True)
-      score(final=True)
+      if reader.audio_samples <= int(round(reader.audio_lead_s * windows.SAMPLE_RATE)):
+        raise FeatureError(path, "no_audio", "audio stream has no decodable samples")
+      declared = info.declared_video_s
+      if declared is not None and reader.duration + max(
+          media.TRUNCATION_SLACK_S, media.TRUNCATION_SLACK_FRAC * declared) < declared:
+        raise FeatureError(path, "corrupt", f"truncated: decoded {reader.duration:.2f} s of "
+                           f"video, the stream declares {declared:.2f} s")
+      if ev.num_frames < features.MIN_FRAMES:
+        raise FeatureError(path, "too_short", f"{ev.num_frames} frames at {FPS} fps, need "
+                           f"at least {features.MIN_FRAMES}")
+      _named(path, ev.finish)
     finally:
-      observer.close()
+      ev.close()
       if bar is not None:
         bar.close()
-    seen = tracker.summaries()
-    thumbs = {k: v["thumbnail"] for k, v in seen.items()}
-    mouths = {k: v["mouth"] for k, v in seen.items()}
-    result = self._summarise(path, info, t_next, blocks, speech, rms_hist, cuts, whole_idx,
-                             max_s, hop_f, win_blocks, thumbs, mouths)
-    result["audio_source"] = reader.audio.describe()
-    result["audio_note"] = reader.audio.note
-    wall = time.perf_counter() - t_start
-    result["timing"] = {"wall_s": round(wall, 2),
-                        "realtime_factor": round(t_next / FPS / wall, 2) if wall else None,
-                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                             / 1024, 1)}
-    return result
+    seen = ev.lips.summaries()
+    out = []
+    for lane in ev.lanes:
+      result = self.summarise(ev, lane, path, reader, seen)
+      wall = time.perf_counter() - t_start
+      result["timing"] = {"wall_s": round(wall, 2),
+                          "realtime_factor": round(ev.num_frames / FPS / wall, 2) if wall else None,
+                          "peak_rss_mb": round(resource.getrusage(
+                              resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+      if len(shifts) > 1 or lane.shift:
+        result["injected"] = lane.shift
+      out.append(result)
+    return out
 
   # ---------------------------------------------------------------------------------------
-  def _summarise(self, path, info, num_frames, blocks, speech, rms_hist, cuts, whole_idx,
-                 max_s, hop_f, win_blocks, thumbs, mouths) -> dict[str, Any]:
+  def summarise(self, ev: Evidence, lane: _Lane, path: str, reader: Any,
+                seen: dict[int, dict]) -> dict[str, Any]:
+    """Segments, the whole-file answer, drift, tolerances and tracks of one lane."""
     o = self.options
-    # Speech threshold: absolute, and above the file's noise floor (10th percentile level).
-    cum = np.cumsum(rms_hist[::-1])          # from the quietest bin up
-    floor = -float(119 - np.searchsorted(cum, 0.1 * cum[-1])) if cum[-1] else -120.0
-    thr = max(o.vad_db, floor + o.vad_above_floor_db)
-    n_blocks = max(1, math.ceil((num_frames - windows.WINDOW_FRAMES + 1) / hop_f))
-    n_segments = max(1, n_blocks - win_blocks + 1)
-    tracks = sorted({tr for tr, _ in blocks.data})
-    segs = []
-    for j in range(n_segments):
-      bl = range(j, min(j + win_blocks, n_blocks))
-      # Bin i holds levels in (-i - 1, -i] dB: speech where -i > thr.
-      hist = sum((speech[b] for b in bl if b in speech), np.zeros(120, np.int64))
-      speech_frac = float(hist[:max(0, math.ceil(-thr))].sum() / hist.sum()) if hist.sum() else 0.0
-      n_pos = sum(min(hop_f, num_frames - windows.WINDOW_FRAMES + 1 - b * hop_f) for b in bl)
-      best = None
-      for tr in tracks:
-        parts = [blocks.data.get((tr, b)) for b in bl]
-        parts = [p for p in parts if p is not None]
-        if not parts:
-          continue
-        face_frac = float(sum(p["n"][0] for p in parts) / max(1, n_pos))
-        est = _estimate(parts, whole_idx, max_s, o.fit_ms)
-        if est is None:
-          continue
-        est |= {"track": tr, "face_fraction": round(face_frac, 3)}
-        if face_frac >= o.min_face and (best is None or est["confidence"] > best["confidence"]):
-          best = est
-      seg = {"start_s": j * hop_f / FPS, "end_s": (j * hop_f + win_blocks * hop_f) / FPS,
-             "speech_fraction": round(speech_frac, 3)}
-      reason = None
-      if best is None:
-        reason = "no face"
-      elif speech_frac < o.min_speech:
-        reason = "no speech"
-      if best is not None:
-        seg |= best
-      else:
-        seg |= {"offset_ms": None, "offset_frames": None, "uncertainty_ms": None,
-                "confidence": None, "track": None, "face_fraction": 0.0}
-      seg["measurable"] = reason is None
-      seg["reason"] = reason
+    info = reader.info
+    num_frames = ev.num_frames
+    audio_s = max(0, (lane.end or 0) - lane.start) / windows.SAMPLE_RATE
+    video_s = num_frames / FPS
+    overlap = ev.overlap_s(lane)
+    if overlap * FPS < features.MIN_FRAMES:
+      raise FeatureError(path, "too_short", f"audio and video overlap for {overlap:.2f} s "
+                         f"(video {video_s:.2f} s, sound from {lane.start / 16000:.2f} s to "
+                         f"{(lane.end or 0) / 16000:.2f} s); need "
+                         f"{features.MIN_FRAMES / FPS:.2f} s ({features.MIN_FRAMES} frames)")
+    thr = ev.speech_threshold(lane)
+    n_blocks = max(1, math.ceil((num_frames - windows.WINDOW_FRAMES + 1) / ev.hop_f))
+    n_segments = max(1, n_blocks - ev.win_blocks + 1)
+    segs = [ev.segment(lane, j, ev.win_blocks, thr) for j in range(n_segments)]
+    for seg in segs:
       # Only measurable segments carry an offset the verdicts may read.
-      seg["verdicts"] = tolerances.verdicts(seg["offset_ms"] if reason is None else None)
-      segs.append(seg)
+      seg["verdicts"] = tolerances.verdicts(seg["offset_ms"] if seg["measurable"] else None)
     good = [s for s in segs if s["measurable"]]
+    # Where the streams END relative to each other (a late start is reported on its own).
+    mismatch = round(video_s - lane.raw / windows.SAMPLE_RATE, 3)
+    streams = {
+        "video_s": round(video_s, 3), "audio_s": round(audio_s, 3),
+        "audio_starts_s": round(lane.start / windows.SAMPLE_RATE, 3),
+        "overlap_s": round(overlap, 3),
+        # Streams routinely end a frame or two apart (encoder priming, a cut on a picture).
+        "short": None if abs(mismatch) < MISMATCH_NOTE_S else ("audio" if mismatch > 0 else "video"),
+        "mismatch_s": mismatch,
+        "source_frames": reader.source_frames, "held_frames": ev.held_frames,
+        "unused_source_frames": reader.unused_frames, "windows_skipped_held": ev.windows_held,
+    }
     result: dict[str, Any] = {
         "name": pathlib.Path(path).name, "path": str(pathlib.Path(path).absolute()),
-        "duration_s": round(num_frames / FPS, 3), "source_fps": round(info.source_fps, 3),
+        "duration_s": round(video_s, 3), "source_fps": round(info.source_fps, 3),
         "resolution": [info.width, info.height], "model": self.checkpoint,
-
         "crop": self.crop.to_dict(), "options": dataclasses.asdict(o),
-        "speech_threshold_db": round(thr, 1), "shots": [c / FPS for c in cuts],
-        "segments": segs}
-    result["global"] = _global(good, len(segs), o)
-    result["drift"] = _drift(good, o, num_frames / FPS)
+        "speech_threshold_db": round(thr, 1), "shots": [c / FPS for c in ev.cuts],
+        "streams": streams, "segments": segs}
+    result["global"] = _whole(ev, lane, segs) | {
+        "measurable_segments": len(good), "num_segments": len(segs),
+        "segments_median_ms": (round(float(np.median([s["offset_ms"] for s in good])), 2)
+                               if good else None)}
+    result["drift"] = _drift(good, o, video_s)
     result["tolerances"] = tolerances.file_verdicts([s["offset_ms"] for s in good])
+    result["audio_source"] = reader.audio.describe()
+    result["audio_note"] = reader.audio.note
+    blocks = lane.blocks.data
     result["tracks"] = []
-    for tr in tracks:
+    for tr in sorted({t for t, _ in blocks}):
       won = [s for s in good if s["track"] == tr]
-      frames = [b for (t, b) in blocks.data if t == tr]
-      n_windows = int(sum(d["n"][0] for (t, _), d in blocks.data.items() if t == tr))
+      frames = [b for (t, b) in blocks if t == tr]
+      n_windows = int(sum(d["n"][0] for (t, _), d in blocks.items() if t == tr))
+      info_tr = seen.get(tr, {})
+      mouth = info_tr.get("mouth")
       result["tracks"].append({
-          "id": tr, "start_s": min(frames) * hop_f / FPS, "end_s": (max(frames) + 1) * hop_f / FPS,
+          "id": tr, "start_s": min(frames) * ev.hop_f / FPS,
+          "end_s": (max(frames) + 1) * ev.hop_f / FPS,
           "segments_won": len(won), "num_frames": n_windows + windows.WINDOW_FRAMES - 1,
           "offset_ms": float(np.median([s["offset_ms"] for s in won])) if won else None,
           "confidence": float(np.mean([s["confidence"] for s in won])) if won else None,
-          "mouth_xy": [round(v, 1) for v in mouths[tr]] if tr in mouths else None,
-          "thumbnail": _png64(thumbs.get(tr))})
+          "mouth_xy": [round(v, 1) for v in mouth] if mouth is not None else None,
+          "thumbnail": _png64(info_tr.get("thumbnail"))})
     return result
+
+
+def _named(path: str, fn, *args) -> None:
+  """Runs ``fn``; a ``FeatureError`` raised without a file name gets ``path``."""
+  try:
+    fn(*args)
+  except FeatureError as e:
+    if e.path:
+      raise
+    raise FeatureError(path, e.kind, e.reason) from e
+
+
+def _whole(ev: Evidence, lane: _Lane, segs: list[dict]) -> dict:
+  """The whole-file answer: the evidence of every block pooled, each block read on the face
+  that speaks in the segment centred nearest it (among segments with a face and speech), so
+  the plain answer and the timeline rest on the same windows."""
+  eligible = [s for s in segs if s["reason"] in (None, "uncertain")]
+  empty = {"offset_ms": None, "uncertainty_ms": None, "offset_frames": None,
+           "confidence": None, "track": None, "vote_fraction": None, "vote_frames": None}
+  if not eligible:
+    reasons = [s["reason"] for s in segs]
+    return empty | {"reason": max(set(reasons), key=reasons.count) if reasons else "no face"}
+  owner: dict[int, tuple[float, int]] = {}
+  for s in eligible:
+    b0, b1 = s["blocks"]
+    centre = (b0 + b1 - 1) / 2
+    for b in range(b0, b1):
+      d = abs(b - centre)
+      if b not in owner or d < owner[b][0]:
+        owner[b] = (d, s["track"])
+  parts = [lane.blocks.data[(tr, b)] for b, (_, tr) in sorted(owner.items())
+           if (tr, b) in lane.blocks.data]
+  est = _estimate(parts, ev.whole_idx, ev.max_s, ev.options.fit_ms, curves=True)
+  if est is None:
+    return empty | {"reason": "no face"}
+  tracks = [tr for _, tr in owner.values()]
+  est["track"] = max(set(tracks), key=tracks.count)
+  est["reason"] = "uncertain" if est["at_search_edge"] else None
+  est["num_positions"] = int(sum(p["n"][0] for p in parts))
+  return est
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -428,8 +707,11 @@ def subframe_peak(ms: np.ndarray, curve: np.ndarray, centre_ms: float, search_ms
 
 
 def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int,
-              fit_ms: float) -> dict | None:
-  """A segment's offset from its blocks' sums (whole frames, ms, jackknife uncertainty)."""
+              fit_ms: float, curves: bool = False) -> dict | None:
+  """An offset from blocks' sums (whole frames, ms, jackknife uncertainty); ``curves`` adds
+  the vote histogram and mean similarity per whole frame (the plain answer's plot)."""
+  if not parts:
+    return None
   sums = sum(p["sum"] for p in parts)
   cnt = sum(p["cnt"] for p in parts)
   hist = sum(p["hist"] for p in parts)
@@ -459,29 +741,15 @@ def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int,
   # The whole-frame answer is the frame nearest the sub-frame estimate: near a half frame
   # the per-position vote (kept as vote_frames) splits between the two neighbours, while
   # the ms estimate is good to a few ms.
-  return {"offset_frames": int(round(est / FRAME_MS)), "vote_frames": k,
-          "offset_ms": round(est, 2),
-          "uncertainty_ms": None if unc is None else round(unc, 2),
-          "confidence": round(conf, 4), "vote_fraction": round(float(hist[pick] / hist.sum()), 3)}
-
-
-def _global(good: list[dict], n_segments: int, o: QCOptions) -> dict:
-  out = {"measurable_segments": len(good), "num_segments": n_segments}
-  if not good:
-    return out | {"offset_ms": None, "uncertainty_ms": None, "offset_frames": None,
-                  "confidence": None, "track": None}
-  ms = np.array([s["offset_ms"] for s in good])
-  med = float(np.median(ms))
-  # Segments overlap by window/hop: only that many-th are independent.
-  n_ind = max(1.0, len(good) * o.hop_s / o.window_s)
-  mad = 1.4826 * float(np.median(np.abs(ms - med)))
-  spread = mad if mad > 0 else float(np.std(ms))
-  tracks = [s["track"] for s in good]
-  return out | {"offset_ms": round(med, 2),
-                "uncertainty_ms": round(1.2533 * spread / math.sqrt(n_ind), 2),
-                "offset_frames": int(round(med / FRAME_MS)),
-                "confidence": round(float(np.median([s["confidence"] for s in good])), 4),
-                "track": max(set(tracks), key=tracks.count)}
+  out = {"offset_frames": int(round(est / FRAME_MS)), "vote_frames": k,
+         "offset_ms": round(est, 2),
+         "uncertainty_ms": None if unc is None else round(unc, 2),
+         "confidence": round(conf, 4), "vote_fraction": round(float(hist[pick] / hist.sum()), 3),
+         # The vote's peak on the last frame searched is not a peak that was found.
+         "at_search_edge": bool(abs(k) == maxk)}
+  if curves:
+    out |= {"offsets": offs, "histogram": hist.astype(np.int64), "mean_curve": whole}
+  return out
 
 
 def _drift(good: list[dict], o: QCOptions, duration_s: float) -> dict:
@@ -518,6 +786,21 @@ def _drift(good: list[dict], o: QCOptions, duration_s: float) -> dict:
           "intercept_ms": round(float(icpt), 2), "verdict": verdict, "text": text}
 
 
+def _streams_note(entry: dict) -> str:
+  """What a person should know about the streams: a length mismatch, held frames."""
+  st = entry.get("streams") or {}
+  notes = []
+  if st.get("short"):
+    notes.append(f"{st['short']} ends {abs(st['mismatch_s']):.2f} s early; measured the "
+                 f"{st['overlap_s']:.2f} s where both exist")
+  if st.get("audio_starts_s"):
+    notes.append(f"sound starts {st['audio_starts_s']:.2f} s after the first picture")
+  if st.get("held_frames"):
+    notes.append(f"{st['held_frames']} frame(s) missing in the source (held), "
+                 f"{st.get('windows_skipped_held', 0)} lip window(s) skipped for them")
+  return "".join(f"; {n}" for n in notes)
+
+
 def describe(entry: dict) -> str:
   """One line per file for a person: global offset, drift and the EBU R37 verdict."""
   if "error" in entry:
@@ -525,10 +808,67 @@ def describe(entry: dict) -> str:
   g, d = entry.get("global") or {}, entry.get("drift") or {}
   n = f"{g.get('measurable_segments', 0)} of {g.get('num_segments', 0)} segments measurable"
   if g.get("offset_ms") is None:
-    return f"{entry['name']}: no measurable segment ({n})"
+    return f"{entry['name']}: no measurable offset: {g.get('reason') or 'no face'} ({n})"
   ms = g["offset_ms"]
   side = "audio late" if ms > 0 else ("audio early" if ms < 0 else "in sync")
   ebu = (entry.get("tolerances") or {}).get("EBU R37", {}).get("verdict", "unknown")
   audio = f"; audio: {entry['audio_note']}" if entry.get("audio_note") else ""
-  return (f"{entry['name']}: offset {ms:+.1f} ms +- {g['uncertainty_ms']:.1f} ({side}), "
-          f"{n}; drift: {d.get('text', 'unknown')}; EBU R37 {ebu}{audio}")
+  unc = "" if g.get("uncertainty_ms") is None else f" +- {g['uncertainty_ms']:.1f}"
+  return (f"{entry['name']}: offset {ms:+.1f} ms{unc} ({side}), "
+          f"{n}; drift: {d.get('text', 'unknown')}; EBU R37 {ebu}{audio}{_streams_note(entry)}")
+
+
+# ------------------------------------------------------------------------------------------
+# The plain answer (``detect`` without ``--qc``): the whole-file summary of the same analysis.
+# ------------------------------------------------------------------------------------------
+
+# Why a file has no whole-file answer -> the FeatureError kind plain ``detect`` reports.
+_REFUSALS = {"no face": "no_face", "no speech": "no_speech", "no audio": "no_audio"}
+
+
+def plain_answer(result: dict, name: str | None = None) -> dict:
+  """The whole-file answer of ``analyze``'s result, in frames and ms, with what the file
+  was (streams, audio choice, crop); ``--qc``'s ``global`` is the same estimate. Raises
+  ``FeatureError`` when the file has no measurable offset (no face, no speech, no audio)."""
+  g = result["global"]
+  if g.get("offset_ms") is None:
+    reason = g.get("reason") or "no face"
+    raise FeatureError(result["path"], _REFUSALS.get(reason, "no_face"),
+                       f"no measurable offset: {reason} in any "
+                       f"{result['options']['window_s']:g} s stretch")
+  keep = ("offset_frames", "offset_ms", "uncertainty_ms", "vote_frames", "confidence",
+          "vote_fraction", "histogram", "mean_curve", "offsets", "track", "num_positions",
+          "reason")
+  out = {k: g[k] for k in keep if k in g}
+  out |= {"name": name or result["path"], "num_frames": int(round(result["duration_s"] * FPS)),
+          "crop": result["crop"], "audio_source": result.get("audio_source", ""),
+          "audio_note": result.get("audio_note", ""), "streams": result.get("streams"),
+          "reliable": g.get("reason") is None}
+  if "injected" in result:
+    out["injected"] = result["injected"]
+  return out
+
+
+def detect_file(analyzer: Analyzer, path: str | pathlib.Path,
+                audio_shift_frames: int = 0) -> dict:
+  """Plain ``detect`` of one file: ``plain_answer(analyzer.analyze(path))``."""
+  return plain_answer(analyzer.analyze(path, audio_shift_frames=audio_shift_frames), str(path))
+
+
+def detect_shifted(analyzer: Analyzer, path: str | pathlib.Path,
+                   shifts: Sequence[int]) -> list[dict]:
+  """``[detect_file(analyzer, path, k) for k in shifts]`` in one pass over the pictures;
+  each answer gains ``injected``. A shift with no answer raises like ``detect_file``."""
+  return [plain_answer(r, str(path)) for r in analyzer.analyze_shifts(path, shifts)]
+
+
+def describe_plain(r: dict) -> str:
+  """One line for a person: the offset, its direction and the confidence."""
+  k = r["offset_frames"]
+  side = "audio late" if k > 0 else ("audio early" if k < 0 else "in sync")
+  audio = f"; audio: {r['audio_note']}" if r.get("audio_note") else ""
+  unsure = ("; uncertain: the best match is at the edge of the +-15 frame search"
+            if not r.get("reliable", True) else "")
+  return (f"{r['name']}: offset {k:+d} frames ({r['offset_ms']:+.0f} ms, {side}), "
+          f"confidence {r['confidence']:.3f}, {r['vote_fraction']:.0%} of frames agree"
+          f"{unsure}{audio}{_streams_note(r)}")

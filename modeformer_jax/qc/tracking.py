@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from modeformer_jax import crops
+from modeformer_jax.features import FeatureError
 from modeformer_jax.input_spec import LIP_SIZE, CropSpec
 
 # Mouth x, mouth y and IOD as fractions of a face-cropped frame's side, by FaceMesh
@@ -125,15 +126,18 @@ class Track:
 class Tracker:
   """Links faces into tracks and cuts lip crops from them (see the module docstring)."""
 
+  needs_faces = True      # the analysis runs the face landmarker for it
+
   def __init__(self, crop: CropSpec, max_gap: int = 12, link_iod: float = 1.0,
                face_frame: str = "lrs2"):
     if crop.method == "haar":
       raise ValueError("sync QC crops lips from face landmarks; a model trained on Haar crops "
                        "is not supported (use a landmark or a box model)")
-    if face_frame not in FACE_FRAMES:
-      raise ValueError(f"unknown face_frame {face_frame!r}; expected one of {list(FACE_FRAMES)}")
+    if crop.method == "box" and face_frame not in FACE_FRAMES:
+      raise ValueError(f"unknown face_frame {face_frame!r} for tracking faces; expected one "
+                       f"of {list(FACE_FRAMES)} (or 'fixed': no tracking, FrameLips)")
     self.crop, self.max_gap, self.link_iod = crop, max_gap, link_iod
-    self.face_frame = FACE_FRAMES[face_frame]
+    self.face_frame = FACE_FRAMES.get(face_frame, FACE_FRAMES["lrs2"])
     opts = crop.options
     self.smooth = int(opts.get("smooth_frames", 5))
     self.lookahead = max_gap + self.smooth // 2 + 1
@@ -234,3 +238,46 @@ class Tracker:
         drop = min(keep - tr.base, len(tr.geom) - 1)
         del tr.geom[:drop]
         tr.base += drop
+
+
+class FrameLips:
+  """Lips cut from the whole picture, as one track: a box model on face-cropped video (the
+  training frames themselves: the box is cut every frame, no faces searched) or a Haar
+  model (``crops.lip_crop`` over the whole clip at the end, as its training data were cut,
+  so the clip is held in memory: Haar models are for short clips).
+
+  The same interface as ``Tracker`` for the analysis (``update``, ``crops_for``, ``prune``,
+  ``lookahead``, ``tracks``, ``summaries``).
+  """
+
+  needs_faces = False
+
+  def __init__(self, crop: CropSpec):
+    if crop.method not in ("box", "haar"):
+      raise ValueError(f"FrameLips cuts box or Haar crops, not {crop.method!r}")
+    self.crop = crop
+    # Box crops need no future frames; Haar tracks are smoothed over the whole clip.
+    self.lookahead: int | None = 0 if crop.method == "box" else None
+    self.tracks: list = []
+    self._thumbnail: np.ndarray | None = None
+
+  def update(self, t: int, faces: list, cut: bool) -> None:
+    """Nothing to follow: the picture is the face."""
+
+  def crops_for(self, lo: int, hi: int, frames) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Lip crops of frames ``lo .. hi - 1`` as track 0."""
+    if hi <= lo:
+      return {}
+    try:
+      cr = crops.lip_crop(np.stack(frames), self.crop)
+    except crops.NoFaceError as e:
+      raise FeatureError("", "no_face", str(e)) from e
+    if self._thumbnail is None:
+      self._thumbnail = cr[len(cr) // 2]
+    return {0: (np.arange(lo, hi), cr)}
+
+  def prune(self, before: int) -> None:
+    """Nothing is kept between calls."""
+
+  def summaries(self) -> dict[int, dict]:
+    return {0: {"thumbnail": self._thumbnail, "mouth": None}}
