@@ -38,8 +38,21 @@ def test_tolerance_signs_follow_the_standards():
   assert tolerances.verdicts(100)["ITU-R BT.1359 detectability"] == "pass"
   assert tolerances.verdicts(-50)["ITU-R BT.1359 detectability"] == "fail"
   assert tolerances.verdicts(None)["EBU R37"] == "unknown"
-  v = tolerances.file_verdicts([10, 20, 70])
-  assert v["EBU R37"]["verdict"] == "fail" and v["EBU R37"]["segments_fail"] == 1
+  def segs(offsets):
+    return [{"start_s": float(i), "offset_ms": o} for i, o in enumerate(offsets)]
+  # A short file (3 s measured, under min_fail_s): fails when half or more is out.
+  v = tolerances.file_verdicts(segs([10, 20, 70]))
+  assert v["EBU R37"]["verdict"] == "pass" and v["EBU R37"]["segments_fail"] == 1
+  assert tolerances.file_verdicts(segs([10, 70, 70]))["EBU R37"]["verdict"] == "fail"
+  # A long file: 9 s out in a row is an excursion, 10 s a steady offset.
+  ok, out = [0.0] * 30, [100.0]
+  v9 = tolerances.file_verdicts(segs(ok + out * 9 + ok))["EBU R37"]
+  assert v9["verdict"] == "pass" and v9["longest_out_s"] == 9 and v9["out_of_tolerance_s"] == 9
+  v10 = tolerances.file_verdicts(segs(ok + out * 10 + ok))["EBU R37"]
+  assert v10["verdict"] == "fail" and v10["fraction_in"] == round(60 / 70, 4)
+  # A gap (unmeasurable seconds) breaks a run.
+  gapped = segs(ok + out * 6) + [{"start_s": 40.0 + i, "offset_ms": 100.0} for i in range(6)]
+  assert tolerances.file_verdicts(gapped)["EBU R37"]["verdict"] == "pass"
   assert tolerances.file_verdicts([])["EBU R37"]["verdict"] == "unknown"
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import math
 import pathlib
 import resource
@@ -77,6 +78,11 @@ class QCOptions:
   # 15 fps webcams measurable (3 of 5 pictures their own), more would feed the model
   # mostly frozen mouths.
   max_held: int = 2
+  # A file fails a tolerance when out of it this long in a row (``tolerances.MIN_FAIL_S``).
+  min_fail_s: float = tolerances.MIN_FAIL_S
+  # Segments whose calibrated reliability (the probability that their offset is within one
+  # frame of the truth, ``reliability.json`` beside the model) is lower are "uncertain".
+  min_reliability: float = 0.5
 
   def check(self) -> None:
     k = self.window_s / self.hop_s
@@ -460,6 +466,10 @@ class Evidence:
       # range, or there is none; either way this is not a measurement.
       reason = "uncertain"
     if best is not None:
+      best["reliability"] = self.analyzer.reliability_of(best, speech_frac)
+      if (reason is None and best["reliability"] is not None
+          and best["reliability"] < o.min_reliability):
+        reason = "uncertain"
       seg |= best
     else:
       seg |= {"offset_ms": None, "offset_frames": None, "uncertainty_ms": None,
@@ -483,6 +493,15 @@ class Analyzer:
     det = detector if detector is not None else offsets.load_detector(checkpoint, layout=layout)
     self.checkpoint, self.crop, self.embedder = det.checkpoint, det.crop, det.embedder
     self.lip_source()     # fails early if the crop is not supported
+    # The model's calibration of segment confidence (bench.qc_calibration), if it has one.
+    path = pathlib.Path(self.checkpoint) / RELIABILITY_FILE
+    self.reliability = json.loads(path.read_text()) if path.is_file() else None
+
+  def reliability_of(self, est: dict, speech_fraction: float) -> float | None:
+    """The calibrated probability that an estimate is within one frame of the truth
+    (a logistic function of its confidence, vote share, speech and face fractions); None
+    for a model without a calibration."""
+    return reliability(self.reliability, est, speech_fraction)
 
   def lip_source(self) -> Any:
     """Where lips come from: face tracks (landmark crops, box crops placed on found faces)
@@ -602,7 +621,7 @@ class Analyzer:
         "segments_median_ms": (round(float(np.median([s["offset_ms"] for s in good])), 2)
                                if good else None)}
     result["drift"] = _drift(good, o, video_s)
-    result["tolerances"] = tolerances.file_verdicts([s["offset_ms"] for s in good])
+    result["tolerances"] = tolerances.file_verdicts(good, o.hop_s, o.min_fail_s)
     result["audio_source"] = reader.audio.describe()
     result["audio_note"] = reader.audio.note
     blocks = lane.blocks.data
@@ -622,6 +641,20 @@ class Analyzer:
           "mouth_xy": [round(v, 1) for v in mouth] if mouth is not None else None,
           "thumbnail": _png64(info_tr.get("thumbnail"))})
     return result
+
+
+RELIABILITY_FILE = "reliability.json"
+RELIABILITY_FEATURES = ("confidence", "vote_fraction", "speech_fraction", "face_fraction")
+
+
+def reliability(model: dict | None, est: dict, speech_fraction: float) -> float | None:
+  """``sigmoid(bias + sum(w_f * f))`` over ``RELIABILITY_FEATURES`` of a segment estimate,
+  with ``model`` = ``{"bias": b, "weights": {feature: w}}`` (None: no calibration)."""
+  if not model:
+    return None
+  x = dict(est, speech_fraction=speech_fraction)
+  z = model["bias"] + sum(w * float(x[f]) for f, w in model["weights"].items())
+  return round(float(1.0 / (1.0 + math.exp(-z))), 4)
 
 
 def _named(path: str, fn, *args) -> None:

@@ -45,17 +45,47 @@ def verdicts(offset_ms: float | None, names: Iterable[str] = STANDARDS) -> dict[
           ("pass" if STANDARDS[n].passes(offset_ms) else "fail") for n in names}
 
 
-def file_verdicts(segment_offsets_ms: Iterable[float | None],
+# A file fails a tolerance only when its measured offset stays outside it this long (s).
+# The standards state the offsets viewers accept, not how long an excursion must last to
+# count: EBU R37 gives "the end-to-end timing" as a tolerance on the programme, ITU-R
+# BT.1359 derives its thresholds from viewers' detection of steady offsets, and ATSC IS-191
+# from "the relative timing of sound and vision". A single analysis window (5 s) wrong for
+# an instant is a measurement excursion, not a steady offset; 10 s (two windows) of
+# consecutive out-of-tolerance measurements is. Files with less measured time than this
+# fail when most of what was measured is out.
+MIN_FAIL_S = 10.0
+
+
+def file_verdicts(segments: Iterable[dict], hop_s: float = 1.0, min_fail_s: float = MIN_FAIL_S,
                   names: Iterable[str] = STANDARDS) -> dict[str, dict]:
-  """Per standard: counts of measurable segments that pass and fail, and the file's
-  verdict: ``fail`` if any measurable segment fails, ``pass`` if at least one was measured
-  and all pass, ``unknown`` when nothing was measurable."""
-  offs = [o for o in segment_offsets_ms if o is not None]
+  """Per standard, from a file's measurable segments (``start_s``, ``offset_ms``, in time
+  order; every ``hop_s``): each stands for ``hop_s`` of time around its centre, so the
+  measured time splits into time in and out of tolerance. The verdict is ``fail`` when the
+  offset is out for ``min_fail_s`` in a row (consecutive segments) or, with less than
+  ``min_fail_s`` measured, for at least half of it; ``pass`` when something was measured
+  and it does not fail; ``unknown`` when nothing was measurable."""
+  segs = sorted((s for s in segments if s.get("offset_ms") is not None),
+                key=lambda s: s["start_s"])
+  measured = len(segs) * hop_s
   out = {}
   for n in names:
     t = STANDARDS[n]
-    ok = sum(t.passes(o) for o in offs)
-    bad = len(offs) - ok
-    out[n] = t.to_dict() | {"segments_pass": ok, "segments_fail": bad,
-                            "verdict": "unknown" if not offs else ("fail" if bad else "pass")}
+    ok = [t.passes(s["offset_ms"]) for s in segs]
+    bad = len(ok) - sum(ok)
+    longest, run, prev = 0.0, 0.0, None
+    for s, good in zip(segs, ok):
+      adjacent = prev is not None and abs(s["start_s"] - prev - hop_s) < 1e-6
+      run = 0.0 if good else (run + hop_s if adjacent else hop_s)
+      longest, prev = max(longest, run), s["start_s"]
+    if not segs:
+      verdict = "unknown"
+    elif longest >= min_fail_s - 1e-9 or (measured < min_fail_s and 2 * bad >= len(ok)):
+      verdict = "fail"
+    else:
+      verdict = "pass"
+    out[n] = t.to_dict() | {
+        "segments_pass": sum(ok), "segments_fail": bad, "measured_s": round(measured, 3),
+        "in_tolerance_s": round(sum(ok) * hop_s, 3), "out_of_tolerance_s": round(bad * hop_s, 3),
+        "fraction_in": round(sum(ok) / len(ok), 4) if ok else None,
+        "longest_out_s": round(longest, 3), "min_fail_s": min_fail_s, "verdict": verdict}
   return out
