@@ -15,19 +15,18 @@ on this shared machine, and a low yardstick would flatter the model.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 
 from bench import cpu_speed
 from bench.common import machine, matmul_peak
-from modeformer_jax import models
+from modeformer_jax import cli, models
 from modeformer_jax.models import ModEFormer
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = cli.parser(__name__, __doc__.split("\n\n")[0])
   ap.add_argument("--variants", default="tiny,paper")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--what", default="eval,train")

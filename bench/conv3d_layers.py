@@ -15,7 +15,6 @@ forms included, and marks what ``CONV3D_IMPL='auto'`` picks: the evidence for it
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import time
 
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import machine, matmul_peak
-from modeformer_jax import input_spec, models
+from modeformer_jax import cli, input_spec, models
 
 
 def layer_shapes(cfg: models.ModelConfig, windows: int, frames: int = 5) -> list[dict]:
@@ -117,7 +116,7 @@ def split_grads(cfg: models.ModelConfig, windows: int, repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = cli.parser(__name__, __doc__.split("\n\n")[0])
   ap.add_argument("--variant", default="paper")
   ap.add_argument("--windows", type=int, default=96)
   ap.add_argument("--repeats", type=int, default=3)

@@ -47,6 +47,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modeformer_jax import cli
+
 # Named XLA_FLAGS sets (flag name without "--" -> value); every value here parses in
 # jaxlib 0.10.2 (a bad one aborts the child, which is then reported as rejected).
 # Fusion-type flags take a comma list of LibraryFusionType names (case-insensitive, the
@@ -419,7 +421,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("--configs", default=DEFAULT_CONFIGS,
                       help=f"comma list of CONFIGS names or 'all' (default {DEFAULT_CONFIGS})")
   parser.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",

@@ -13,14 +13,13 @@ crop) for the clips named in ``--show`` and prints a table.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import time
 
 import numpy as np
 
 from bench.common import machine
-from modeformer_jax import crops, features
+from modeformer_jax import cli, crops, features
 from modeformer_jax.input_spec import CropSpec
 
 MISPLACED = 0.12
@@ -31,7 +30,7 @@ def blazeface_mouths(frames: np.ndarray) -> np.ndarray:
   mp = crops.mediapipe()
   out = np.full((frames.shape[0], 3), np.nan)
   h, w = frames.shape[1:3]
-  with crops.quiet_stderr(), mp.solutions.face_detection.FaceDetection(
+  with mp.solutions.face_detection.FaceDetection(
       model_selection=0, min_detection_confidence=0.5) as det:
     for i, f in enumerate(frames):
       res = det.process(np.ascontiguousarray(f))
@@ -50,7 +49,7 @@ def judge(centre: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.parser(__name__, __doc__.split("\n\n")[0])
   p.add_argument("--src", default="../shared/data/real_clips")
   p.add_argument("--out", default="bench/crops")
   p.add_argument("--max_frames", type=int, default=200)

@@ -14,7 +14,6 @@ too. Files that cannot be read are listed with their reason and counted, not dro
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from bench.common import machine
 from modeformer_jax import (
+  cli,
   features,
   offsets,
   records,
@@ -62,7 +62,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("videos", nargs="*")
   parser.add_argument("--checkpoint", default=str(offsets.DEFAULT_MODEL))
   parser.add_argument("--which", default="latest", help="for a workdir: latest | best")

@@ -10,14 +10,13 @@ are compared, then clips/s of each is printed.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import numpy as np
 
 from bench.common import machine
-from modeformer_jax import embedding, protocol, windows
+from modeformer_jax import cli, embedding, protocol, windows
 from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig
 
 
@@ -40,7 +39,7 @@ def per_offset_scores(emb: embedding.Embedder, lips: np.ndarray, mel: np.ndarray
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--split", default="test")
   parser.add_argument("--variant", default="tiny")

@@ -12,16 +12,16 @@ table and machine go to ``OUT/results.json``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import time
 
 from bench.common import machine
+from modeformer_jax import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.parser(__name__, __doc__.split("\n\n")[0])
   p.add_argument("--out", required=True)
   p.add_argument("--source", default=None)
   p.add_argument("--size", default=None, help="WxH canvas for --source")

@@ -12,14 +12,13 @@ standard protocol: a diagnostic of where the errors are.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import embedding, offsets, protocol, records
+from modeformer_jax import cli, embedding, offsets, protocol, records
 
 SILENCE = {"sil", "sp"}
 
@@ -36,7 +35,7 @@ def speech_frames(align_file: pathlib.Path, num_frames: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("--checkpoint", required=True)
   parser.add_argument("--which", default="latest")
   parser.add_argument("--data_dir", required=True)

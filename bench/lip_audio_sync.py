@@ -19,7 +19,6 @@ is printed beside it, with their correlation over the clips.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import crops, features
+from modeformer_jax import cli, crops, features
 
 _UPPER_INNER, _LOWER_INNER = 13, 14
 MEL_HOP_S = features.MEL_CONFIG["hop_length"] / features.SAMPLE_RATE
@@ -38,7 +37,7 @@ def mouth_opening(frames: np.ndarray) -> np.ndarray:
   """Inner-lip opening / inter-ocular distance per frame (NaN where no face is found)."""
   mp = crops.mediapipe()
   out = np.full(len(frames), np.nan)
-  with crops.quiet_stderr(), mp.solutions.face_mesh.FaceMesh(
+  with mp.solutions.face_mesh.FaceMesh(
       static_image_mode=False, max_num_faces=1, refine_landmarks=False,
       min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
     for i, frame in enumerate(frames):
@@ -130,7 +129,7 @@ def plot_against_model(rows: list[dict], path: str, summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("videos", nargs="+")
   parser.add_argument("--compare", help="a bench.detect_shifts JSON: its detections at 0")
   parser.add_argument("--json_out")

@@ -9,17 +9,16 @@ B / (hosts x step seconds).
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 from absl import flags
 
 from bench.common import machine
-from modeformer_jax import input_pipeline as ip
+from modeformer_jax import cli, input_pipeline as ip
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--split", default="train")
   parser.add_argument("--num_hard", default="2,11")

@@ -9,12 +9,12 @@ cost analysis of the compiled step; the peak is a large f32 matmul timed in the 
 """
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
 
 from bench.common import compiled_flops, machine, matmul_peak, time_fn
+from modeformer_jax import cli
 from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
 
 
@@ -39,7 +39,7 @@ def bench_variant(variant: str, batch: int, dtype: str) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("--variants", default="tiny,paper")
   parser.add_argument("--batch", type=int, default=0, help="0 = tiny 32, paper 8")
   parser.add_argument("--dtype", default="float32")

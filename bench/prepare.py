@@ -15,14 +15,13 @@ checks that every runner wrote byte-identical shards.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import tempfile
 import time
 
 from bench.common import machine
-from modeformer_jax import records
+from modeformer_jax import cli, records
 from data_prep import prepare as prep
 from data_prep import synthetic
 
@@ -45,7 +44,7 @@ def run(src: pathlib.Path, layout: str, out: pathlib.Path, codec: str, workers: 
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__name__, __doc__.split("\n\n")[0])
   p.add_argument("--clips", type=int, default=24, help="synthetic clips (without --src)")
   p.add_argument("--seconds", default="3,5", help="synthetic clip length range")
   p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))

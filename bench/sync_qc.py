@@ -23,7 +23,6 @@ cancels. A clip's measurement is the median over the segments inside it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -33,6 +32,8 @@ import sys
 import time
 
 import numpy as np
+
+from modeformer_jax import cli
 
 # Offsets of the two real concatenations (ms); differences of 20..160 ms, none whole frames.
 PAIR_A = (0.0, 20.0, -60.0, 100.0, 40.0, -120.0, 60.0, -20.0)
@@ -193,7 +194,7 @@ def _machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = cli.parser(__name__, __doc__.split("\n\n")[0])
   ap.add_argument("--material", help="folder written by data_prep.synthetic.long")
   ap.add_argument("--only", default="", help="comma-separated video stems to run")
   ap.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")

@@ -11,13 +11,12 @@ in the same run.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 
 from bench.common import compiled_flops, machine, matmul_peak
-from modeformer_jax import mesh as mesh_lib
+from modeformer_jax import cli, mesh as mesh_lib
 from modeformer_jax import train_step as ts
 from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
 
@@ -54,7 +53,7 @@ def bench_variant(variant: str, batch: int, num_hard: int, dtype: str, remat: bo
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("--variants", default="tiny,paper")
   parser.add_argument("--batch", type=int, default=0, help="global batch; 0 = tiny 32, paper 8")
   parser.add_argument("--num_hard", type=int, default=2)

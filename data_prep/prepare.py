@@ -76,7 +76,7 @@ from typing import Iterator, Sequence
 
 import tqdm
 
-from modeformer_jax import features, input_spec, records
+from modeformer_jax import cli, features, input_spec, records
 from data_prep import layouts
 # The shared pieces; re-exported because callers know them as ``prepare.<name>``.
 from data_prep.pipeline import (  # noqa: F401
@@ -243,9 +243,9 @@ def _process_shards(plan: Plan, todo: list[Shard], workers: int, progress: bool)
 
 def parser() -> argparse.ArgumentParser:
   """The CLI's options (unknown ones are Beam pipeline options)."""
-  p = argparse.ArgumentParser(description="Prepare videos into ArrayRecord shards of lip "
-                              "crops and mel spectrograms (resumable).",
-                              allow_abbrev=False)  # unknown options go to Beam verbatim
+  p = cli.parser(__name__, "Prepare videos into ArrayRecord shards of lip crops and mel "
+                 "spectrograms (resumable).", verbose=True,
+                 allow_abbrev=False)  # unknown options go to Beam verbatim
   p.add_argument("--layout", required=True, choices=layouts.LAYOUTS)
   p.add_argument("--src", required=True, help="dataset root")
   p.add_argument("--out", required=True, help="output folder (shards, manifest, report)")
@@ -254,8 +254,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--shards_per_split", default="auto",
                  help=f"'auto' ({CLIPS_PER_SHARD} inputs per shard) or a number")
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                 help="worker processes (<= 1: in this process); with --runner "
-                 "DirectRunner its worker processes")
+                 help="worker processes (<= 1: in this process; default: one per CPU); "
+                 "with --runner DirectRunner its worker processes")
   p.add_argument("--runner", default="local",
                  help="'local' (default, no Beam needed) or an Apache Beam runner: "
                  "DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner, ...; "

@@ -34,7 +34,6 @@ The training and evaluation CLIs of this project read prepared folders
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import pathlib
@@ -43,7 +42,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from modeformer_jax import features, input_spec, records
+from modeformer_jax import cli, features, input_spec, records
 from data_prep import layouts, pipeline
 
 _DESCRIPTION = """Lip crops (48x96 RGB, 25 fps) and 80-bin log-mel spectrograms (16 kHz, hop
@@ -187,7 +186,7 @@ def build(config: str, manual_dir: str, data_dir: str,
 
 def main(argv: list[str] | None = None) -> None:
   """CLI: build one config of the dataset."""
-  p = argparse.ArgumentParser(description="Build modeformer_clips/<config> with TFDS.")
+  p = cli.parser(__name__, "Build modeformer_clips/<config> with TFDS.", verbose=True)
   p.add_argument("--config", required=True,
                  choices=[c.name for c in ModeformerClips.BUILDER_CONFIGS])
   p.add_argument("--manual_dir", required=True, help="the dataset root (licensed data)")

@@ -21,7 +21,6 @@ in one process (tests do) and ``--help`` lists exactly that CLI's flags.
 """
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from typing import Any, Callable, Sequence
@@ -30,7 +29,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from modeformer_jax import models
+from modeformer_jax import cli, models
 
 CONFIG_HELP = ("Config file and its argument, e.g. configs/modeformer.py:paper; "
                "override any field with --config.<field>=<value>, e.g. "
@@ -38,16 +37,19 @@ CONFIG_HELP = ("Config file and its argument, e.g. configs/modeformer.py:paper; 
 _HELP_WORDS = ("-h", "--help", "-help", "--helpfull", "-helpfull")
 
 
-def _help_text(doc: str, fv: flags.FlagValues) -> str:
-  """``doc`` and every flag of ``fv`` (one CLI's own flags, in definition order)."""
-  lines = [doc.strip(), "", "flags:"]
+def _help_text(prog: str, doc: str, fv: flags.FlagValues) -> str:
+  """The usage line, ``doc`` and every flag of ``fv`` (one CLI's own flags, in definition
+  order), in the argparse commands' style (``cli``: plain text, defaults that say something).
+  """
+  width = cli.width()
+  lines = [f"usage: {prog} [flags]", "", cli.format_doc(doc, width), "", "flags:"]
   for name in fv:
     flag = fv[name]
     if flag.name != name:  # a short name of a flag listed under its long name
       continue
     spelled = f"--[no]{name}" if flag.boolean else f"--{name}"
-    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-    lines.append(textwrap.fill(f"{spelled}: {flag.help}{default}", 90, initial_indent="  ",
+    text = cli.plain(flag.help) + cli.default_note(flag.default, flag.help)
+    lines.append(textwrap.fill(f"{spelled}: {text}", width, initial_indent="  ",
                                subsequent_indent="      "))
   return "\n".join(lines)
 
@@ -87,13 +89,14 @@ def parse_flags(argv: Sequence[str] | None, doc: str,
   Defines ``--config`` (a ConfigDict, ``None`` when optional and absent) with its
   ``--config.<field>=<value>`` overrides, then the flags ``define(fv)`` adds to ``fv``.
   ``--help`` prints ``doc`` and the flags and exits 0; a bad flag prints the error and exits 2.
+  The command is named after the calling module (``python -m modeformer_jax.eval``).
   """
-  prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "modeformer_jax"
+  prog = cli.prog(sys._getframe(1).f_globals.get("__name__", "__main__"))
   full = [prog, *(sys.argv[1:] if argv is None else argv)]
   fv = _define(full, define, config_required)
   # Before parsing, so that --help works without the required flags.
   if any(a in _HELP_WORDS for a in full[1:]):
-    print(_help_text(doc, fv))
+    print(_help_text(prog, doc, fv))
     raise SystemExit(0)
   try:
     _parse(fv, full)

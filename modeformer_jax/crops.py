@@ -26,15 +26,13 @@ a separate 100 MB non-commercial download. See the README's install notes.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import sys
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 
+from modeformer_jax import native_log
 from modeformer_jax.input_spec import LIP_SIZE, CropSpec
 
 
@@ -208,30 +206,14 @@ _MIN_LANDMARK_FRACTION = 0.5   # faces in fewer frames than this: no_face
 MESH_MAX_SIDE = 640           # larger frames are downscaled before FaceMesh (speed)
 
 
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-  """Sends file descriptor 2 to /dev/null: MediaPipe's C++ graph logs (absl, TFLite) and a
-  harmless protobuf message printed while its legacy solutions import would otherwise
-  reach the user's terminal on every clip. Python exceptions still propagate."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, "w") as null:
-      os.dup2(null.fileno(), 2)
-      yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
 @functools.lru_cache(maxsize=None)
 def mediapipe() -> Any:
-  """The ``mediapipe`` module with its legacy solutions loaded (quietly)."""
+  """The ``mediapipe`` module with its legacy solutions loaded; from now on the native log
+  lines it prints are filtered out of stderr unless verbose (``native_log``)."""
+  native_log.silence()
   try:
-    with quiet_stderr():
-      import mediapipe as mp
-      from mediapipe.python.solutions import face_detection, face_mesh  # noqa: F401
+    import mediapipe as mp
+    from mediapipe.python.solutions import face_detection, face_mesh  # noqa: F401
   except ImportError as e:  # pragma: no cover - the README's setup installs it
     raise ImportError("landmark crops need mediapipe 0.10.21 (installed by the README's "
                       "setup command: `make venv`)") from e
@@ -260,18 +242,16 @@ class FaceLandmarker:
 
   def reset(self) -> None:
     """A fresh FaceMesh tracker: no tracking state carried over (a new clip, a cut)."""
-    with quiet_stderr():
-      if self._mesh is not None:
-        self._mesh.close()
-      self._mesh = self._mp.solutions.face_mesh.FaceMesh(
-          static_image_mode=False, max_num_faces=self.max_faces, refine_landmarks=False,
-          min_detection_confidence=0.5, min_tracking_confidence=0.5)
+    if self._mesh is not None:
+      self._mesh.close()
+    self._mesh = self._mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=False, max_num_faces=self.max_faces, refine_landmarks=False,
+        min_detection_confidence=0.5, min_tracking_confidence=0.5)
 
   def _detector(self, model: int):
     if model not in self._det:
-      with quiet_stderr():
-        self._det[model] = self._mp.solutions.face_detection.FaceDetection(
-            model_selection=model, min_detection_confidence=0.4)
+      self._det[model] = self._mp.solutions.face_detection.FaceDetection(
+          model_selection=model, min_detection_confidence=0.4)
     return self._det[model]
 
   def observe(self, frame: np.ndarray) -> np.ndarray:
@@ -285,29 +265,27 @@ class FaceLandmarker:
     img = np.ascontiguousarray(img)
     lips = list(LIP_POINTS)
     faces = []
-    with quiet_stderr():
-      res = self._mesh.process(img)
-      for lm in res.multi_face_landmarks or []:
-        pts = np.array([(p.x * w, p.y * h) for p in lm.landmark])
-        faces.append(_geometry(pts[list(RIGHT_EYE)].mean(axis=0),
-                               pts[list(LEFT_EYE)].mean(axis=0), pts[lips].mean(axis=0), 1))
-      if not faces:
-        for model in (0, 1):
-          res = self._detector(model).process(img)
-          dets = sorted(res.detections or [],
-                        key=lambda d: -d.location_data.relative_bounding_box.width)
-          for d in dets:
-            kp = np.array([(k.x * w, k.y * h) for k in d.location_data.relative_keypoints])
-            faces.append(_geometry(kp[0], kp[1], kp[3], 2))   # right eye, left eye, mouth
-          if faces:
-            break
+    res = self._mesh.process(img)
+    for lm in res.multi_face_landmarks or []:
+      pts = np.array([(p.x * w, p.y * h) for p in lm.landmark])
+      faces.append(_geometry(pts[list(RIGHT_EYE)].mean(axis=0),
+                             pts[list(LEFT_EYE)].mean(axis=0), pts[lips].mean(axis=0), 1))
+    if not faces:
+      for model in (0, 1):
+        res = self._detector(model).process(img)
+        dets = sorted(res.detections or [],
+                      key=lambda d: -d.location_data.relative_bounding_box.width)
+        for d in dets:
+          kp = np.array([(k.x * w, k.y * h) for k in d.location_data.relative_keypoints])
+          faces.append(_geometry(kp[0], kp[1], kp[3], 2))   # right eye, left eye, mouth
+        if faces:
+          break
     return np.array(faces, np.float64).reshape(-1, 5)
 
   def close(self) -> None:
-    with quiet_stderr():
-      self._mesh.close()
-      for d in self._det.values():
-        d.close()
+    self._mesh.close()
+    for d in self._det.values():
+      d.close()
 
   def __enter__(self) -> "FaceLandmarker":
     return self

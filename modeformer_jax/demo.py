@@ -15,12 +15,13 @@ Every step resumes: running the demo again reuses what is already there.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import time
 
 import numpy as np
+
+from modeformer_jax import cli
 
 
 def _phase(name: str, timings: dict):
@@ -120,7 +121,7 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__)
   parser.add_argument("--out", default="demo_out")
   parser.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset")
   parser.add_argument("--steps", type=int, default=None, help="training steps override")

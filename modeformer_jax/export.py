@@ -10,14 +10,13 @@ state, no pickle). ``detect``, ``eval`` and ``checkpoints.load_model`` read it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
-from modeformer_jax import checkpoints
+from modeformer_jax import checkpoints, cli
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__name__, __doc__)
   parser.add_argument("--checkpoint", required=True, help="workdir or <workdir>/checkpoints/N")
   parser.add_argument("--which", default="latest", choices=["latest", "best"])
   parser.add_argument("--out", required=True)

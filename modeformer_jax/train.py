@@ -28,13 +28,14 @@ import logging
 import math
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import flags
 
-from modeformer_jax import checkpoints, embedding, input_pipeline, train_step
+from modeformer_jax import checkpoints, config_utils, embedding, input_pipeline, train_step
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax.models import ModEFormer
 
@@ -239,40 +240,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 # ------------------------------------------------------------------ CLI
-def main(argv: Any) -> None:
-  del argv
-  from absl import flags
-  FLAGS = flags.FLAGS
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and metrics.",
+                      flag_values=fv)
+  flags.DEFINE_bool("no_progress", False, "Log lines instead of a progress bar.",
+                    flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process runs: HOST:PORT of process 0's coordinator.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..N-1.",
+                       flag_values=fv)
+  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                    "Start jax.distributed: auto = when the flags above or a scheduler "
+                    "say there are several processes; on = always (jax detects the "
+                    "cluster); off = never.", flag_values=fv)
+  flags.mark_flag_as_required("workdir", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  fv = config_utils.parse_flags(argv, __doc__, _define_flags)
+  # force: importing orbax has already configured the root logger (absl calls basicConfig).
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      force=True)
   # Before anything touches a backend: jax.distributed must come first.
-  mesh_lib.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                            FLAGS.process_id, mode=FLAGS.distributed)
+  mesh_lib.init_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
+                            mode=fv.distributed)
   log.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
            jax.process_count())
-  out = train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=not FLAGS.no_progress)
+  out = train_and_evaluate(fv.config, fv.workdir, progress=not fv.no_progress)
   # Every process logs its result (replicated values: all processes agree).
   log.info("finished (process %d): %s", jax.process_index(), json.dumps(out))
 
 
-def _define_flags() -> None:
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and metrics.")
-  flags.DEFINE_bool("no_progress", False, "Log lines instead of a progress bar.")
-  flags.DEFINE_string("coordinator_address", None,
-                      "Multi-process runs: HOST:PORT of process 0's coordinator.")
-  flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.")
-  flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..N-1.")
-  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                    "Start jax.distributed: auto = when the flags above or a scheduler "
-                    "say there are several processes; on = always (jax detects the "
-                    "cluster); off = never.")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-
 if __name__ == "__main__":
-  from absl import app
-  _define_flags()
-  app.run(main)
+  main()

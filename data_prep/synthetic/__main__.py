@@ -2,5 +2,4 @@
 from data_prep.synthetic.dataset import main
 
 if __name__ == "__main__":
-  # Without prog, argparse would call the command "__main__.py" in its usage line.
-  main(prog="python -m data_prep.synthetic")
+  main()

@@ -19,7 +19,6 @@ arguments is refused.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -35,6 +34,7 @@ from data_prep.synthetic.constants import FPS, FRAME_SIZE, SAMPLE_RATE
 from data_prep.synthetic.encode import write_mp4
 from data_prep.synthetic.seeds import keyed_rng
 from data_prep.synthetic.speakers import make_scene, make_speaker
+from modeformer_jax import cli
 
 FORMAT = "modeformer-synthetic-v1"
 
@@ -169,10 +169,10 @@ def generate_dataset(out_dir: str | os.PathLike, num_speakers: int = 24,
           "wall_seconds": round(time.perf_counter() - t_start, 2)}
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-  """CLI entry point (see the module docstring); ``prog`` names the command in ``--help``."""
-  p = argparse.ArgumentParser(prog=prog, description="Write the synthetic talking-mouth "
-                              "dataset (LRS2 layout, h264/aac mp4).")
+def main(argv: list[str] | None = None) -> dict:
+  """CLI entry point of ``python -m data_prep.synthetic`` (see the module docstring)."""
+  p = cli.parser("data_prep.synthetic", "Write the synthetic talking-mouth dataset (LRS2 "
+                 "layout, h264/aac mp4).")
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--num_speakers", type=int, default=24, help="train speakers")
   p.add_argument("--num_test_speakers", type=int, default=6)

@@ -14,7 +14,6 @@ decoder that ignores any of it sees something else. Writing uses PyAV only (no f
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fractions
 import json
@@ -29,6 +28,7 @@ import soxr
 
 from data_prep.synthetic.constants import FPS, SAMPLE_RATE
 from data_prep.synthetic.encode import write_mp4
+from modeformer_jax import cli
 
 BROADCAST_RATE = 48000
 
@@ -339,7 +339,7 @@ def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.parser(__name__, __doc__)
   p.add_argument("--out", required=True)
   p.add_argument("--shift", type=int, default=3, help="extra audio delay of every kind, frames")
   p.add_argument("--kinds", default=",".join(KINDS))

@@ -88,6 +88,7 @@ from data_prep.synthetic.speakers import (
   make_speaker,
 )
 from data_prep.synthetic.speech import synthesize_audio
+from modeformer_jax import cli
 
 TRUTH_FORMAT = "modeformer-long-truth-v1"
 KINDS = ("speech", "silence", "noface")
@@ -789,13 +790,13 @@ def write_suite(out_dir: str | os.PathLike, minutes: float = 1.0,
   return summary
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
   """CLI entry point (see the module docstring)."""
-  p = argparse.ArgumentParser(prog=prog, description="Write long test videos with known "
-                              "audio-video offsets (mp4 + .truth.json).")
+  p = cli.parser(__name__, "Write long test videos with known audio-video offsets (mp4 + "
+                 ".truth.json).")
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--minutes", type=float, default=1.0, help="length of long_M.mp4")
-  p.add_argument("--size", type=_parse_size, default=(1280, 720),
+  p.add_argument("--size", type=_parse_size, default="1280x720",
                  help="WIDTHxHEIGHT of long_M.mp4")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--real_clips", default=str(DEFAULT_REAL_CLIPS),
@@ -811,4 +812,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main(prog="python -m data_prep.synthetic.long")
+  main()
