@@ -36,6 +36,7 @@ import pathlib
 import sys
 
 from modeformer_jax import (
+  cli,
   embedding,
   features,
   input_spec,
@@ -99,8 +100,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser = cli.parser(__name__, __doc__, verbose=True)
   parser.add_argument("videos", nargs="*", help="video files (mp4/mov/avi/mkv/mpg...), "
                       "folders or .txt/.lst file lists (folders and lists imply --qc)")
   parser.add_argument("--checkpoint", default=None,
@@ -117,23 +117,25 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--fix", default=None, help="write a copy with the audio re-aligned "
                       "(one input video only; with --qc by the sub-frame offset in ms)")
   qc = parser.add_argument_group("sync QC (--qc, folders, lists)")
+  an = parser.add_argument_group("the analysis (plain detect and --qc alike)")
   qc.add_argument("--qc", action="store_true", help="offset over time, drift, faces, "
                   "tolerances and an HTML report per file")
-  qc.add_argument("--window", type=float, default=5.0, help="segment length, s")
-  qc.add_argument("--hop", type=float, default=1.0, help="segment step, s")
+  an.add_argument("--window", type=float, default=5.0, help="segment length, s")
+  an.add_argument("--hop", type=float, default=1.0, help="segment step, s")
   qc.add_argument("--workers", type=int, default=1, help="files analysed in parallel")
   qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
                   "in an earlier run (finished files are always skipped)")
   qc.add_argument("--no_report", action="store_true", help="skip the HTML reports")
-  qc.add_argument("--max_faces", type=int, default=4, help="faces tracked at once")
-  qc.add_argument("--detect_every", type=int, default=1,
+  an.add_argument("--max_faces", type=int, default=4, help="faces tracked at once")
+  an.add_argument("--detect_every", type=int, default=1,
                   help="run the face landmarker on every n-th frame (faster, coarser)")
-  qc.add_argument("--face_frame", default="fixed", choices=["fixed", *sorted(tracking.FACE_FRAMES)],
+  an.add_argument("--face_frame", default="fixed", choices=["fixed", *sorted(tracking.FACE_FRAMES)],
                   help="box-crop models only: 'fixed' = the video is a face crop like the "
                   "model's training frames; a dataset name = find faces in a wider picture "
                   "and place that dataset's face crop on each")
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+  # force: importing orbax has configured logging already.
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
   if not args.videos and not args.prepared:
     parser.error("give video files or --prepared DIR:SPLIT")
   if args.fix and len(args.videos) != 1:

@@ -6,7 +6,7 @@ import pytest
 from modeformer_jax import config_utils, input_pipeline, summary
 from modeformer_jax.models import ModelConfig
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "modeformer_jax" / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("spec", ["modeformer.py", "modeformer.py:micro,bf16", "grid.py",

@@ -50,9 +50,12 @@ def test_tolerance_signs_follow_the_standards():
   assert v9["verdict"] == "pass" and v9["longest_out_s"] == 9 and v9["out_of_tolerance_s"] == 9
   v10 = tolerances.file_verdicts(segs(ok + out * 10 + ok))["EBU R37"]
   assert v10["verdict"] == "fail" and v10["fraction_in"] == round(60 / 70, 4)
-  # A gap (unmeasurable seconds) breaks a run.
+  # Unmeasurable seconds between out-of-tolerance ones neither count nor end the run; a
+  # measurement in tolerance does.
   gapped = segs(ok + out * 6) + [{"start_s": 40.0 + i, "offset_ms": 100.0} for i in range(6)]
-  assert tolerances.file_verdicts(gapped)["EBU R37"]["verdict"] == "pass"
+  assert tolerances.file_verdicts(gapped)["EBU R37"]["verdict"] == "fail"
+  broken = segs(ok + out * 6 + [0.0] + out * 6)
+  assert tolerances.file_verdicts(broken)["EBU R37"]["verdict"] == "pass"
   assert tolerances.file_verdicts([])["EBU R37"]["verdict"] == "unknown"
 
 

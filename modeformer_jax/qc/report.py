@@ -96,6 +96,11 @@ def _span(a: Any, b: Any) -> str:
   return f"{_clock(a)}{_TO}{_clock(b)}"
 
 
+def _pct(x: Any) -> str:
+  """``0.873`` -> ``87%``; a dash when missing."""
+  return f"{100 * x:.0f}%" if _num(x) is not None else "\u2013"
+
+
 def _offset_words(ms: Any, unc: Any = None) -> str:
   """``+23.5 ms ± 3.1 (audio late)``; ``not measurable`` when there is no offset."""
   v, u = _num(ms), _num(unc)
@@ -417,8 +422,10 @@ def write_file_report(result: dict, path: PathLike) -> pathlib.Path:
                    for k, v in tol.items())
   tol_rows = [f"<tr><td>{_e(k)}</td><td class=n>{limits(_dict(v))}</td><td>"
               f"{_badge(_dict(v).get('verdict'))}</td><td class=n>"
-              f"{_fmt(_dict(v).get('segments_pass'), 0)}</td><td class=n>"
-              f"{_fmt(_dict(v).get('segments_fail'), 0)}</td></tr>" for k, v in tol.items()]
+              f"{_fmt(_dict(v).get('in_tolerance_s'), 0)}</td><td class=n>"
+              f"{_fmt(_dict(v).get('out_of_tolerance_s'), 0)}</td><td class=n>"
+              f"{_pct(_dict(v).get('fraction_in'))}</td><td class=n>"
+              f"{_fmt(_dict(v).get('longest_out_s'), 0)}</td></tr>" for k, v in tol.items()]
   body = head + [
       f"<div class=sub>{_e(' · '.join(f for f in facts if f))}</div>",
       f"<div class=big>{_e(_offset_words(g.get('offset_ms'), g.get('uncertainty_ms')))}</div>",
@@ -431,9 +438,15 @@ def write_file_report(result: dict, path: PathLike) -> pathlib.Path:
       "Hover for details.</p>"]
   if tol_rows:
     body += ["<h2>Tolerances</h2>", _table(["standard", "early / late limit (ms)", "verdict",
-                                            "segments pass", "segments fail"], tol_rows, "compact",
-                                           ["early / late limit (ms)", "segments pass",
-                                            "segments fail"])]
+                                            "s in", "s out", "measured time in",
+                                            "longest out (s)"], tol_rows, "compact",
+                                           ["early / late limit (ms)", "s in", "s out",
+                                            "measured time in", "longest out (s)"]),
+             "<p class=sub>A file fails a standard when its measured offset is outside it "
+             f"for {_fmt(_dict(next(iter(tol.values()), {})).get('min_fail_s'), 0)} s in a "
+             "row (or for half of what was measured, when less was measured); uncertain "
+             "segments (low calibrated reliability, or the best match at the edge of the "
+             "search) do not count.</p>"]
   body += ["<h2>Face tracks</h2>", _tracks_html(result), "<h2>Segments</h2>",
            _segments_html(result, [str(k) for k in tol]), _footer(result)]
   return _write(path, _page(f"sync QC: {name}", body))

@@ -32,13 +32,15 @@ each broadcast tolerance (``tolerances``). Positive offsets mean the audio is la
 from __future__ import annotations
 
 import base64
+import collections
+import contextlib
 import dataclasses
 import json
 import math
 import pathlib
 import resource
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -235,15 +237,25 @@ class Evidence:
     self.held_frames = 0
     self.windows_held = 0              # lip windows skipped for held frames
     self.finished = False
+    # Seconds spent per stage (where the time goes; bench.decode_floor prints it).
+    self.stage_s: dict[str, float] = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def _timed(self, stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.stage_s[stage] += time.perf_counter() - t0
 
   # --- audio -------------------------------------------------------------------------------
-  def _embed_audio(self, lane: _Lane, final: bool) -> None:
+  def _embed_audio(self, lane: _Lane, final: bool, partial: bool = False) -> None:
     chunk = self.embedder.chunk
     start = lane.a_base + lane.a_buf.shape[0]
     stop = lane.mel_base + lane.mel_buf.shape[1] - windows.MEL_WINDOW + 1
     if final:                                  # windows past the end read silence
       stop = lane.mel_base + lane.mel_buf.shape[1]
-    else:   # whole embedder chunks only: a padded chunk costs a full one
+    elif not partial:   # whole embedder chunks only: a padded chunk costs a full one
       stop = start + (stop - start) // chunk * chunk
     if stop <= start:
       return
@@ -252,7 +264,8 @@ class Evidence:
       mel = np.pad(mel, ((0, 0), (0, windows.MEL_WINDOW)), constant_values=features.MEL_SILENCE)
     idx = np.arange(start, stop) - lane.mel_base
     win = mel[:, idx[:, None] + np.arange(windows.MEL_WINDOW)].transpose(1, 0, 2)
-    a = _unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
+    with self._timed("audio model"):
+      a = _unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
     lane.a_buf = a if lane.a_buf.size == 0 else np.concatenate([lane.a_buf, a])
 
   def _score(self, final: bool) -> None:
@@ -280,15 +293,16 @@ class Evidence:
     self.pending = keep
 
   # --- pictures ------------------------------------------------------------------------------
-  def _embed_video(self, final: bool) -> None:
+  def _embed_video(self, final: bool, partial: bool = False) -> None:
     # Whole embedder chunks only (as _embed_audio), the rest waits for the next call.
     n = sum(len(ow) for ow, _ in self.vid_queue)
-    take = n if final else n // self.embedder.chunk * self.embedder.chunk
+    take = n if final or partial else n // self.embedder.chunk * self.embedder.chunk
     if take == 0:
       return
     owners = [x for ow, _ in self.vid_queue for x in ow]
     wins = np.concatenate([w for _, w in self.vid_queue])
-    v = _unit(self.embedder.video(wins[:take]))
+    with self._timed("video model"):
+      v = _unit(self.embedder.video(wins[:take]))
     self.pending.extend((tid, p, v[i]) for i, (tid, p) in enumerate(owners[:take]))
     self.vid_queue.clear()
     if take < n:
@@ -300,7 +314,9 @@ class Evidence:
       return
     lo, w = self.cropped, windows.WINDOW_FRAMES
     held = np.array(self.held_buf[lo - self.buf_base:upto - self.buf_base], bool)
-    got = self.lips.crops_for(lo, upto, self.frame_buf[lo - self.buf_base:upto - self.buf_base])
+    with self._timed("lip crops"):
+      got = self.lips.crops_for(lo, upto,
+                                self.frame_buf[lo - self.buf_base:upto - self.buf_base])
     vids, owners = [], []
     for tid, (idx, cr) in got.items():
       nxt, tail, tail_held = self.tails.get(
@@ -338,21 +354,24 @@ class Evidence:
     for lane in self.lanes:
       if ch.audio.size and lane.raw == 0:
         lane.lead = int(ch.audio_lead)
-      x = lane.push(ch.audio)
-      lane.vad(x)
-      m = lane.mel_stream.push(x)
-      lane.mel_buf = np.concatenate([lane.mel_buf, m], axis=1)
+      with self._timed("mel"):
+        x = lane.push(ch.audio)
+        lane.vad(x)
+        m = lane.mel_stream.push(x)
+        lane.mel_buf = np.concatenate([lane.mel_buf, m], axis=1)
     held = ch.held if ch.held is not None else np.zeros(len(ch.frames), bool)
     for i, frame in enumerate(ch.frames):
       t = ch.start + i
-      cut = self.shots.is_cut(frame)
+      with self._timed("shot cuts"):
+        cut = self.shots.is_cut(frame)
       if cut:
         self.cuts.append(t)
         if self.observer is not None:
           self.observer.reset()
       faces = []
       if self.observer is not None and (t % o.detect_every == 0 or cut):
-        faces = self.observer.observe(frame)
+        with self._timed("face landmarks"):
+          faces = self.observer.observe(frame)
       self.lips.update(t, faces, cut)
       self.frame_buf.append(frame)
       self.held_buf.append(bool(held[i]))
@@ -362,7 +381,8 @@ class Evidence:
       self._cut_lips(max(self.cropped, self.num_frames - self.lips.lookahead))
     for lane in self.lanes:
       self._embed_audio(lane, final=False)
-    self._score(final=False)
+    with self._timed("scoring"):
+      self._score(final=False)
     self._forget_audio()
 
   def _forget_audio(self) -> None:
@@ -405,10 +425,35 @@ class Evidence:
       self.observer.close()
       self.observer = None
 
+  # --- live monitoring -----------------------------------------------------------------------
+  def flush(self) -> None:
+    """Embeds and scores every window complete now, without waiting for whole embedder
+    chunks (``push`` waits: a padded chunk costs a full one). A live monitor calls it when
+    a report is due, so the report does not wait seconds for a chunk to fill."""
+    self._embed_video(final=False, partial=True)
+    for lane in self.lanes:
+      self._embed_audio(lane, final=False, partial=True)
+    with self._timed("scoring"):
+      self._score(final=False)
+    self._forget_audio()
+
+  def scored_until(self) -> int:
+    """Lip windows starting before this frame are scored (or skipped): blocks before
+    ``scored_until() // hop_f`` are complete, later pushes add nothing to them."""
+    waiting = [p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
+    return max(0, min(waiting + [self.cropped - windows.WINDOW_FRAMES + 1]))
+
   def forget(self, before_block: int) -> None:
-    """Drops the evidence of blocks before ``before_block`` (live monitoring)."""
+    """Drops the evidence of blocks before ``before_block`` and what ended face tracks
+    left behind (live monitoring: memory stays flat for hours)."""
     for lane in self.lanes:
       lane.forget(before_block)
+    self.cuts = [c for c in self.cuts if c >= before_block * self.hop_f]
+    if self.lips.needs_faces:
+      alive = {tr.id for tr in self.lips.tracks}
+      for tid in [t for t in self.tails if t not in alive]:
+        del self.tails[tid]
+      self.lips.finished.clear()
 
   # --- reading it ----------------------------------------------------------------------------
   def speech_threshold(self, lane: _Lane) -> float:
@@ -499,8 +544,7 @@ class Analyzer:
 
   def reliability_of(self, est: dict, speech_fraction: float) -> float | None:
     """The calibrated probability that an estimate is within one frame of the truth
-    (a logistic function of its confidence, vote share, speech and face fractions); None
-    for a model without a calibration."""
+    (a logistic function of ``RELIABILITY_FEATURES``); None for a model without one."""
     return reliability(self.reliability, est, speech_fraction)
 
   def lip_source(self) -> Any:
@@ -541,7 +585,12 @@ class Analyzer:
       # (decoder output, the stacked chunk, the crop delay), ~128 MB a copy at most.
       reader.chunk_frames = max(10, min(self.options.chunk_frames,
                                         int(128e6 // (3 * info.width * info.height))))
-      for ch in reader.chunks():
+      chunks = reader.chunks()
+      while True:
+        with ev._timed("decode"):
+          ch = next(chunks, None)
+        if ch is None:
+          break
         _named(path, ev.push, ch)
         if bar is not None:
           bar.update(len(ch.frames))
@@ -568,7 +617,8 @@ class Analyzer:
       result["timing"] = {"wall_s": round(wall, 2),
                           "realtime_factor": round(ev.num_frames / FPS / wall, 2) if wall else None,
                           "peak_rss_mb": round(resource.getrusage(
-                              resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                              resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                          "stages_s": {k: round(v, 2) for k, v in sorted(ev.stage_s.items())}}
       if len(shifts) > 1 or lane.shift:
         result["injected"] = lane.shift
       out.append(result)
@@ -644,7 +694,10 @@ class Analyzer:
 
 
 RELIABILITY_FILE = "reliability.json"
-RELIABILITY_FEATURES = ("confidence", "vote_fraction", "speech_fraction", "face_fraction")
+# What predicts a segment's error (bench.qc_calibration): the margin of its similarity peak
+# and the share of positions voting for it. Speech and face fractions added nothing out of
+# sample (their leave-one-clip-out fit was worse calibrated).
+RELIABILITY_FEATURES = ("confidence", "vote_fraction")
 
 
 def reliability(model: dict | None, est: dict, speech_fraction: float) -> float | None:

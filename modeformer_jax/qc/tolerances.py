@@ -39,6 +39,11 @@ STANDARDS: dict[str, Tolerance] = {t.name: t for t in (
 )}
 
 
+# Short names for command lines (``python -m modeformer_jax.monitor --tolerance ebu_r37``).
+KEYS = {"ebu_r37": "EBU R37", "itu_detectability": "ITU-R BT.1359 detectability",
+        "itu_acceptability": "ITU-R BT.1359 acceptability", "atsc_is191": "ATSC IS-191"}
+
+
 def verdicts(offset_ms: float | None, names: Iterable[str] = STANDARDS) -> dict[str, str]:
   """``{standard: 'pass' | 'fail' | 'unknown'}`` for one offset (None: not measurable)."""
   return {n: "unknown" if offset_ms is None else
@@ -61,7 +66,8 @@ def file_verdicts(segments: Iterable[dict], hop_s: float = 1.0, min_fail_s: floa
   """Per standard, from a file's measurable segments (``start_s``, ``offset_ms``, in time
   order; every ``hop_s``): each stands for ``hop_s`` of time around its centre, so the
   measured time splits into time in and out of tolerance. The verdict is ``fail`` when the
-  offset is out for ``min_fail_s`` in a row (consecutive segments) or, with less than
+  offset is out for ``min_fail_s`` of measured time in a row (no measurement in tolerance
+  between; unmeasured seconds neither count nor interrupt) or, with less than
   ``min_fail_s`` measured, for at least half of it; ``pass`` when something was measured
   and it does not fail; ``unknown`` when nothing was measurable."""
   segs = sorted((s for s in segments if s.get("offset_ms") is not None),
@@ -72,11 +78,12 @@ def file_verdicts(segments: Iterable[dict], hop_s: float = 1.0, min_fail_s: floa
     t = STANDARDS[n]
     ok = [t.passes(s["offset_ms"]) for s in segs]
     bad = len(ok) - sum(ok)
-    longest, run, prev = 0.0, 0.0, None
-    for s, good in zip(segs, ok):
-      adjacent = prev is not None and abs(s["start_s"] - prev - hop_s) < 1e-6
-      run = 0.0 if good else (run + hop_s if adjacent else hop_s)
-      longest, prev = max(longest, run), s["start_s"]
+    # A run of out-of-tolerance time ends at an in-tolerance measurement only: seconds that
+    # could not be measured (silence, no face, uncertain) say nothing either way.
+    longest, run = 0.0, 0.0
+    for good in ok:
+      run = 0.0 if good else run + hop_s
+      longest = max(longest, run)
     if not segs:
       verdict = "unknown"
     elif longest >= min_fail_s - 1e-9 or (measured < min_fail_s and 2 * bad >= len(ok)):
