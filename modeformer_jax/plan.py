@@ -15,14 +15,16 @@ compile time hardly depends on the device count. Peak bytes per device are
 ``argument + output - alias + temp``: the donated state's buffers are reused for the new
 state, so aliased bytes count once.
 
-Caveat: the numbers are XLA's buffer assignment for the platform that compiled them. The
-CPU backend fuses and schedules differently, so CPU figures are an estimate for an
-accelerator; in particular its buffer assignment does not show rematerialisation's saving
+Caveat: the numbers are XLA's buffer assignment for the platform that compiled them. By
+default (``--platform cpu``) that is XLA:CPU, so every figure is CPU-derived: an estimate
+for an accelerator, never its own measurement. The CPU backend fuses and schedules
+differently; in particular its buffer assignment does not show rematerialisation's saving
 (measured on the paper model: remat-on peaks come out slightly HIGHER, while the backward
 pass's saved residuals drop from 1.30 to 0.49 GiB at 32 per device). Each row therefore
 also prints the bytes JAX saves for the backward pass (``residual_bytes``), which is
 backend-independent. Run the planner on the target platform (``--platform gpu`` with as
-many real devices as ``--devices``) for its own peaks.
+many real devices as ``--devices``) for its own peaks; ``bench/accelerator.py`` compares
+both with what one accelerator actually allocated.
 
 The search per (N_H, remat) brackets the largest fitting B (a multiple of ``--multiple``
 times the device count) with interpolation on the measured peak, which is close to linear
@@ -37,8 +39,6 @@ import time
 from typing import Any, Callable, Sequence
 
 from absl import flags
-
-from modeformer_jax import config_utils
 
 MAX_BATCH = 1 << 20          # the search's default ceiling on the global batch
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
@@ -105,9 +105,16 @@ def residual_bytes(model: Any, per_device: int, windows: int) -> int:
 
 
 class Planner:
-  """Compiles the train step for (B, N_H, remat) and caches the memory analysis."""
+  """Compiles the train step for (B, N_H, remat) and caches the memory analysis.
 
-  def __init__(self, config: Any, mesh: Any, model_overrides: dict | None = None):
+  ``config`` is a ConfigDict or a plain dict with ``model`` (a model config mapping) and
+  optionally ``loss`` and ``optim``, as in ``config_utils.training_config``. The devices of
+  ``mesh`` decide the platform compiled for. ``compiler_options`` are passed to every
+  ``compile`` (e.g. a lower XLA optimisation level for quick CPU runs).
+  """
+
+  def __init__(self, config: Any, mesh: Any, model_overrides: dict | None = None,
+               compiler_options: dict | None = None):
     import jax
 
     from modeformer_jax import mesh as mesh_lib
@@ -116,21 +123,28 @@ class Planner:
     self.config, self.mesh = config, mesh
     self.n = mesh.shape[mesh_lib.AXIS]
     self.model_overrides = dict(model_overrides or {})
+    self.compiler_options = compiler_options
     self.loss_cfg = _as_dict(config.get("loss", None) or {})
     self.tx, _ = train_step.make_optimizer(_as_dict(config.get("optim", None) or {}))
     self.cache: dict[tuple[int, int, bool], dict[str, Any]] = {}
 
-  def measure(self, batch_size: int, num_hard: int, remat: bool) -> dict[str, Any]:
-    """Lowers + compiles (never runs) one step; returns its memory figures."""
-    key = (batch_size, num_hard, remat)
-    if key in self.cache:
-      return self.cache[key]
-    jax, ts = self.jax, self.ts
+  def model(self, remat: bool) -> Any:
+    """The ``ModEFormer`` the step is compiled for (config's model + overrides + remat)."""
     from modeformer_jax.models import ModEFormer, ModelConfig
-    self.mesh_lib.check_batch_size(batch_size, self.mesh, process_count=1)
-    mcfg = _as_dict(self.config.model)
+    mcfg = _as_dict(self.config["model"])
     mcfg.update(self.model_overrides, remat=remat)
-    model = ModEFormer(ModelConfig.from_mapping(mcfg))
+    return ModEFormer(ModelConfig.from_mapping(mcfg))
+
+  def compile(self, batch_size: int, num_hard: int, remat: bool) -> tuple[Any, dict[str, Any]]:
+    """Lowers + compiles one step; returns ``(compiled, figures)`` and caches the figures.
+
+    The executable takes a state and batch with the shapes and shardings of
+    ``train_step.create_train_state`` / ``abstract_batch`` on this mesh, so a caller on the
+    target platform can run exactly what was measured.
+    """
+    jax, ts = self.jax, self.ts
+    self.mesh_lib.check_batch_size(batch_size, self.mesh, process_count=1)
+    model = self.model(remat)
     rep = self.mesh_lib.replicated(self.mesh)
     state = jax.eval_shape(lambda r: ts.create_train_state(model, self.tx, r, self.loss_cfg),
                            jax.random.key(0))
@@ -139,14 +153,22 @@ class Planner:
     batch = ts.abstract_batch(batch_size, num_hard, self.mesh, model.config.video_channels)
     step = ts.make_train_step(model, self.tx, self.mesh, self.loss_cfg)
     t0 = time.perf_counter()
-    stats = step.lower(state, batch, rng).compile().memory_analysis()
+    compiled = step.lower(state, batch, rng).compile(self.compiler_options)
+    stats = compiled.memory_analysis()
     out = {"B": batch_size, "N_H": num_hard, "remat": remat,
            "per_device": batch_size // self.n, "peak": peak_bytes(stats),
            "temp": int(stats.temp_size_in_bytes), "argument": int(stats.argument_size_in_bytes),
            "compile_s": time.perf_counter() - t0,
            "residuals": residual_bytes(model, batch_size // self.n, 1 + num_hard)}
-    self.cache[key] = out
-    return out
+    self.cache[(batch_size, num_hard, remat)] = out
+    return compiled, out
+
+  def measure(self, batch_size: int, num_hard: int, remat: bool) -> dict[str, Any]:
+    """Lowers + compiles (never runs) one step; returns its memory figures (cached)."""
+    key = (batch_size, num_hard, remat)
+    if key not in self.cache:
+      self.compile(batch_size, num_hard, remat)
+    return self.cache[key]
 
   def largest_batch(self, num_hard: int, remat: bool, budget: int, multiple: int = 8,
                     max_batch: int = MAX_BATCH,
@@ -249,6 +271,9 @@ def _is_bytes(text: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point (``argv`` without the program name); returns a process exit code."""
+  # Here, not at the top: the Planner itself needs no ml_collections (bench/accelerator.py
+  # runs it where ml_collections is not installed).
+  from modeformer_jax import config_utils
   args = config_utils.parse_flags(argv, __doc__, _define_flags)
   budget = parse_bytes(args.memory_per_device)
 
@@ -280,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dtype={model_desc.get('dtype')} on {args.devices} x {devices[0].device_kind} "
         f"({args.platform}); budget {_gib(budget).strip()} GiB per device; "
         f"loss.easy_negatives={planner.loss_cfg.get('easy_negatives', True)}")
+  if args.platform == "cpu":
+    print("estimates are CPU-derived: XLA:CPU's buffer assignment for simulated devices, not "
+          "an accelerator's own (--platform gpu|tpu on the target gives its own)")
   sys.stdout.flush()
 
   if args.batch_sizes:
