@@ -330,6 +330,20 @@ class _FakePlanner(plan.Planner):
     return self.cache[key]
 
 
+def test_conv3d_form_switches_and_restores():
+  from modeformer_jax import models
+  before = models.CONV3D_IMPL
+  with plan.conv3d_form("native"):
+    assert models.CONV3D_IMPL == "native"
+    with plan.conv3d_form("2d"):   # re-entrant: a planner inside a planner's trace
+      assert models.CONV3D_IMPL == "2d"
+    assert models.CONV3D_IMPL == "native"
+  assert models.CONV3D_IMPL == before
+  with pytest.raises(RuntimeError), plan.conv3d_form("native"):
+    raise RuntimeError
+  assert models.CONV3D_IMPL == before
+
+
 @pytest.mark.parametrize("knee", [None, 3000])
 def test_planner_search_finds_the_largest_fitting_batch(knee):
   budget = 10**9
