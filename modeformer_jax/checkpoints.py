@@ -16,23 +16,32 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 process killed mid-save (kill -9 included) leaves no checkpoint that a restore would pick.
 
 Exported weights (the format of shipped models) are a directory with ``model.json`` (model
-config + model card fields) and ``params/`` (a ``StandardCheckpointer`` pytree).
+config + model card fields) and ``params/`` (a ``StandardCheckpointer`` pytree), or one
+model file (``*.msgpack``, ``save_model_file``): the same ``model.json`` fields and the
+parameters in one msgpack map (flax's array encoding, no pickle). The file is what a run
+on a machine that returns only a few flat files (``train_device``) writes.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import jax
-import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from modeformer_jax.models import ModEFormer, ModelConfig
 
+if TYPE_CHECKING:
+  # Annotations only: ``train_device`` saves model files where ml_collections is absent.
+  import ml_collections
+
 ITEMS = ("state", "data", "meta")
 VAL_METRIC = "val_acc5"
+MODEL_FILE_SUFFIX = ".msgpack"
+MODEL_FILE_FORMAT = "modeformer_jax.model_file"
 
 
 class CheckpointMismatchError(ValueError):
@@ -130,14 +139,17 @@ def load_model(path: str | os.PathLike, which: str = "best",
                model_config: Mapping[str, Any] | None = None) -> tuple[ModEFormer, Any, dict]:
   """Loads ``(model, params, meta)`` for inference or ``init_from``.
 
-  ``path`` may be an exported model directory (has ``model.json``), a training workdir
-  (has ``checkpoints/``; ``which`` = 'best' or 'latest'), or ``<workdir>/checkpoints/<step>``.
+  ``path`` may be an exported model directory (has ``model.json``), a model file
+  (``*.msgpack``, ``save_model_file``), a training workdir (has ``checkpoints/``; ``which``
+  = 'best' or 'latest'), or ``<workdir>/checkpoints/<step>``.
   With ``model_config``, a checkpoint of a different architecture is a clear error.
   ``params`` is the model's tree (``{'audio', 'video'}``; a learned ``log_tau`` is not
   read). ``meta`` is the checkpoint's (with ``input_spec`` for checkpoints written since
   specs exist) or the exported ``model.json``.
   """
   path = pathlib.Path(path).absolute()
+  if path.is_file() and path.suffix == MODEL_FILE_SUFFIX:
+    return _load_model_file(path, model_config)
   if (path / "model.json").is_file():
     meta = json.loads((path / "model.json").read_text())
     model = ModEFormer(ModelConfig.from_mapping(meta["model"]))
@@ -150,8 +162,8 @@ def load_model(path: str | os.PathLike, which: str = "best",
   elif path.parent.name == "checkpoints" and path.name.isdigit():
     workdir, step = path.parent.parent, int(path.name)
   else:
-    raise FileNotFoundError(f"{path}: not an exported model (model.json), a workdir "
-                            "(checkpoints/) or a checkpoint step directory")
+    raise FileNotFoundError(f"{path}: not an exported model (model.json or *{MODEL_FILE_SUFFIX}), "
+                            "a workdir (checkpoints/) or a checkpoint step directory")
   mngr = make_manager(workdir, read_only=True)
   step = step if step is not None else _latest_or_best(mngr, which)
   meta = read_meta(mngr, step)
@@ -177,3 +189,46 @@ def export_params(out_dir: str | os.PathLike, params: Any, model_config: Mapping
   meta = {"model": ModelConfig.from_mapping(model_config).to_dict(), **dict(card or {})}
   (out / "model.json").write_text(json.dumps(meta, indent=1, default=list))
   return out
+
+
+def save_model_file(path: str | os.PathLike, params: Any, model_config: Mapping[str, Any],
+                    card: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """Writes params and ``model.json``'s fields as one ``*.msgpack`` file (atomically).
+
+  ``load_model`` reads it like an exported directory; ``python -m modeformer_jax.export
+  --checkpoint FILE`` turns it into one.
+  """
+  from flax import serialization
+  path = pathlib.Path(path).absolute()
+  if path.suffix != MODEL_FILE_SUFFIX:
+    raise ValueError(f"{path}: a model file ends in {MODEL_FILE_SUFFIX}")
+  meta = {"model": ModelConfig.from_mapping(model_config).to_dict(), **dict(card or {})}
+  tree = {"format": MODEL_FILE_FORMAT, "meta_json": json.dumps(meta, default=list),
+          "params": serialization.to_state_dict(jax.device_get(params))}
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(serialization.msgpack_serialize(tree))
+  os.replace(tmp, path)   # a run killed mid-write leaves the previous file whole
+  return path
+
+
+def _load_model_file(path: pathlib.Path, model_config: Mapping[str, Any] | None
+                     ) -> tuple[ModEFormer, Any, dict]:
+  """``load_model`` for a ``save_model_file`` file; shapes and dtypes are checked."""
+  from flax import serialization
+  tree = serialization.msgpack_restore(path.read_bytes())
+  if not isinstance(tree, dict) or tree.get("format") != MODEL_FILE_FORMAT:
+    raise ValueError(f"{path}: not a modeformer_jax model file")
+  meta = json.loads(tree["meta_json"])
+  if model_config is not None:
+    check_model_config(meta["model"], model_config, str(path))
+  model = ModEFormer(ModelConfig.from_mapping(meta["model"]))
+  abstract = _abstract_params(model)
+  params = serialization.from_state_dict(abstract, tree["params"])
+  for (where, want), got in zip(jax.tree_util.tree_leaves_with_path(abstract),
+                                jax.tree.leaves(params)):
+    if not isinstance(got, np.ndarray) or got.shape != want.shape or got.dtype != want.dtype:
+      raise CheckpointMismatchError(
+          f"{path}: parameter {jax.tree_util.keystr(where)} is "
+          f"{getattr(got, 'dtype', type(got))} {getattr(got, 'shape', '')}; the model "
+          f"wants {want.dtype} {want.shape}")
+  return model, params, meta

@@ -27,15 +27,19 @@ worker processes, and the iterator state (``get_state``/``set_state``) restores 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import grain
 import numpy as np
 
 # windows, not features: the mel offsets must not pull in PyAV and OpenCV.
 from modeformer_jax import records
 from modeformer_jax.input_spec import MEL_CONFIG
 from modeformer_jax.windows import MEL_WINDOW, WINDOW_FRAMES, mel_start, num_positions
+
+if TYPE_CHECKING:
+  # Imported where a dataset is built: the entry functions run where grain is not installed
+  # (``train_device`` on an accelerator machine).
+  import grain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,14 +144,18 @@ def augment_audio(windows: np.ndarray, spec: ExampleSpec,
   return out
 
 
-class MakeEntries(grain.transforms.RandomMap):
-  """Serialized clip record -> ``entries_per_clip`` stacked training entries."""
+class MakeEntries:
+  """Serialized clip record -> ``entries_per_clip`` stacked training entries.
+
+  A plain callable for grain's ``random_map`` (which hands it the same per-element
+  generator as a ``RandomMap`` subclass), so this module imports without grain.
+  """
 
   def __init__(self, spec: ExampleSpec, augment: bool):
     self.spec = spec
     self.augment = augment
 
-  def random_map(self, element: tuple[int, bytes], rng: np.random.Generator) -> dict:
+  def __call__(self, element: tuple[int, bytes], rng: np.random.Generator) -> dict:
     index, raw = element
     rec = records.decode_record(raw)
     return make_entries(rec, index, self.spec, rng, self.augment)
@@ -156,10 +164,23 @@ class MakeEntries(grain.transforms.RandomMap):
 def make_entries(rec: Mapping[str, Any], clip_index: int, spec: ExampleSpec,
                  rng: np.random.Generator, augment: bool = False) -> dict[str, np.ndarray]:
   """``spec.entries_per_clip`` entries from one decoded record (leading axis K)."""
-  n = int(rec["num_frames"])
+  return clip_entries(lambda t: records.decode_lips(rec, t, WINDOW_FRAMES),
+                      records.decode_mel(rec), int(rec["num_frames"]), clip_index, spec, rng,
+                      augment, name=rec.get("clip_id"))
+
+
+def clip_entries(read_lips: Callable[[int], np.ndarray], mel: np.ndarray, num_frames: int,
+                 clip_index: int, spec: ExampleSpec, rng: np.random.Generator,
+                 augment: bool = False, name: str | None = None) -> dict[str, np.ndarray]:
+  """``spec.entries_per_clip`` entries of one clip given as arrays (leading axis K).
+
+  ``read_lips(t)`` returns the 5 lip frames from ``t`` (``uint8 [5, 48, 96, 3]``) and
+  ``mel`` is the clip's ``float32 [80, Tm]``; records go through ``make_entries``, decoded
+  clip packages (``train_device``) come here directly.
+  """
+  n = int(num_frames)
   if n < WINDOW_FRAMES + spec.min_shift:
-    raise ValueError(f"clip {rec.get('clip_id')} has {n} frames; too short for training")
-  mel = records.decode_mel(rec)
+    raise ValueError(f"clip {name} has {n} frames; too short for training")
   k = spec.entries_per_clip
   positions = num_positions(n)
   starts = rng.choice(positions, size=k, replace=positions < k)
@@ -171,7 +192,7 @@ def make_entries(rec: Mapping[str, Any], clip_index: int, spec: ExampleSpec,
     for s in times:
       m0 = mel_start(int(s))
       wins.append(mel[:, m0:m0 + MEL_WINDOW])
-    video = records.decode_lips(rec, t, WINDOW_FRAMES)
+    video = read_lips(t)
     audio = np.stack(wins).astype(np.float32)
     if augment:
       video = _augment(video, spec, rng)
@@ -199,6 +220,7 @@ def train_dataset(data_dir: str, split: str, *, global_batch: int, spec: Example
                   seed: int, process_index: int = 0, process_count: int = 1,
                   augment: bool = False) -> grain.MapDataset:
   """Infinite, shuffled MapDataset of this process's local batches."""
+  import grain
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} does not divide by {process_count} processes")
   local = global_batch // process_count
@@ -220,6 +242,7 @@ def train_iterator(data_dir: str, split: str, *, global_batch: int, spec: Exampl
                    augment: bool = False, workers: int = 0,
                    prefetch: int = 2) -> grain.DatasetIterator:
   """Checkpointable iterator over local batches, with multiprocess prefetch if workers > 0."""
+  import grain
   ds = train_dataset(data_dir, split, global_batch=global_batch, spec=spec, seed=seed,
                      process_index=process_index, process_count=process_count,
                      augment=augment).to_iter_dataset()
