@@ -207,7 +207,7 @@ def test_documented_runner_commands_use_real_options():
   section = text[text.index("### Data preparation on Apache Beam"):
                  text.index("### TensorFlow Datasets")]
   commands = [" ".join(m.split()) for m in
-              re.findall(r"python -m modeformer_jax\.data_prep\.prepare (.*?)(?:\n\n|\n#|\n```)",
+              re.findall(r"python -m data_prep\.prepare (.*?)(?:\n\n|\n#|\n```)",
                          section.replace("\\\n", " "), re.S)]
   runners = set()
   for cmd in commands:
