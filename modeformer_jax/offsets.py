@@ -55,12 +55,36 @@ class Detector:
   meta: dict
 
 
+COMPILE_CACHE_ENV = "MODEFORMER_COMPILE_CACHE"
+
+
+def use_compile_cache() -> str | None:
+  """Turns on XLA's persistent compilation cache for the towers, so a second run starts in
+  seconds instead of compiling again (~7 s on 2 cores): ``$MODEFORMER_COMPILE_CACHE``, else
+  ``~/.cache/modeformer_jax/xla``; ``off`` leaves it off. A cache the user set up already
+  (``jax_compilation_cache_dir``) is kept. Returns the folder in use."""
+  import os
+
+  import jax
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return current
+  folder = os.environ.get(COMPILE_CACHE_ENV) or str(
+      pathlib.Path.home() / ".cache" / "modeformer_jax" / "xla")
+  if folder.lower() == "off":
+    return None
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return folder
+
+
 def load_detector(checkpoint: str | pathlib.Path | None = None, *, which: str = "best",
                   layout: str = "auto", chunk: int = 128, warn: bool = True) -> Detector:
   """Loads a detector: the shipped ``DEFAULT_MODEL`` without ``checkpoint``, else an exported
   model, a training workdir (``which`` checkpoint) or a checkpoint directory. The one loader
   of ``detect``, sync QC, the demo and the benchmarks."""
   ckpt = str(checkpoint or DEFAULT_MODEL)
+  use_compile_cache()
   model, params, meta = checkpoints.load_model(ckpt, which=which)
   if meta.get("input_spec") or layout == "auto":
     spec = input_spec.from_model_meta(meta, ckpt)
