@@ -17,11 +17,11 @@ analysis throughput over the decode-only throughput (the issue's target: >= 50%)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -60,26 +60,34 @@ def make_file(source: pathlib.Path, out: pathlib.Path, minutes: float,
   return path
 
 
+def _cpu_s() -> float:
+  """CPU seconds of this process so far, all threads (user + system)."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def decode_only(path: pathlib.Path) -> dict:
   from modeformer_jax import media
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), _cpu_s()
   frames = 0
   reader = media.Reader(str(path))
   for ch in reader.chunks():
     frames += len(ch.frames)
   wall = time.perf_counter() - t0
-  return {"wall_s": round(wall, 2), "video_s": frames / 25, "x_realtime": round(frames / 25 / wall, 2)}
+  return {"wall_s": round(wall, 2), "cpu_s": round(_cpu_s() - c0, 2), "video_s": frames / 25,
+          "x_realtime": round(frames / 25 / wall, 2)}
 
 
 def warm(analyzer, path: pathlib.Path) -> dict:
   from modeformer_jax.qc import sync_qc
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), _cpu_s()
   plain = sync_qc.detect_file(analyzer, path)
-  t1 = time.perf_counter()
+  t1, c1 = time.perf_counter(), _cpu_s()
   qc = analyzer.analyze(path)
-  t2 = time.perf_counter()
+  t2, c2 = time.perf_counter(), _cpu_s()
   video_s = qc["duration_s"]
   return {"plain_wall_s": round(t1 - t0, 2), "qc_wall_s": round(t2 - t1, 2),
+          "plain_cpu_s": round(c1 - c0, 2), "qc_cpu_s": round(c2 - c1, 2),
           "plain_x_realtime": round(video_s / (t1 - t0), 2),
           "qc_x_realtime": round(video_s / (t2 - t1), 2),
           "plain_offset_ms": plain["offset_ms"], "qc_offset_ms": qc["global"]["offset_ms"],
@@ -89,6 +97,8 @@ def warm(analyzer, path: pathlib.Path) -> dict:
 def cold(path: pathlib.Path, work: pathlib.Path) -> dict:
   out = {}
   for name, extra in (("plain", []), ("qc", ["--qc", "--no_report"])):
+    # A fresh folder: --qc skips files an earlier run finished (resume).
+    shutil.rmtree(work / f"cold_{name}", ignore_errors=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "modeformer_jax.detect", str(path), "--out",
                     str(work / f"cold_{name}"), "--json", *extra], check=True,
@@ -98,8 +108,8 @@ def cold(path: pathlib.Path, work: pathlib.Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m bench.decode_floor",
-                               description=__doc__.splitlines()[0])
+  from modeformer_jax import cli
+  ap = cli.parser(__name__, __doc__.split("\n\n")[0])
   ap.add_argument("--work", required=True)
   ap.add_argument("--minutes", default="1,10", help="comma-separated file lengths")
   ap.add_argument("--source", default=str(DEFAULT_SOURCE))
@@ -132,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     rows.append(row)
     d, an = row["decode"], row["analysis"]
-    print(f"\n{path.name}: decode only {d['wall_s']} s ({d['x_realtime']}x real time); "
+    print(f"\n{path.name}: decode only {d['wall_s']} s ({d['x_realtime']}x real time, "
+          f"{d['cpu_s']} CPU s); "
           f"plain detect {an['plain_wall_s']} s ({an['plain_x_realtime']}x); --qc "
-          f"{an['qc_wall_s']} s ({an['qc_x_realtime']}x); analysis at "
+          f"{an['qc_wall_s']} s ({an['qc_x_realtime']}x, {an['qc_cpu_s']} CPU s); analysis at "
           f"{row['analysis_share_of_decode_rate']:.0%} of the decode rate")
     total = sum(an["stages_s"].values())
     print("  where --qc's time goes: " + ", ".join(

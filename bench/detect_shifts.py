@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="'auto': the model's own training crop")
   parser.add_argument("--shifts", default="-7:7", help="'a:b' (inclusive) or a comma list")
   parser.add_argument("--json_out", default=None, help="write per-detection rows here")
+  parser.add_argument("--detect_every", type=int, default=None,
+                      help="face landmarks on every n-th frame (default: detect's)")
   args = parser.parse_args(argv)
   if ":" in args.shifts:
     lo, hi = (int(x) for x in args.shifts.split(":"))
@@ -86,9 +88,12 @@ def main(argv: list[str] | None = None) -> None:
 
   det = offsets.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
   meta = det.meta
-  analyzer = sync_qc.Analyzer(detector=det)
+  qc = sync_qc.QCOptions() if args.detect_every is None else sync_qc.QCOptions(
+      detect_every=args.detect_every)
+  analyzer = sync_qc.Analyzer(options=qc, detector=det)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
+        f"face landmarks every {qc.detect_every} frame(s); "
         f"{len(files)} videos x {len(shifts)} shifts ({shifts[0]:+d}..{shifts[-1]:+d})")
   rows, failed = [], []
   t0 = time.perf_counter()

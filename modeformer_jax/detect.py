@@ -51,7 +51,8 @@ from modeformer_jax.qc import qc_batch, sync_qc, tracking
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sync_qc.QCOptions:
   """The analysis options, the same for plain ``detect`` and ``--qc``."""
   options = sync_qc.QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
-                              detect_every=args.detect_every, face_frame=args.face_frame)
+                              detect_every=args.detect_every, face_frame=args.face_frame,
+                              min_fail_s=args.min_fail_s, min_reliability=args.min_reliability)
   try:
     options.check()
   except ValueError as e:
@@ -126,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
   qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
                   "in an earlier run (finished files are always skipped)")
   qc.add_argument("--no_report", action="store_true", help="skip the HTML reports")
+  qc.add_argument("--min_fail_s", type=float, default=sync_qc.QCOptions.min_fail_s,
+                  help="a file fails a tolerance when its offset stays out of it this many "
+                  "measured seconds in a row (docs/sync_qc.md says why 10)")
+  an.add_argument("--min_reliability", type=float, default=sync_qc.QCOptions.min_reliability,
+                  help="segments whose calibrated probability of being within one frame is "
+                  "lower are 'uncertain' (not used for verdicts)")
   an.add_argument("--max_faces", type=int, default=4, help="faces tracked at once")
-  an.add_argument("--detect_every", type=int, default=1,
+  an.add_argument("--detect_every", type=int, default=sync_qc.QCOptions.detect_every,
                   help="run the face landmarker on every n-th frame (faster, coarser)")
   an.add_argument("--face_frame", default="fixed", choices=["fixed", *sorted(tracking.FACE_FRAMES)],
                   help="box-crop models only: 'fixed' = the video is a face crop like the "

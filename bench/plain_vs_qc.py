@@ -1,0 +1,125 @@
+"""Plain ``detect`` against ``detect --qc`` on the same files, run as a person runs them.
+
+  python -m bench.plain_vs_qc ../shared/data/real_clips --work /tmp/pvq --out bench/plain_vs_qc.json
+  python -m bench.plain_vs_qc /tmp/formats /tmp/formats_hd --work /tmp/pvq_fmt
+
+Each input is a video or a folder (searched recursively for video files). Both commands run
+once over all files (``detect FILES --json`` and ``detect --qc FILES --no_report``), each in
+its own process, timed. Per file they agree when both give an offset in the same frame with
+the ms within half a frame (20 ms), or both refuse with the same reason. Prints one row per
+file, the agreement count and the two wall times (``plain`` should be no slower: it is the
+same analysis without the timeline and reports).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+from bench.common import machine
+from modeformer_jax import cli
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".mxf", ".avi", ".webm", ".ts", ".m4v", ".mpg"}
+
+
+def videos(inputs: list[str]) -> list[pathlib.Path]:
+  """The video files of ``inputs`` (files as given, folders searched), sorted, unique."""
+  out: list[pathlib.Path] = []
+  for name in inputs:
+    p = pathlib.Path(name)
+    if p.is_dir():
+      out += [q for q in sorted(p.rglob("*")) if q.suffix.lower() in VIDEO_SUFFIXES]
+    elif p.exists():
+      out.append(p)
+    else:
+      raise SystemExit(f"{p}: no such file or folder")
+  return sorted(dict.fromkeys(q.resolve() for q in out))
+
+
+def _reason(text: str, path: pathlib.Path) -> str:
+  """An error message without its ``path: `` prefix."""
+  return text.split(f"{path}: ", 1)[-1].strip()
+
+
+def compare(plain: dict | None, qc: dict | None, path: pathlib.Path) -> dict:
+  """One file's row: both answers and whether they agree (``same``)."""
+  row = {"file": str(path)}
+  if plain is None or qc is None:
+    return row | {"same": False, "why": "missing from one run's output"}
+  if "error" in plain:
+    row["plain"] = {"error": _reason(plain["error"], path)}
+  else:
+    row["plain"] = {"frames": plain["offset_frames"], "ms": plain["offset_ms"]}
+  g = qc.get("global") or {}
+  if "error" in qc:
+    row["qc"] = {"error": _reason(qc["error"], path)}
+  elif g.get("offset_ms") is None:
+    row["qc"] = {"error": f"no measurable offset: {g.get('reason') or 'no face'}"}
+  else:
+    row["qc"] = {"frames": g.get("offset_frames"), "ms": g["offset_ms"]}
+  a, b = row["plain"], row["qc"]
+  if "error" in a or "error" in b:
+    # The same refusal: plain words its "no measurable offset" with the segment length.
+    row["same"] = "error" in a and "error" in b and (
+        a["error"] == b["error"] or a["error"].startswith(b["error"]))
+  else:
+    row["same"] = (a["frames"] == b["frames"] and abs(a["ms"] - b["ms"]) <= 20.0)
+  return row
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = cli.parser(__name__, __doc__.split("\n\n")[0])
+  p.add_argument("inputs", nargs="+", help="videos or folders")
+  p.add_argument("--work", required=True, help="scratch folder for both runs' outputs")
+  p.add_argument("--checkpoint", default=None)
+  p.add_argument("--out", default=None, help="JSON of every row and figure")
+  a = p.parse_args(argv)
+  files = videos(a.inputs)
+  if not files:
+    raise SystemExit("no video files found")
+  work = pathlib.Path(a.work)
+  work.mkdir(parents=True, exist_ok=True)
+  ck = ["--checkpoint", a.checkpoint] if a.checkpoint else []
+  base = [sys.executable, "-m", "modeformer_jax.detect", *map(str, files), *ck]
+  print(machine())
+  print(f"{len(files)} files")
+  t0 = time.perf_counter()
+  run = subprocess.run(base + ["--json", "--out", str(work / "plain")], capture_output=True,
+                       text=True)
+  plain_s = time.perf_counter() - t0
+  if not run.stdout.strip():
+    raise SystemExit(f"plain detect printed nothing (exit {run.returncode}):\n{run.stderr[-2000:]}")
+  plain = {pathlib.Path(r["name"]).resolve(): r for r in json.loads(run.stdout)
+           if "name" in r}
+  qc_out = work / "qc"
+  (qc_out / "results.jsonl").unlink(missing_ok=True)    # no resume: a fresh, timed run
+  t0 = time.perf_counter()
+  subprocess.run(base + ["--qc", "--no_report", "--out", str(qc_out)], capture_output=True,
+                 text=True)
+  qc_s = time.perf_counter() - t0
+  qc = {}
+  for line in (qc_out / "results.jsonl").read_text().splitlines():
+    if line.strip():
+      e = json.loads(line)
+      qc[pathlib.Path(e["path"]).resolve()] = e
+  rows = [compare(plain.get(f), qc.get(f), f) for f in files]
+  for r in rows:
+    def show(x):
+      return x["error"] if "error" in x else f"{x['frames']:+d} fr {x['ms']:+7.1f} ms"
+    mark = "same" if r["same"] else "DIFFERENT"
+    print(f"{mark:9s} {pathlib.Path(r['file']).name:42s} plain {show(r.get('plain', {'error': '?'}))}"
+          f" | qc {show(r.get('qc', {'error': '?'}))}")
+  same = sum(r["same"] for r in rows)
+  print(f"\n{same} of {len(rows)} files: the same answer from both; wall time plain "
+        f"{plain_s:.1f} s, --qc {qc_s:.1f} s (plain / qc = {plain_s / qc_s:.2f})")
+  if a.out:
+    pathlib.Path(a.out).write_text(json.dumps(
+        {"machine": machine(), "files": len(rows), "same": same, "plain_wall_s": round(plain_s, 2),
+         "qc_wall_s": round(qc_s, 2), "rows": rows}, indent=1))
+  return 0 if same == len(rows) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
