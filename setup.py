@@ -40,6 +40,7 @@ setup(
         "tqdm>=4.66",
         "absl-py>=2.1",
         "tensorboardX>=2.6.2",
+        "prometheus-client>=0.20",   # the live monitor's metrics (modeformer_jax/monitor.py)
     ],
     extras_require={
         "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],

@@ -2,7 +2,9 @@
 
 ``Reader(path).chunks()`` yields a file piece by piece (memory bounded by one chunk, for an
 hour of broadcast video) and ``decode(path)`` collects the same pieces for a short clip, so
-the whole-clip and the streaming paths cannot disagree. What a file's container says is
+the whole-clip and the streaming paths cannot disagree. ``LiveReader`` reads a live source
+(network, stdin, a growing file) through the same per-frame decoding (``_Decoder``), with
+the live clock rules in its docstring. What a file's container says is
 honoured the way a player honours it:
 
 Picture
@@ -41,6 +43,10 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import math
+import os
+import sys
+import threading
+import time
 from typing import Iterator
 
 import av
@@ -446,19 +452,36 @@ class Chunk:
   # Samples of silence the reader put in front of a late-starting audio stream (known once
   # any audio has been emitted; the audio clock's real sound starts there).
   audio_lead: int = 0
+  # Live sources (``LiveReader``): the run the chunk belongs to (a new run, with its own
+  # clock from frame 0, starts at each (re)connection and timestamp discontinuity) and the
+  # ``time.monotonic()`` at which each output frame was decided (its arrival).
+  run: int = 0
+  arrival: np.ndarray | None = None
 
 
 class _Track:
-  """One audio stream's chosen channels, mixed to mono, at 16 kHz, on the video clock."""
+  """One audio stream's chosen channels, mixed to mono, at 16 kHz, on the video clock.
 
-  def __init__(self, stream, weights: np.ndarray):
+  ``follow`` (live sources): after the first sample, frames are placed by their timestamps
+  too: a hole of more than ``AUDIO_SLIP_S`` (lost packets) is filled with silence, an
+  overlap of more than that (a loop or splice that starts before the last sound ended) is
+  cut from the new frame, and a jump beyond ``JUMP_S`` forward or ``JUMP_BACK_S`` back
+  raises ``_Discontinuity``. Files are placed sample after sample from the first
+  timestamp, as decoded.
+  """
+
+  def __init__(self, stream, weights: np.ndarray, follow: bool = False):
     self.stream = stream
     self.weights = weights
-    rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+    self.rate = int(stream.rate or stream.codec_context.sample_rate or 0)
     self.resampler = av.AudioResampler(format="fltp")      # planar float, layout kept
-    self.sox = (soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-                if rate != SAMPLE_RATE else None)
+    self.sox = (soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+                if self.rate != SAMPLE_RATE else None)
+    self.follow = follow
     self.start: float | None = None     # time of its first sample
+    self.received = 0                   # source samples decoded (at ``rate``)
+    self.gaps = 0                       # holes filled and overlaps cut (``follow``)
+    self.gap_s = 0.0                    # their sum, s (holes positive)
     self.pending: list[np.ndarray] = []  # before the video clock is known
     self.aligned = False
     self.lead = 0                       # samples of silence put in front (late start)
@@ -466,7 +489,13 @@ class _Track:
     self.ready: list[np.ndarray] = []
     self.size = 0                       # samples in ``ready``
 
-  def _mix(self, frame) -> np.ndarray:
+  def _resample(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+    if self.sox is not None:
+      x = self.sox.resample_chunk(x, last=last).astype(np.float32)
+    return x
+
+  def _mix(self, frame, drop: int = 0) -> np.ndarray:
+    """The frame's chosen channels mixed and resampled, less its first ``drop`` samples."""
     parts = []
     w = self.weights
     # All channels at one weight (a mono file, both sides of stereo): the mean times the
@@ -480,14 +509,30 @@ class _Track:
       else:
         parts.append((w[:arr.shape[0]] @ arr).astype(np.float32))
     x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if self.sox is not None:
-      x = self.sox.resample_chunk(x, last=frame is None).astype(np.float32)
-    return x
+    return self._resample(x[drop:], last=frame is None)
 
   def push(self, frame, origin: float | None) -> None:
-    if self.start is None and frame is not None and frame.pts is not None:
-      self.start = float(frame.time)
-    self.place(self._mix(frame), origin)
+    drop = 0
+    if frame is not None and frame.pts is not None:
+      t = float(frame.time)
+      if self.start is None:
+        self.start = t
+      elif self.follow and self.rate:
+        hole = t - (self.start + self.received / self.rate)
+        if hole > JUMP_S or hole < -JUMP_BACK_S:
+          raise _Discontinuity(frame, f"audio timestamps jumped by {hole:+.2f} s")
+        if abs(hole) > AUDIO_SLIP_S:    # placed by timestamp, not after the last sample
+          self.gaps += 1
+          self.gap_s += hole
+          n = int(round(abs(hole) * self.rate))
+          if hole > 0:                  # lost packets: silence keeps the clock
+            self.received += n
+            self.place(self._resample(np.zeros(n, np.float32)), origin)
+          else:                         # sound already placed: cut it from this frame
+            drop = min(n, frame.samples)
+    if frame is not None:
+      self.received += frame.samples - drop
+    self.place(self._mix(frame, drop), origin)
 
   def place(self, x: np.ndarray, origin: float | None) -> None:
     if not self.aligned:
@@ -521,6 +566,154 @@ class _Track:
     return out
 
 
+# Live sources: timestamps that move more than this forward (s) or back (s) from where their
+# stream was are a discontinuity (a restarted encoder, MPEG-TS's 33-bit wrap, a splice), and
+# the clock starts a new run; smaller forward holes are a frozen picture (held frames) or
+# silence, and audio holes or overlaps over AUDIO_SLIP_S are corrected (not let accumulate:
+# 24 ms at every loop of a looping playout would move the sound a frame in two minutes).
+JUMP_S = 2.0
+JUMP_BACK_S = 0.5
+AUDIO_SLIP_S = 0.005
+
+
+class _Discontinuity(Exception):
+  """Timestamps of a live source jumped (``JUMP_S``); ``frame`` starts the next run."""
+
+  def __init__(self, frame, reason: str):
+    super().__init__(reason)
+    self.frame = frame
+
+
+class _Decoder:
+  """The decoding loop's per-frame work, shared by ``Reader`` (a file) and ``LiveReader``
+  (one run of a live source): pictures oriented and put on the 25 fps clock by nearest
+  timestamp, each audio track placed on that clock and mixed, chunks of ``chunk_frames``.
+
+  ``decode(packet)`` yields the chunks a packet completes, ``end()`` the rest when the run
+  ends. ``live`` follows timestamp holes and raises ``_Discontinuity`` (``JUMP_S``).
+  """
+
+  def __init__(self, info: StreamInfo, vstream, astreams: list, audio: AudioChoice,
+               chunk_frames: int, live: bool = False, run: int = 0, near: float | None = None):
+    self.info, self.chunk_frames, self.live, self.run = info, int(chunk_frames), live, run
+    # After a discontinuity at timestamp ``near``: frames of each stream are dropped until
+    # one lands within JUMP_S of it (the other stream's frames from before the jump, still
+    # coming out of its decoder).
+    self.near, self.joined = near, set()
+    self.dropped_frames = 0
+    self.vstream = vstream
+    self.tracks = {astreams[i].index: _Track(astreams[i], audio.weights(
+        i, astreams[i].codec_context.layout.nb_channels), follow=live) for i in audio.streams}
+    self.nominal = info.source_fps or FPS
+    self.origin: float | None = None
+    self.resample = _NearestFrames()
+    self.frames: list[np.ndarray] = []
+    self.held: list[bool] = []
+    self.arrival: list[float] = []
+    self.start = 0
+    self.steps: list[float] = []
+    self.last_rel = 0.0
+    self.source_frames = 0
+    self.audio_samples = 0
+    self.duration = 0.0
+
+  @property
+  def streams(self) -> list:
+    """The streams to demux: the picture and the chosen audio."""
+    return [self.vstream, *[t.stream for t in self.tracks.values()]]
+
+  def _mixed(self, final: bool) -> np.ndarray:
+    ts = list(self.tracks.values())
+    n = max(t.size for t in ts) if final else min(t.size for t in ts)
+    if n == 0:
+      return np.zeros(0, np.float32)
+    out = np.zeros(n, np.float32)
+    for t in ts:
+      x = t.take(n)
+      if len(ts) == 1:
+        return x
+      out[:x.size] += x
+    return out
+
+  def _take(self, final: bool = False) -> Chunk | None:
+    audio = self._mixed(final)
+    if not self.frames and not (final and audio.size):
+      return None
+    self.audio_samples += audio.size
+    # Several tracks: sound exists from the earliest real start.
+    lead = min((t.lead for t in self.tracks.values() if t.aligned), default=0)
+    info = self.info
+    ch = Chunk(self.start, np.stack(self.frames) if self.frames else
+               np.zeros((0, info.height, info.width, 3), np.uint8), audio,
+               np.array(self.held, bool), lead, self.run,
+               np.array(self.arrival) if self.live else None)
+    self.start += len(self.frames)
+    self.frames, self.held, self.arrival = [], [], []
+    return ch
+
+  def _emit(self, out: list[tuple[np.ndarray, bool]]) -> Iterator[Chunk]:
+    now = time.monotonic()
+    for img, h in out:
+      self.frames.append(img)
+      self.held.append(h)
+      self.arrival.append(now)
+      if len(self.frames) == self.chunk_frames:
+        yield self._take()
+
+  def frame(self, stream, frame) -> Iterator[Chunk]:
+    """One decoded frame of ``stream``; yields the chunks it completes."""
+    if self.near is not None and stream.index not in self.joined:
+      if frame.pts is not None and abs(float(frame.time) - self.near) > JUMP_S:
+        self.dropped_frames += 1
+        return
+      self.joined.add(stream.index)
+    if stream.type == "audio":
+      self.tracks[stream.index].push(frame, self.origin)
+      return
+    t = float(frame.time) if frame.pts is not None else self.last_rel + 1.0 / self.nominal
+    if self.live and self.origin is not None:
+      step = t - self.origin - self.last_rel
+      if step > JUMP_S or step < -JUMP_BACK_S:
+        raise _Discontinuity(frame, f"video timestamps jumped by {step:+.2f} s")
+    img = _orient(frame.to_ndarray(format="rgb24"), self.info.sample_aspect,
+                  frame.rotation or 0)
+    if self.origin is None:
+      self.origin = t
+      for tr in self.tracks.values():
+        if tr.pending:          # audio that came first waits for the video clock
+          tr.place(np.zeros(0, np.float32), self.origin)
+    rel = t - self.origin
+    if self.source_frames and rel > self.last_rel:
+      self.steps.append(rel - self.last_rel)
+      del self.steps[:-100]
+    self.source_frames += 1
+    self.last_rel = max(self.last_rel, rel)
+    yield from self._emit(self.resample.push(img, rel))
+
+  def decode(self, packet) -> Iterator[Chunk]:
+    """Decodes one demuxed packet; yields the chunks it completes."""
+    for frame in packet.decode():
+      yield from self.frame(packet.stream, frame)
+
+  def end(self) -> Iterator[Chunk]:
+    """The run ended: flushes the audio, ends the video one median frame step after the
+    last frame's timestamp and yields the remaining chunks (the last with all the audio)."""
+    for tr in self.tracks.values():
+      tr.push(None, self.origin)
+    if self.resample.prev is None:
+      return
+    last_step = float(np.median(self.steps)) if self.steps else 1.0 / self.nominal
+    self.duration = self.last_rel + last_step
+    yield from self._emit(self.resample.finish(num_output_frames(self.duration, FPS)))
+    last = self._take(final=True)
+    if last is not None:
+      yield last
+
+  @property
+  def audio_lead_s(self) -> float:
+    return max((t.lead for t in self.tracks.values()), default=0) / SAMPLE_RATE
+
+
 class Reader:
   """Decodes one file in chunks (``chunks()``); see the module docstring for the rules.
 
@@ -547,98 +740,282 @@ class Reader:
 
     A file that breaks part-way raises ``FeatureError`` after the chunks decoded so far.
     """
-    path, info = self.path, self.info
-    container = av.open(path)
+    container = av.open(self.path)
     try:
       vstream = container.streams.video[0]
       vstream.thread_type = "AUTO"
-      astreams = list(container.streams.audio)
-      tracks = {astreams[i].index: _Track(astreams[i], self.audio.weights(
-          i, astreams[i].codec_context.layout.nb_channels)) for i in self.audio.streams}
-      nominal = info.source_fps or FPS
-      origin: float | None = None
-      resample = _NearestFrames()
-      frames: list[np.ndarray] = []
-      held: list[bool] = []
-      start = 0
-      steps: list[float] = []
-      last_rel = 0.0
-
-      def mixed(final: bool) -> np.ndarray:
-        ts = list(tracks.values())
-        n = max(t.size for t in ts) if final else min(t.size for t in ts)
-        if n == 0:
-          return np.zeros(0, np.float32)
-        out = np.zeros(n, np.float32)
-        for t in ts:
-          x = t.take(n)
-          if len(ts) == 1:
-            return x
-          out[:x.size] += x
-        return out
-
-      def take_chunk(final: bool = False) -> Chunk | None:
-        nonlocal frames, held, start
-        audio = mixed(final)
-        if not frames and not (final and audio.size):
-          return None
-        self.audio_samples += audio.size
-        # Several tracks: sound exists from the earliest real start.
-        lead = min((t.lead for t in tracks.values() if t.aligned), default=0)
-        ch = Chunk(start, np.stack(frames) if frames else
-                   np.zeros((0, info.height, info.width, 3), np.uint8), audio,
-                   np.array(held, bool), lead)
-        start += len(frames)
-        frames, held = [], []
-        return ch
-
+      dec = _Decoder(self.info, vstream, list(container.streams.audio), self.audio,
+                     self.chunk_frames)
       try:
-        for packet in container.demux(vstream, *[t.stream for t in tracks.values()]):
-          for frame in packet.decode():
-            if packet.stream.type == "audio":
-              tracks[packet.stream.index].push(frame, origin)
-              continue
-            t = float(frame.time) if frame.pts is not None else last_rel + 1.0 / nominal
-            img = _orient(frame.to_ndarray(format="rgb24"), info.sample_aspect,
-                          frame.rotation or 0)
-            if origin is None:
-              origin = t
-              for tr in tracks.values():
-                if tr.pending:          # audio that came first waits for the video clock
-                  tr.place(np.zeros(0, np.float32), origin)
-            rel = t - origin
-            if self.source_frames and rel > last_rel:
-              steps.append(rel - last_rel)
-              del steps[:-100]
-            self.source_frames += 1
-            last_rel = max(last_rel, rel)
-            for out, h in resample.push(img, rel):
-              frames.append(out)
-              held.append(h)
-              if len(frames) == self.chunk_frames:
-                yield take_chunk()
-        for tr in tracks.values():
-          tr.push(None, origin)
+        for packet in container.demux(*dec.streams):
+          for ch in dec.decode(packet):
+            self.source_frames = dec.source_frames
+            yield ch
+        tail = list(dec.end())
       except av.FFmpegError as e:
-        raise FeatureError(path, "corrupt", f"decoding failed at "
-                           f"{resample.next_t / FPS:.2f} s: {e}") from e
-      if resample.prev is None:
-        raise FeatureError(path, "corrupt", "no video frame could be decoded")
-      last_step = float(np.median(steps)) if steps else 1.0 / nominal
-      self.duration = last_rel + last_step
-      total = num_output_frames(self.duration, FPS)
-      for out, h in resample.finish(total):
-        frames.append(out)
-        held.append(h)
-        if len(frames) == self.chunk_frames:
-          yield take_chunk()
-      self.audio_lead_s = max((t.lead for t in tracks.values()), default=0) / SAMPLE_RATE
-      self.held_frames, self.unused_frames = resample.held_frames, resample.unused_frames
-      last = take_chunk(final=True)
-      if last is not None:
-        yield last
+        raise FeatureError(self.path, "corrupt", f"decoding failed at "
+                           f"{dec.resample.next_t / FPS:.2f} s: {e}") from e
+      self.source_frames = dec.source_frames
+      if dec.resample.prev is None:
+        raise FeatureError(self.path, "corrupt", "no video frame could be decoded")
+      self.duration = dec.duration
+      self.audio_lead_s = dec.audio_lead_s
+      self.held_frames = dec.resample.held_frames
+      self.unused_frames = dec.resample.unused_frames
+      self.audio_samples = dec.audio_samples
+      yield from tail
     finally:
       container.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Live sources.
+# ----------------------------------------------------------------------------------------
+
+LIVE_REASON = "live source: chosen by channel layout, not measured"
+
+
+def choose_by_layout(channels: list[AudioChannel]) -> AudioChoice:
+  """``choose_audio``'s rules where nothing can be measured first (a live source): every
+  channel but LFE, or the centre alone in a layout that has one beside other speakers (the
+  centre of a 5.1 mix carries the dialogue)."""
+  usable = [ch for ch in channels if not ch.name.startswith("LFE")] or channels
+  centre = [ch for ch in usable if ch.name == "FC"]
+  chosen = centre if centre and len(usable) > 2 else usable
+  return AudioChoice(chosen, channels, LIVE_REASON, 1)
+
+
+def live_audio(stream) -> AudioChoice:
+  """The audio of a live source: its first audio stream by layout (``choose_by_layout``)."""
+  names = _layout_names(stream.codec_context.layout)
+  layout = stream.codec_context.layout.name if len(names) > 1 else "mono"
+  return choose_by_layout([AudioChannel(0, c, n, layout) for c, n in enumerate(names)])
+
+
+@dataclasses.dataclass
+class LiveEvent:
+  """Something a live source did between chunks: ``opened``, ``lost`` (``reason``),
+  ``reconnected`` (after ``gap_s``), ``discontinuity`` (a new run), ``ended``."""
+  kind: str
+  reason: str = ""
+  gap_s: float | None = None
+  run: int = 0
+
+
+class _Growing:
+  """A file that is still being written, read like a pipe: at its end, ``read`` waits for
+  more (up to ``stall_s``) before it reports the end."""
+
+  def __init__(self, path: str, stall_s: float, stop: threading.Event):
+    self.f = open(path, "rb")
+    self.stall_s, self.stop = stall_s, stop
+    self.ended = False            # waited ``stall_s`` once: later reads do not wait again
+
+  def read(self, n: int = -1) -> bytes:
+    deadline = time.monotonic() + (0 if self.ended else self.stall_s)
+    while True:
+      data = self.f.read(n)
+      if data or self.stop.is_set() or time.monotonic() >= deadline:
+        self.ended = not data
+        return data
+      time.sleep(0.05)
+
+  def close(self) -> None:
+    self.f.close()
+
+
+def _is_network(source: str) -> bool:
+  """Sources worth reopening: URLs and SDP descriptions of RTP streams."""
+  return ("://" in source and not source.startswith("file:")) or source.endswith(".sdp")
+
+
+class LiveReader:
+  """Decodes a live source as it comes: ``udp://``, ``rtp://`` / an SDP file, ``rtsp://``,
+  ``rtmp://``, ``tcp://``, HLS over http(s), a capture device (``format="v4l2"``, ...), a
+  file still being written, or ``-`` (MPEG-TS on stdin).
+
+  Unlike ``Reader`` it opens the source once per connection and scans nothing: the picture
+  size comes from the stream, the audio from the first audio stream's channel layout
+  (``live_audio``). ``chunks()`` yields ``Chunk``s of ``chunk_frames`` (with ``run`` and
+  ``arrival``) and ``LiveEvent``s. The clock (see ``JUMP_S``): each run starts at its first
+  video frame, as a file does; within a run pictures are placed by timestamp (holes become
+  held frames) and audio by timestamp too (holes and overlaps over ``AUDIO_SLIP_S`` are
+  filled with silence or cut), so
+  lost packets cannot move sound against picture; a timestamp jump beyond ``JUMP_S`` (or
+  back by ``JUMP_BACK_S``) or a reconnection ends the run and the next starts at frame 0.
+
+  Network sources that fail, end or stall for ``stall_s`` are reopened with backoff
+  (``backoff_s`` doubling up to ``max_backoff_s``); ``give_up_s`` (None: never) ends the
+  attempts with ``FeatureError``. Stdin and files end at their end (a file after ``stall_s``
+  without growing). Packets that fail to decode are skipped and counted
+  (``corrupt_packets``).
+  """
+
+  def __init__(self, source: str, chunk_frames: int = 5, *, format: str | None = None,
+               open_timeout_s: float = 10.0, stall_s: float = 5.0, backoff_s: float = 1.0,
+               max_backoff_s: float = 30.0, give_up_s: float | None = None,
+               options: dict[str, str] | None = None):
+    self.source, self.chunk_frames, self.format = str(source), int(chunk_frames), format
+    self.open_timeout_s, self.stall_s = open_timeout_s, stall_s
+    self.backoff_s, self.max_backoff_s, self.give_up_s = backoff_s, max_backoff_s, give_up_s
+    self.options = dict(options or {})
+    self.reconnects_allowed = _is_network(self.source)
+    self.info: StreamInfo | None = None
+    self.audio: AudioChoice | None = None
+    self.run = 0
+    self.reconnects = 0
+    self.corrupt_packets = 0
+    self.discontinuities = 0
+    self._done = {"source_frames": 0, "held_frames": 0, "unused_frames": 0, "audio_gaps": 0}
+    self._dec: _Decoder | None = None
+    self._stop = threading.Event()
+
+  def stop(self) -> None:
+    """Asks ``chunks()`` to end (from another thread); a blocked read ends within
+    ``stall_s``."""
+    self._stop.set()
+
+  def counts(self) -> dict[str, int]:
+    """Source frames, held and unused output frames, audio holes filled, over all runs."""
+    out = dict(self._done)
+    if self._dec is not None:
+      out["source_frames"] += self._dec.source_frames
+      out["held_frames"] += self._dec.resample.held_frames
+      out["unused_frames"] += self._dec.resample.unused_frames
+      out["audio_gaps"] += sum(t.gaps for t in self._dec.tracks.values())
+    return out
+
+  def _open(self):
+    # Probing reads about a second (the packets it reads are kept: no ``nobuffer``).
+    opts = {"analyzeduration": "1000000"}
+    if self.source.startswith("udp:"):
+      # A slow reader must not kill the stream: FFmpeg's receive thread buffers ~10 MB.
+      opts |= {"overrun_nonfatal": "1", "fifo_size": "50000"}
+    if self.source.startswith("rtsp:"):
+      opts["rtsp_transport"] = "tcp"
+    if self.source.endswith(".sdp") or self.format == "sdp":
+      opts["protocol_whitelist"] = "file,udp,rtp,crypto,data"    # what an SDP file may open
+    opts |= self.options
+    if self.source == "-":
+      return av.open(sys.stdin.buffer, format=self.format or "mpegts", options=opts)
+    if os.path.isfile(self.source) and not self.reconnects_allowed:
+      return av.open(_Growing(self.source, self.stall_s, self._stop), format=self.format,
+                     options=opts)
+    return av.open(self.source, format=self.format, options=opts,
+                   timeout=(self.open_timeout_s, self.stall_s))
+
+  def _decoder(self, container) -> _Decoder:
+    if not container.streams.video:
+      raise FeatureError(self.source, "no_video", "no video stream")
+    if not container.streams.audio:
+      raise FeatureError(self.source, "no_audio", "no audio stream")
+    v, a = container.streams.video[0], container.streams.audio[0]
+    v.thread_type = "AUTO"
+    sw, sh = int(v.codec_context.width), int(v.codec_context.height)
+    sar = _sar(v)
+    w, h = _display_size(sw, sh, sar)
+    self.info = StreamInfo(self.source, w, h, float(v.average_rate or v.guessed_rate or FPS),
+                           None, sw, sh, sar)
+    self.audio = live_audio(a)
+    return _Decoder(self.info, v, [a], self.audio, self.chunk_frames, live=True, run=self.run)
+
+  def _end_run(self) -> Iterator[Chunk]:
+    dec, self._dec = self._dec, None
+    if dec is None:
+      return
+    try:
+      yield from dec.end()
+    except av.FFmpegError:
+      pass
+    self._done["source_frames"] += dec.source_frames
+    self._done["held_frames"] += dec.resample.held_frames
+    self._done["unused_frames"] += dec.resample.unused_frames
+    self._done["audio_gaps"] += sum(t.gaps for t in dec.tracks.values())
+    self.run += 1
+
+  def _runs(self, container) -> Iterator[Chunk | LiveEvent]:
+    """Chunks of one connection; the reason it ended is the return value."""
+    self._dec = self._decoder(container)
+    packets = container.demux(*self._dec.streams)
+    while not self._stop.is_set():
+      try:
+        packet = next(packets)
+      except StopIteration:
+        return "the source ended"
+      except (av.FFmpegError, OSError) as e:
+        return f"read failed: {e}"
+      if packet.is_corrupt:
+        self.corrupt_packets += 1
+      try:
+        yield from self._dec.decode(packet)
+      except _Discontinuity as d:
+        yield from self._end_run()
+        self.discontinuities += 1
+        yield LiveEvent("discontinuity", str(d), run=self.run)
+        near = float(d.frame.time) if d.frame.pts is not None else None
+        self._dec = _Decoder(self.info, container.streams.video[0],
+                             [container.streams.audio[0]], self.audio, self.chunk_frames,
+                             live=True, run=self.run, near=near)
+        try:
+          yield from self._dec.frame(packet.stream, d.frame)
+        except (_Discontinuity, av.FFmpegError):
+          pass
+      except av.FFmpegError:
+        self.corrupt_packets += 1       # undecodable: skipped, counted
+    return "stopped"
+
+  def chunks(self) -> Iterator[Chunk | LiveEvent]:
+    """Chunks and events until the source ends for good, ``stop()`` or ``give_up_s``."""
+    lost_at: float | None = None
+    backoff = self.backoff_s
+    opened_once = False
+    while not self._stop.is_set():
+      try:
+        container = self._open()
+      except (av.FFmpegError, OSError) as e:
+        if not self.reconnects_allowed:
+          raise FeatureError(self.source, "corrupt", f"cannot open: {e}") from e
+        lost_at = lost_at if lost_at is not None else time.monotonic()
+        if self.give_up_s is not None and time.monotonic() - lost_at > self.give_up_s:
+          raise FeatureError(self.source, "corrupt", f"cannot open for "
+                             f"{self.give_up_s:g} s: {e}") from e
+        yield LiveEvent("reconnecting", f"cannot open: {e}; retrying in {backoff:g} s")
+        self._stop.wait(backoff)
+        backoff = min(2 * backoff, self.max_backoff_s)
+        continue
+      try:
+        if lost_at is not None and opened_once:
+          self.reconnects += 1
+        gap = None if lost_at is None or not opened_once else time.monotonic() - lost_at
+        try:
+          runs = self._runs(container)
+          first = True
+          while True:
+            try:
+              item = next(runs)
+            except StopIteration as s:
+              reason = s.value
+              break
+            if first:
+              yield LiveEvent("reconnected" if gap is not None else "opened",
+                              gap_s=None if gap is None else round(gap, 3), run=self.run)
+              first, backoff = False, self.backoff_s
+              opened_once = True
+            yield item
+        except FeatureError as e:
+          if not self.reconnects_allowed:
+            raise
+          reason = e.reason
+        yield from self._end_run()
+      finally:
+        container.close()
+      if self._stop.is_set():
+        break
+      if not self.reconnects_allowed:
+        yield LiveEvent("ended", reason, run=self.run)
+        return
+      lost_at = time.monotonic()
+      yield LiveEvent("lost", reason, run=self.run)
 
 
 @dataclasses.dataclass

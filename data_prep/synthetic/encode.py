@@ -86,8 +86,8 @@ def x264_params() -> str:
   return "asm=" + ",".join(names) if names else ""
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, crf: int = 20
-              ) -> None:
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, crf: int = 20,
+              gop: int | None = None) -> None:
   """Writes h264 (yuv420p, ``crf``) + AAC (16 kHz mono) mp4, atomically (temp file, rename).
 
   Args:
@@ -95,6 +95,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, cr
     frames: uint8 ``[T, H, W, 3]`` RGB at 25 fps (H and W even).
     audio: float32 ``[N]`` mono at 16 kHz, clipped to [-1, 1].
     crf: x264 constant rate factor (18-23 keeps the lips crisp at 160x160).
+    gop: frames between keyframes (None: x264's 250); live streams use about a second, so
+      a receiver that joins late can start decoding soon.
   """
   path = pathlib.Path(path)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -111,6 +113,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, cr
     if x264_params():
       vs.options = dict(vs.options, **{"x264-params": x264_params()})
     vs.codec_context.thread_count = 1   # one process per clip already; also keeps bytes stable
+    if gop:
+      vs.codec_context.gop_size = int(gop)
     ast = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
     ast.bit_rate = 64000
     for i in range(len(frames)):

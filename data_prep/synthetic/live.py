@@ -1,0 +1,110 @@
+"""A file played as a live stream: MPEG-TS over UDP, TCP or a pipe, at the file's own pace.
+
+  python -m data_prep.synthetic.live clip.mp4 udp://127.0.0.1:5000        # real time, once
+  python -m data_prep.synthetic.live clip.mp4 - --loop | python -m modeformer_jax.monitor -
+
+Packets are copied (no re-encoding, so it costs almost no CPU) into MPEG-TS and sent when
+the wall clock reaches their timestamp (``speed`` times real time). ``start_s`` starts at
+the last keyframe at or before it (a restarted sender, as a receiver sees one). ``loop``
+plays the file again and again with timestamps that keep increasing. What the monitor's
+tests and ``bench.monitor`` stream.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import av
+
+from modeformer_jax import cli
+
+
+def _url(url: str) -> str:
+  # Datagrams that fit an Ethernet frame: seven 188-byte TS packets.
+  if url.startswith("udp:") and "pkt_size" not in url:
+    url += ("&" if "?" in url else "?") + "pkt_size=1316"
+  return url
+
+
+def loop_s(path: str) -> float:
+  """Seconds one loop of ``path`` takes in ``send(..., loop=True)``: from its first packet
+  to where its longer stream ends (stream time ``t`` of a loop shows the file at
+  ``t % loop_s``)."""
+  with av.open(path) as inp:
+    first, last = None, 0.0
+    for pkt in inp.demux():
+      if pkt.dts is None:
+        continue
+      t = float(pkt.dts * pkt.time_base)
+      first = t if first is None else first
+      last = max(last, t - first + float((pkt.duration or 0) * pkt.time_base))
+  return last
+
+
+def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bool = False,
+         stop: threading.Event | None = None) -> float:
+  """Streams ``path`` to ``url`` (``udp://``, ``tcp://``, a file, or ``-`` for stdout) as
+  MPEG-TS, paced at ``speed`` x real time (0: as fast as possible). Returns seconds sent."""
+  stop = stop or threading.Event()
+  out = av.open(sys.stdout.buffer if url == "-" else _url(url), "w", format="mpegts")
+  sent, shift = 0.0, 0.0
+  t_wall = time.monotonic()
+  try:
+    while not stop.is_set():
+      with av.open(path) as inp:
+        vin = inp.streams.video[0]
+        ains = list(inp.streams.audio)
+        if not len(out.streams):
+          vout = out.add_stream_from_template(vin)
+          aouts = {a.index: out.add_stream_from_template(a) for a in ains}
+        if start_s > 0:
+          inp.seek(int(start_s / vin.time_base), stream=vin, backward=True)
+        first: float | None = None
+        last = 0.0
+        for pkt in inp.demux(vin, *ains):
+          if pkt.dts is None or stop.is_set():
+            continue
+          t = float(pkt.dts * pkt.time_base)
+          first = t if first is None else first
+          rel = t - first + shift
+          # The next loop starts where both streams have ended (no overlap, no hole).
+          last = max(last, rel + float((pkt.duration or 0) * pkt.time_base))
+          if speed > 0:
+            wait = t_wall + rel / speed - time.monotonic()
+            if wait > 0:
+              time.sleep(wait)
+          delta = int(round((shift - first) / pkt.time_base))
+          pkt.dts += delta
+          if pkt.pts is not None:
+            pkt.pts += delta
+          pkt.stream = vout if pkt.stream.index == vin.index else aouts[pkt.stream.index]
+          out.mux(pkt)
+          sent = rel
+        if not loop:
+          break
+        shift = last
+        start_s = 0.0
+  except (BrokenPipeError, OSError):
+    pass      # the receiver went away (a pipe closed)
+  finally:
+    try:
+      out.close()
+    except (BrokenPipeError, OSError, av.FFmpegError):
+      pass
+  return sent
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = cli.parser(__name__, __doc__)
+  p.add_argument("path", help="an mp4 (h264 + AAC) or any file FFmpeg reads")
+  p.add_argument("url", help="udp://host:port, tcp://host:port, a .ts file, or - (stdout)")
+  p.add_argument("--speed", type=float, default=1.0, help="x real time (0: no pacing)")
+  p.add_argument("--start", type=float, default=0.0, help="start at this second")
+  p.add_argument("--loop", action="store_true", help="play the file again and again")
+  args = p.parse_args(argv)
+  send(args.path, args.url, args.speed, args.start, args.loop)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,366 @@
+"""Live monitoring: audio by layout, the live clock's runs, alarms, metrics, the command line,
+and (slow) a real UDP stream whose offset changes, whose sender dies and comes back, and
+that stalls."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import av
+import numpy as np
+import pytest
+
+from modeformer_jax import media, monitor
+from modeformer_jax.qc import tolerances
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _channels(names):
+  layout = "mono" if names == ["mono"] else "x"
+  return [media.AudioChannel(0, i, n, layout) for i, n in enumerate(names)]
+
+
+def test_live_audio_is_chosen_by_layout():
+  pick = lambda names: [c.name for c in media.choose_by_layout(_channels(names)).channels]  # noqa: E731
+  assert pick(["mono"]) == ["mono"]
+  assert pick(["FL", "FR"]) == ["FL", "FR"]
+  assert pick(["FL", "FR", "FC", "LFE", "BL", "BR"]) == ["FC"]          # 5.1: the centre
+  assert pick(["FL", "FR", "LFE"]) == ["FL", "FR"]                       # 2.1: never LFE
+  choice = media.choose_by_layout(_channels(["FL", "FR", "FC", "LFE", "BL", "BR"]))
+  assert "not measured" in choice.describe() and "left out" in choice.describe()
+
+
+def _ts(path, seconds, offset_s=0.0, audio_slips=()):
+  """A small MPEG-TS file (64x64 h264, AAC) whose timestamps start at ``offset_s``;
+  ``audio_slips``: (second, samples) moving the audio's timestamps from that second on."""
+  with av.open(str(path), "w", format="mpegts") as c:
+    vs = c.add_stream("libx264", rate=25)
+    vs.width = vs.height = 64
+    vs.pix_fmt = "yuv420p"
+    vs.codec_context.gop_size = 25
+    ast = c.add_stream("aac", rate=16000, layout="mono")
+    n = int(seconds * 25)
+    for i in range(n):
+      f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), (i * 7) % 255, np.uint8), "rgb24")
+      f.pts = i + int(offset_s * 25)
+      f.time_base = vs.codec_context.time_base = __import__("fractions").Fraction(1, 25)
+      c.mux(vs.encode(f))
+    c.mux(vs.encode())
+    x = (0.1 * np.sin(np.arange(n * 640) / 10)).astype(np.float32)
+    for s in range(0, x.size, 1024):
+      af = av.AudioFrame.from_ndarray(x[None, s:s + 1024], format="flt", layout="mono")
+      slip = sum(n for at, n in audio_slips if s >= at * 16000)
+      af.sample_rate, af.pts = 16000, s + int(offset_s * 16000) + slip
+      af.time_base = __import__("fractions").Fraction(1, 16000)
+      c.mux(ast.encode(af))
+    c.mux(ast.encode())
+
+
+def test_live_reader_starts_a_new_run_when_timestamps_jump(tmp_path):
+  # Two recordings back to back: the second's clock starts 100 s earlier (a restarted encoder).
+  _ts(tmp_path / "a.ts", 2.0, offset_s=100.0)
+  _ts(tmp_path / "b.ts", 2.0, offset_s=0.0)
+  joined = tmp_path / "ab.ts"
+  joined.write_bytes((tmp_path / "a.ts").read_bytes() + (tmp_path / "b.ts").read_bytes())
+  r = media.LiveReader(str(joined), chunk_frames=5, stall_s=0.2)
+  items = list(r.chunks())
+  events = [i.kind for i in items if isinstance(i, media.LiveEvent)]
+  chunks = [i for i in items if isinstance(i, media.Chunk)]
+  assert events == ["opened", "discontinuity", "ended"], events
+  runs = {c.run for c in chunks}
+  assert runs == {0, 1}
+  for run in runs:
+    mine = [c for c in chunks if c.run == run]
+    # A few frames still in the decoder at the jump may be lost (fewer than 5 of 50).
+    assert mine[0].start == 0 and 45 <= sum(len(c.frames) for c in mine) <= 51
+    audio = sum(c.audio.size for c in mine)
+    assert abs(audio - 2.0 * 16000) < 0.1 * 16000, audio     # sound stays with its run
+    assert all(c.arrival is not None and c.arrival.size == len(c.frames) for c in mine)
+  assert r.discontinuities == 1 and r.audio.reason == media.LIVE_REASON
+
+
+def test_live_audio_is_placed_by_timestamp(tmp_path):
+  # 24 ms of overlap at 1 s (a loop restarting before the sound ended), a 100-ms hole at 2 s
+  # (lost packets): cut and filled, so the sound never slides against the picture.
+  _ts(tmp_path / "clean.ts", 3.0)
+  _ts(tmp_path / "slips.ts", 3.0, audio_slips=((1.0, -384), (2.0, 1600)))
+  total = {}
+  for name in ("clean", "slips"):
+    r = media.LiveReader(str(tmp_path / f"{name}.ts"), chunk_frames=5, stall_s=0.2)
+    total[name] = sum(c.audio.size for c in r.chunks() if isinstance(c, media.Chunk))
+    assert r.counts()["audio_gaps"] == (2 if name == "slips" else 0)
+  assert abs(total["slips"] - total["clean"] - (1600 - 384)) <= 2, total
+
+
+def test_alarm_is_raised_once_after_hold_and_cleared_after_hold():
+  a = monitor.Alarm(tolerances.STANDARDS["EBU R37"], hold_s=3.0)
+  seq = [(1, 0.0), (2, 100.0), (3, 100.0), (4, None), (5, 100.0), (6, 100.0), (7, 100.0),
+         (8, 0.0), (9, 0.0), (10, 100.0), (11, 0.0), (12, 0.0), (13, 0.0), (14, 0.0)]
+  got = {t: a.update(t, ms) for t, ms in seq}
+  assert got[5] == "raised" and a.raised == 1
+  assert [t for t, c in got.items() if c] == [5, 14]       # the excursion at 10 resets clearing
+  assert got[14] == "cleared" and not a.active
+
+
+def test_prometheus_metrics_are_served():
+  m = monitor.Metrics(0, "udp://x")
+  try:
+    r = {"event": "report", "offset_ms": 80.0, "uncertainty_ms": 3.0, "confidence": 0.5,
+         "measurable": True, "latency_s": 2.5, "analysed_share": 0.9, "alarm_active": True,
+         "frames": 250, "frames_dropped": 25, "corrupt_packets": 1, "reconnects": 0,
+         "alarms": 1}
+    m.update(r)
+    m.update(r | {"frames": 300, "measurable": False})
+    text = urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=5).read()
+    text = text.decode()
+  finally:
+    m.close()
+  line = lambda name: next(l for l in text.splitlines() if l.startswith(name + "{"))  # noqa
+  assert line("modeformer_monitor_offset_ms").endswith("NaN")     # the last was unmeasurable
+  assert line("modeformer_monitor_frames_total").endswith(" 300.0")
+  assert line("modeformer_monitor_frames_dropped_total").endswith(" 25.0")
+  assert line("modeformer_monitor_alarm_active").endswith(" 1.0")
+  assert line("modeformer_monitor_latency_seconds").endswith(" 2.5")
+
+
+def test_usage_errors_exit_2_and_help_states_exit_codes(capsys):
+  with pytest.raises(SystemExit) as e:
+    monitor.main(["-", "--window", "2.5"])
+  assert e.value.code == monitor.EXIT_USAGE
+  with pytest.raises(SystemExit) as e:
+    monitor.main(["-", "--tolerance", "nope"])
+  assert e.value.code == 2
+  with pytest.raises(SystemExit):
+    monitor.main(["--help"])
+  out = capsys.readouterr().out
+  assert "usage: python -m modeformer_jax.monitor" in out and "Exit codes" in out
+
+
+# ------------------------------------------------------------------------------------------
+# Streams (slow): a sender process, the monitor as a person runs it.
+# ------------------------------------------------------------------------------------------
+
+SEGMENT_S = 8.0
+OFFSETS = (0, 4, -3, 0)          # frames: 0 -> +4 -> -3 -> 0, SEGMENT_S each
+WINDOW, EVERY, HOLD = 4.0, 1.0, 3.0
+
+
+@pytest.fixture(scope="module")
+def changing_mp4(tmp_path_factory):
+  from data_prep.synthetic.clip import render_clip
+  from data_prep.synthetic.encode import write_mp4
+  from data_prep.synthetic.speakers import make_speaker
+  sp = make_speaker(5, 30)
+  parts = [render_clip(sp, SEGMENT_S, 7 + i, audio_offset_frames=k)
+           for i, k in enumerate(OFFSETS)]
+  path = tmp_path_factory.mktemp("monitor") / "changing.mp4"
+  write_mp4(path, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            gop=25)
+  return path
+
+
+def _free_udp_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _events(path):
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]  # noqa: E741
+
+
+def _start_monitor(url, jsonl, *extra):
+  proc = subprocess.Popen([sys.executable, "-m", "modeformer_jax.monitor", url, "--jsonl",
+                           str(jsonl), *extra], cwd=ROOT, stdout=subprocess.DEVNULL)
+  deadline = time.monotonic() + 180
+  while not any(e["event"] == "started" for e in _events(jsonl)):
+    assert proc.poll() is None and time.monotonic() < deadline, "the monitor did not start"
+    time.sleep(0.2)
+  return proc
+
+
+def _sender(path, url, *extra):
+  return subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live", str(path), url,
+                           *extra], cwd=ROOT)
+
+
+def _rss_mb(pid):
+  with open(f"/proc/{pid}/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def _segment_at(file_s):
+  return OFFSETS[min(len(OFFSETS) - 1, int(file_s // SEGMENT_S))] * 40.0
+
+
+@pytest.mark.slow
+def test_monitor_follows_a_changing_offset_alarms_and_reconnects(changing_mp4, tmp_path):
+  """0 -> +4 -> -3 -> 0 frames over UDP; the sender is killed at 12 s and restarted at the
+  file's 14 s; alarms against EBU R37 (-40..+60 ms) with a 3-s hold."""
+  url = f"udp://127.0.0.1:{_free_udp_port()}"
+  jsonl, alarms = tmp_path / "m.jsonl", tmp_path / "alarms.txt"
+  mon = _start_monitor(url, jsonl, "--window", str(WINDOW), "--every", str(EVERY), "--hold",
+                       str(HOLD), "--stall", "2",
+                       "--on_alarm", f'echo "$MONITOR_EVENT $MONITOR_OFFSET_MS" >> {alarms}')
+  try:
+    sender = _sender(changing_mp4, url)
+    time.sleep(12.0)
+    sender.kill()
+    sender.wait()
+    time.sleep(4.0)
+    sender = _sender(changing_mp4, url, "--start", "14")
+    sender.wait(timeout=120)
+    time.sleep(WINDOW + 3)
+  finally:
+    mon.send_signal(signal.SIGTERM)
+    code = mon.wait(timeout=60)
+  assert code == monitor.EXIT_STOPPED
+  ev = _events(jsonl)
+  kinds = [e["event"] for e in ev]
+  assert "lost" in kinds and "reconnected" in kinds, kinds
+  gap = next(e for e in ev if e["event"] == "reconnected")["gap_s"]
+  assert gap >= 2.0
+  reports = [e for e in ev if e["event"] == "report"]
+  runs = sorted({r["run"] for r in reports})
+  assert len(runs) == 2, runs
+  # Where each run's frame 0 sits in the file: 0, and 14 s (the keyframe at or before it).
+  file_start = {runs[0]: 0.0, runs[1]: 14.0}
+  checked = 0
+  for r in reports:
+    lo = file_start[r["run"]] + r["run_t_s"] - WINDOW
+    hi = file_start[r["run"]] + r["run_t_s"]
+    # Windows wholly inside one segment (1 s of slack for the restart's keyframe).
+    if int((lo - 1) // SEGMENT_S) != int((hi + 0.5) // SEGMENT_S) or lo < 1:
+      continue
+    truth = _segment_at(hi)
+    assert r["measurable"], r
+    assert abs(r["offset_ms"] - truth) <= 25, (truth, r)
+    assert r["latency_s"] <= WINDOW + 3, r
+    checked += 1
+  assert checked >= 8, [(r["run"], r["run_t_s"], r["offset_ms"]) for r in reports]
+  # Each new offset is reported within one window (of stream) after the change.
+  for change in (SEGMENT_S, 2 * SEGMENT_S, 3 * SEGMENT_S):
+    run = runs[0] if change < 12 else runs[1]
+    after = [r for r in reports if r["run"] == run and r["measurable"]
+             and file_start[run] + r["run_t_s"] >= change + 0.5]
+    if not after:
+      continue
+    first = next(r for r in after if abs(r["offset_ms"] - _segment_at(change + 0.5)) <= 25)
+    assert file_start[run] + first["run_t_s"] <= change + WINDOW + 1.5, (change, first)
+  raised = [e for e in ev if e["event"] == "alarm_raised"]
+  cleared = [e for e in ev if e["event"] == "alarm_cleared"]
+  assert raised and cleared and cleared[-1]["t_s"] > raised[-1]["t_s"], (raised, cleared)
+  lines = alarms.read_text().split("\n")
+  assert any(l.startswith("raised ") for l in lines) and any(  # noqa: E741
+      l.startswith("cleared ") for l in lines)
+  summary = ev[-1]
+  assert summary["event"] == "summary" and summary["alarms"] == len(raised)
+  assert summary["reconnects"] >= 1 and summary["in_tolerance_s"] > 0
+  assert summary["out_of_tolerance_s"] > 0
+
+
+@pytest.mark.slow
+def test_a_stalled_source_does_not_grow_memory(changing_mp4, tmp_path):
+  """The sender stops after 4 s: the monitor reports no signal, keeps trying to reopen (the
+  source is UDP) and its memory stays where it was over 25 s of attempts."""
+  url = f"udp://127.0.0.1:{_free_udp_port()}"
+  jsonl = tmp_path / "m.jsonl"
+  mon = _start_monitor(url, jsonl, "--window", str(WINDOW), "--every", str(EVERY),
+                       "--stall", "1")
+  try:
+    sender = _sender(changing_mp4, url)
+    time.sleep(4.0)
+    sender.kill()
+    sender.wait()
+    # The first reopening allocates FFmpeg's UDP buffer and a decoder (~16 MB) once; from
+    # its failure on, attempts (and the stall) must cost nothing more.
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == "reconnecting" for e in _events(jsonl)):
+      assert time.monotonic() < deadline
+      time.sleep(0.5)
+    rss = []
+    for _ in range(25):
+      rss.append(_rss_mb(mon.pid))
+      time.sleep(1.0)
+  finally:
+    mon.send_signal(signal.SIGTERM)
+    code = mon.wait(timeout=60)
+  assert code == monitor.EXIT_STOPPED
+  kinds = [e["event"] for e in _events(jsonl)]
+  assert "no_signal" in kinds and "lost" in kinds and kinds.count("reconnecting") >= 2, kinds
+  assert max(rss) - rss[0] < 3, rss
+
+
+@pytest.mark.slow
+def test_a_source_that_never_opens_exits_1(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "modeformer_jax.monitor",
+                        str(tmp_path / "missing.ts")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == monitor.EXIT_SOURCE, out.stderr[-2000:]
+  assert "cannot open" in out.stdout
+
+
+@pytest.mark.slow
+def test_monitor_follows_offset_changes_on_a_real_clip(real_clips_dir, tmp_path):
+  """A real talking head (HDTF, 8 s) played three times with its audio moved 0, +4 and -3
+  frames: its own sync is unknown, so the changes are checked against the first part."""
+  from data_prep.synthetic.encode import write_mp4
+  from modeformer_jax import features
+  dec = features.decode(str(real_clips_dir / "hdtf" / "WDA_KatieHill_000.mp4"))
+  n = 200                                           # 8 s
+  frames, audio = dec.frames[:n], dec.audio[:n * 640]
+  shifts = (0, 4, -3)
+  path = tmp_path / "real_changing.mp4"
+  write_mp4(path, np.concatenate([frames] * len(shifts)),
+            np.concatenate([features.shift_audio(audio, k) for k in shifts]), gop=25)
+  url = f"udp://127.0.0.1:{_free_udp_port()}"
+  jsonl = tmp_path / "m.jsonl"
+  mon = _start_monitor(url, jsonl, "--window", str(WINDOW), "--every", str(EVERY))
+  try:
+    _sender(path, url).wait(timeout=120)
+    time.sleep(WINDOW + 3)
+  finally:
+    mon.send_signal(signal.SIGTERM)
+    assert mon.wait(timeout=60) == monitor.EXIT_STOPPED
+  reports = [e for e in _events(jsonl) if e["event"] == "report"]
+  by_part = {}
+  for r in reports:
+    part = int((r["run_t_s"] - WINDOW) // 8)
+    if r["measurable"] and part == int((r["run_t_s"] - 0.01) // 8):   # inside one part
+      by_part.setdefault(part, []).append(r["offset_ms"])
+  assert sorted(by_part) == [0, 1, 2], [(r["run_t_s"], r["offset_ms"], r["reason"])
+                                        for r in reports]
+  base = np.median(by_part[0])
+  for part, k in ((1, 4), (2, -3)):
+    assert abs(np.median(by_part[part]) - base - 40 * k) <= 30, (k, by_part)
+  assert all(r["latency_s"] <= WINDOW + 3 for r in reports if r["latency_s"] is not None)
+
+
+@pytest.mark.slow
+def test_a_source_faster_than_the_analysis_loses_pictures_not_frames(changing_mp4, tmp_path):
+  """MPEG-TS on stdin as fast as it can go: every frame is decoded (the clock never slips),
+  the pictures the analysis cannot keep up with are dropped, counted and reported."""
+  jsonl = tmp_path / "m.jsonl"
+  send = subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live", str(changing_mp4),
+                           "-", "--speed", "0"], cwd=ROOT, stdout=subprocess.PIPE)
+  mon = subprocess.run([sys.executable, "-m", "modeformer_jax.monitor", "-", "--jsonl",
+                        str(jsonl), "--window", str(WINDOW), "--every", str(EVERY)],
+                       cwd=ROOT, stdin=send.stdout, stdout=subprocess.DEVNULL, timeout=300)
+  send.wait(timeout=60)
+  assert mon.returncode == monitor.EXIT_STOPPED           # stdin ended: a clean end
+  ev = _events(jsonl)
+  summary = ev[-1]
+  assert summary["event"] == "summary" and summary["ended"]
+  assert summary["frames"] == len(OFFSETS) * SEGMENT_S * 25
+  assert summary["frames_dropped"] > 0 and summary["analysed_share"] < 1
+  partial = [e for e in ev if e["event"] == "report" and e["analysed_share"] < 1]
+  assert partial and all(e["uncertainty_factor"] is None or e["uncertainty_factor"] > 1
+                         for e in partial)
