@@ -3,7 +3,7 @@
   python -m modeformer_jax.monitor udp://0.0.0.0:5000
   python -m modeformer_jax.monitor rtsp://camera/stream --tolerance ebu_r37 --hold 10
   ffmpeg -re -i programme.mp4 -f mpegts - | python -m modeformer_jax.monitor -
-  python -m modeformer_jax.monitor srt.sdp --jsonl sync.jsonl --metrics_port 9109
+  python -m modeformer_jax.monitor stream.sdp --jsonl sync.jsonl --metrics_port 9109
 
 SOURCE is anything FFmpeg opens as a live input (udp://, rtp:// or an SDP file, rtsp://,
 rtmp://, tcp://, an HLS playlist over http(s), a capture device with --format, a file that
