@@ -875,14 +875,18 @@ class LiveReader:
     ``stall_s``."""
     self._stop.set()
 
+  @staticmethod
+  def _run_counts(dec: _Decoder) -> dict[str, int]:
+    return {"source_frames": dec.source_frames, "held_frames": dec.resample.held_frames,
+            "unused_frames": dec.resample.unused_frames,
+            "audio_gaps": sum(t.gaps for t in dec.tracks.values())}
+
   def counts(self) -> dict[str, int]:
     """Source frames, held and unused output frames, audio holes filled, over all runs."""
     out = dict(self._done)
     if self._dec is not None:
-      out["source_frames"] += self._dec.source_frames
-      out["held_frames"] += self._dec.resample.held_frames
-      out["unused_frames"] += self._dec.resample.unused_frames
-      out["audio_gaps"] += sum(t.gaps for t in self._dec.tracks.values())
+      for k, v in self._run_counts(self._dec).items():
+        out[k] += v
     return out
 
   def _open(self):
@@ -927,10 +931,8 @@ class LiveReader:
       yield from dec.end()
     except av.FFmpegError:
       pass
-    self._done["source_frames"] += dec.source_frames
-    self._done["held_frames"] += dec.resample.held_frames
-    self._done["unused_frames"] += dec.resample.unused_frames
-    self._done["audio_gaps"] += sum(t.gaps for t in dec.tracks.values())
+    for k, v in self._run_counts(dec).items():
+      self._done[k] += v
     self.run += 1
 
   def _runs(self, container) -> Iterator[Chunk | LiveEvent]:
