@@ -652,11 +652,12 @@ class _Decoder:
     return ch
 
   def _emit(self, out: list[tuple[np.ndarray, bool]]) -> Iterator[Chunk]:
-    now = time.monotonic()
+    now = time.monotonic() if self.live else 0.0     # arrival times matter live only
     for img, h in out:
       self.frames.append(img)
       self.held.append(h)
-      self.arrival.append(now)
+      if self.live:
+        self.arrival.append(now)
       if len(self.frames) == self.chunk_frames:
         yield self._take()
 
