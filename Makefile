@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BEAM_STAMP := $(VENV)/.installed-beam
+AOT_STAMP := $(VENV)/.installed-aot
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all venv aot clean
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,7 +25,19 @@ $(BEAM_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[beam]'
 	@touch $(BEAM_STAMP)
 
+# The target compilers for `python -m modeformer_jax.plan --target v5e-256|h100-8|...`
+# (deviceless AOT): libtpu through the `aot` extra; the GPU compiler (jax-cuda12 PJRT plugin
+# and ptxas, pinned in modeformer_jax/aot.py) into $(VENV)/aot-cuda, which only the planner
+# puts on its path. About 1.1 GB in all.
+$(AOT_STAMP): $(STAMP) setup.py modeformer_jax/aot.py
+	$(PY) -m pip install -q -e '.[dev,aot]'
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/aot-cuda \
+	  $$($(PY) -c "from modeformer_jax import aot; print(' '.join(aot.GPU_COMPILER_PINS))")
+	@touch $(AOT_STAMP)
+
 venv: $(STAMP)
+
+aot: $(AOT_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m modeformer_jax.demo --out demo_out
@@ -34,7 +47,7 @@ demo: $(STAMP)
 test: $(STAMP) $(BEAM_STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser" tests
 
-test-all: $(STAMP) $(BEAM_STAMP)
+test-all: $(STAMP) $(BEAM_STAMP) $(AOT_STAMP)
 	$(PY) -m pytest -q tests
 
 clean:

@@ -29,6 +29,12 @@ a memory limit of its own, so the frontier logic runs too. FLOPs: model FLOPs ar
 each tower with the native 3D convolution (forward + backward = 3 x forward; no remat
 recompute, loss or optimizer);
 XLA's count for the whole compiled step is reported beside them.
+
+Three memory figures per step: the device's measured peak, the planner's XLA:CPU estimate
+(``plan cpu``) and the deviceless GPU compiler's (``aot``: the same one-GPU step compiled
+here beforehand by ``python -m bench.frontier --point h200-1,STAGE,B,N_H``, read from
+bench/frontier_compiles/), each with its error. ``peak`` also records the real GPU's own
+target description (``target_config``), to check the one aot.py writes by hand.
 """
 from __future__ import annotations
 
@@ -194,7 +200,35 @@ def run_peak(spec: dict[str, Any]) -> dict[str, Any]:
   stats = memory_stats() or {}
   return {"status": "ok", "tflops": flops / 1e12, "n": spec["peak_n"], "dtype": str(dtype),
           "device_kind": dev.device_kind, "platform": dev.platform, "jax": jax.__version__,
-          "machine": machine(), "bytes_limit": stats.get("bytes_limit")}
+          "machine": machine(), "bytes_limit": stats.get("bytes_limit"),
+          "target_config": _target_config(dev)}
+
+
+def _target_config(dev: Any) -> str | None:
+  """The real GPU's own GpuTargetConfigProto (text), to check aot.py's hand-written one."""
+  if dev.platform != "gpu":
+    return None
+  try:
+    from jax.experimental import topologies
+    return str(topologies.get_topology_for_devices([dev]).target_config)
+  except Exception as e:  # noqa: BLE001 - a finding to record, not a reason to stop
+    return f"(unavailable: {type(e).__name__}: {e})"[:500]
+
+
+def target_compiler_peak(device_kind: str | None, r: dict[str, Any]) -> int | None:
+  """The deviceless GPU compiler's peak for the same one-GPU step, if it was compiled
+  (``python -m bench.frontier --point h200-1,STAGE,B,N_H``; bench/frontier_compiles/)."""
+  kind = (device_kind or "").lower()
+  chip = "h200" if "h200" in kind else ("h100" if "h100" in kind else None)
+  if chip is None or r.get("B") is None:
+    return None
+  path = (pathlib.Path(__file__).resolve().parent / "frontier_compiles" /
+          f"{chip}-1_s{r.get('stage')}_v{r['B']}_h{r.get('N_H')}_r{int(bool(r.get('remat')))}"
+          "_n1.json")
+  if not path.exists():
+    return None
+  row = json.loads(path.read_text())
+  return None if "error" in row or row.get("over_compiler") else row.get("peak")
 
 
 def run_step(spec: dict[str, Any]) -> dict[str, Any]:
@@ -347,7 +381,7 @@ def _result(fut: Future | None, timeout: float) -> Any:
 
 class CpuSide:
   """What the parent computes on its CPU: the planner's estimates (``plan.Planner`` on a CPU
-  mesh: exactly ``python -m modeformer_jax.plan --platform cpu``'s numbers), the towers'
+  mesh: exactly ``python -m modeformer_jax.plan --target cpu``'s numbers), the towers'
   forward FLOPs, and JAX's residual bytes per batch entry (the frontier's first aim)."""
 
   def __init__(self, s: Settings):
@@ -476,6 +510,10 @@ def plan_error(r: dict[str, Any], est: dict[str, Any], on_device: bool) -> dict[
   m = row.get("measured_bytes")
   if m and est.get("peak"):
     row["plan_error_pct"] = 100.0 * (est["peak"] - m) / m
+  if r.get("target_compiler_bytes"):
+    row["target_compiler_bytes"] = r["target_compiler_bytes"]
+    if m:
+      row["target_compiler_error_pct"] = 100.0 * (r["target_compiler_bytes"] - m) / m
   if m and r.get("analysis_peak") and on_device:
     row["device_analysis_error_pct"] = 100.0 * (r["analysis_peak"] - m) / m
   if est.get("status") != "ok":
@@ -540,8 +578,8 @@ def _num(x: Any, digits: int) -> str:
   return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
-def _err(e: dict[str, Any]) -> str:
-  return _num(e.get("plan_error_pct"), 1) + "%" if "plan_error_pct" in e else "-"
+def _err(e: dict[str, Any], key: str = "plan_error_pct") -> str:
+  return _num(e.get(key), 1) + "%" if key in e else "-"
 
 
 # The table's columns: (title, width; negative = left-aligned, cell of (result, plan row)).
@@ -561,6 +599,8 @@ _COLUMNS: tuple[tuple[str, int, Callable[[dict, dict], str]], ...] = (
     ("dev.an.", 8, lambda r, e: _gib(r.get("analysis_peak"))),
     ("plan cpu", 9, lambda r, e: _gib(e.get("plan_cpu_bytes"))),
     ("plan err", 9, lambda r, e: _err(e)),
+    ("aot GiB", 8, lambda r, e: _gib(e.get("target_compiler_bytes"))),
+    ("aot err", 8, lambda r, e: _err(e, "target_compiler_error_pct")),
 )
 
 
@@ -741,7 +781,9 @@ class Bench:
       ev["model_tflops_per_s"] = model / ev["seconds"] / 1e12
       if self.peak_tflops:
         ev["mfu"] = ev["model_tflops_per_s"] / self.peak_tflops
+    kind = data.get("peak", {}).get("device_kind")
     for r, fut in self.estimates:
+      r["target_compiler_bytes"] = target_compiler_peak(kind, r)
       est = _result(fut, left())
       data["plan_accuracy"].append(plan_error(r, est if isinstance(est, dict) else {},
                                               data["on_device"]))

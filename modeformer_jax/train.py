@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
 from typing import Any, Sequence
 
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from modeformer_jax import checkpoints, config_utils, embedding, input_pipeline, train_step
+from modeformer_jax import aot, checkpoints, config_utils, embedding, input_pipeline, train_step
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax.models import ModEFormer
 
@@ -120,8 +121,21 @@ def _init_from(config: ml_collections.ConfigDict, state: dict, rep: Any) -> dict
   return state
 
 
+def compiled_step(path: str, config: ml_collections.ConfigDict, mesh: Any) -> Any:
+  """The train step saved by ``plan --save_compiled``, if it was made for this run.
+
+  Refuses (``aot.CompiledMismatch``, naming each difference) another device kind or count,
+  another global batch or N_H, or other model/loss/optimizer settings, before any step.
+  """
+  from modeformer_jax import aot, plan
+  step_config = plan.Planner(config, mesh).step_config(bool(config.model.get("remat", False)))
+  here = aot.signature(devices=list(mesh.devices.flat), step_config=step_config,
+                       batch_size=config.batch_size, num_hard=config.num_hard)
+  return aot.load_compiled(path, here, step_config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, compiled: str | None = None) -> dict[str, Any]:
   """Trains until ``config.total_steps``; returns the final step, loss and validation metrics.
 
   Metrics stay on the device between log steps (summed there); the host reads them only
@@ -134,14 +148,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_p.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=1))
-  # What the model will expect as input, as recorded by data_prep; every checkpoint keeps it.
-  spec = input_spec.read_dataset_spec(config.data.dir)
-
   # ---------------------------------------------------------------- mesh and model
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh)
   rep = mesh_lib.replicated(mesh)
   model = ModEFormer(config.model)
+  # A step compiled ahead of time (plan --save_compiled): checked before anything is read.
+  step_fn = compiled_step(compiled, config, mesh) if compiled else None
+  # What the model will expect as input, as recorded by data_prep; every checkpoint keeps it.
+  spec = input_spec.read_dataset_spec(config.data.dir)
   optim = dict(config.optim.to_dict())
   optim["total_steps"] = optim.get("total_steps") or config.total_steps
   tx, schedule = train_step.make_optimizer(optim)
@@ -169,7 +184,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = jax.jit(init_fn, out_shardings=rep)(rng)
     if config.init_from:
       state = _init_from(config, state, rep)
-  step_fn = train_step.make_train_step(model, tx, mesh, config.loss)
+  if step_fn is None:
+    step_fn = train_step.make_train_step(model, tx, mesh, config.loss)
+  else:
+    log.info("train step: the executable compiled ahead of time in %s", compiled)
   start = int(jax.device_get(state["step"]))
 
   # ---------------------------------------------------------------- eval setup
@@ -255,6 +273,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
                     "Start jax.distributed: auto = when the flags above or a scheduler "
                     "say there are several processes; on = always (jax detects the "
                     "cluster); off = never.", flag_values=fv)
+  flags.DEFINE_string("compiled", None, "Run the train step compiled ahead of time by "
+                      "`python -m modeformer_jax.plan ... --save_compiled PATH` (refused "
+                      "unless made for these devices, batch and config).", flag_values=fv)
   flags.mark_flag_as_required("workdir", flag_values=fv)
 
 
@@ -268,7 +289,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                             mode=fv.distributed)
   log.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
            jax.process_count())
-  out = train_and_evaluate(fv.config, fv.workdir, progress=not fv.no_progress)
+  try:
+    out = train_and_evaluate(fv.config, fv.workdir, progress=not fv.no_progress,
+                             compiled=fv.compiled)
+  except (aot.CompiledMismatch, FileNotFoundError, ValueError) as e:
+    if fv.compiled and (isinstance(e, aot.CompiledMismatch) or fv.compiled in str(e)):
+      print(f"train: {e}", file=sys.stderr)
+      raise SystemExit(2) from None
+    raise
   # Every process logs its result (replicated values: all processes agree).
   log.info("finished (process %d): %s", jax.process_index(), json.dumps(out))
 

@@ -355,6 +355,13 @@ def test_planner_search_finds_the_largest_fitting_batch(knee):
   assert best["B"] == brute
   assert compiles <= 12  # far fewer compiles than a scan
   assert fake.largest_batch(2, False, 10**7, 8, 10**6, log=lambda s: None) is None
+  # Started at a prediction (bench/frontier.py): the same answer, from above or below.
+  for guess in (brute - 5 * g, brute + 7 * g, 3 * brute):
+    again = _FakePlanner(8, fixed=10**8, per_sample=10**5, knee=knee)
+    got = again.largest_batch(2, False, budget, multiple=8, max_batch=10**6,
+                              log=lambda s: None, guess=guess)
+    assert got["B"] == brute, guess
+    assert (brute + g, 2, False) in again.cache   # confirmed by the step above: over
 
 
 @pytest.mark.slow
