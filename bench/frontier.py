@@ -51,8 +51,9 @@ SLICES = {"v5e": (1, 4, 8, 16, 32, 64, 128, 256), "v5p": (4, 8, 16, 32, 64, 128,
 
 
 def _key(target: str, stage: int, per_chip: int, num_hard: int, remat: bool,
-         chips: int) -> str:
-  return f"{target}_s{stage}_v{per_chip}_h{num_hard}_r{int(remat)}_n{chips}"
+         chips: int, microbatch: int = 0) -> str:
+  return (f"{target}_s{stage}_v{per_chip}_h{num_hard}_r{int(remat)}_n{chips}"
+          + (f"_m{microbatch}" if microbatch else ""))
 
 
 def _chips(target: str) -> int:
@@ -69,10 +70,11 @@ def _guess(target: str, num_hard: int, frac: float) -> int:
 
 
 def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: bool = False,
-                  chips: int | None = None, log=print) -> dict[str, Any]:
-  """One compile through the planner CLI (cached): its row, or {'error': ...}."""
+                  chips: int | None = None, log=print, microbatch: int = 0) -> dict[str, Any]:
+  """One compile through the planner CLI (cached): its row, or {'error': ...}.
+  ``microbatch`` > 0 compiles the cached two-pass step."""
   chips = chips or _chips(target)
-  key = _key(target, stage, per_chip, num_hard, remat, chips)
+  key = _key(target, stage, per_chip, num_hard, remat, chips, microbatch)
   path = CACHE / f"{key}.json"
   if path.exists():
     return json.loads(path.read_text())
@@ -85,6 +87,8 @@ def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: 
            "--remat", "on" if remat else "off", "--nosearch", "--noeval", "--json", str(out)]
     if target == "cpu":
       cmd += ["--devices", str(chips)]
+    if microbatch:
+      cmd += [f"--config.microbatch={microbatch}"]
     t0 = time.time()
     log(f"  compiling {key} ...")
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -119,23 +123,32 @@ def fits(r: dict[str, Any]) -> bool | None:
 
 
 def _cached(target: str, remat: bool = False) -> list[dict[str, Any]]:
+  """The one-pass stage-2 compiles of ``target`` that the compiler accepted."""
   rows = []
-  for p in sorted(CACHE.glob(f"{target}_s2_*_r{int(remat)}_*.json")):
+  for p in sorted(CACHE.glob(f"{target}_s2_*_r{int(remat)}_n*.json")):
+    if "_m" in p.stem.split("_n")[-1]:
+      continue
     r = json.loads(p.read_text())
     if "error" not in r and r.get("peak") is not None and not r.get("over_compiler"):
       rows.append(r)
   return rows
 
 
+def _fixed(r: dict[str, Any]) -> float:
+  """The part of a row's peak that does not depend on the batch: state, code."""
+  return r["peak"] - r["temp"]
+
+
 def fit(rows: list[dict[str, Any]]) -> np.ndarray | None:
-  """Least squares ``peak = c0 + c1*v + c2*v*(1+N_H)`` over a kind's compiled rows."""
-  pts = {(r["per_device"], r["N_H"]): r["peak"] for r in rows}
-  if len(pts) < 3:
+  """``peak = fixed + t1*v + t2*v*(1+N_H)``: ``fixed`` (arguments, outputs, code) read off
+  the compiles, the temporaries fitted by least squares; needs two N_H values."""
+  pts = {(r["per_device"], r["N_H"]): r for r in rows}
+  if len(pts) < 2 or len({h for _, h in pts}) < 2:
     return None
-  x = np.array([[1.0, v, v * (1 + h)] for v, h in pts])
-  y = np.array(list(pts.values()), float)
-  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-  return coef
+  x = np.array([[v, v * (1 + h)] for v, h in pts], float)
+  y = np.array([r["temp"] for r in pts.values()], float)
+  (t1, t2), *_ = np.linalg.lstsq(x, y, rcond=None)
+  return np.array([float(np.median([_fixed(r) for r in pts.values()])), t1, t2])
 
 
 def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
@@ -148,11 +161,13 @@ def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
 def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat: bool,
              log=print) -> dict[int, dict[str, Any]]:
   """Fit, predict and confirm the largest per-chip batch per N_H for one target."""
-  # Fit points inside the range the frontier lies in: 30% and 80% of a rough guess at
-  # N_H = 2, 80% of the guess at N_H = 11 (the guess: ~4.4 MiB per audio window, from the
-  # paper model's 6.71 GiB at 500 per chip, N_H = 2 on v5p).
-  for frac, h in ((0.3, 2), (0.8, 2), (0.8, 11)):
-    compile_point(target, 2, _guess(target, h, frac), h, remat, log=log)
+  # Two fit points inside the range the frontier lies in: 80% of a rough guess at N_H = 2
+  # and at N_H = 11 (the guess: ~4.4 MiB per audio window, from the paper model's 6.71 GiB
+  # at 500 per chip, N_H = 2 on v5p). Skipped where compiles of that kind exist already.
+  have = {r["N_H"] for r in _cached(target, remat)}
+  for frac, h in ((0.8, 2), (0.8, 11)):
+    if h not in have:
+      compile_point(target, 2, _guess(target, h, frac), h, remat, log=log)
   out: dict[int, dict[str, Any]] = {}
   for h in num_hard:
     rows = _cached(target, remat)
@@ -278,7 +293,8 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
 
 def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print) -> dict:
   out: dict[str, Any] = {"config": CONFIG, "dtype": "bfloat16", "stage": 2,
-                         "fit": "peak = c0 + c1*v + c2*v*(1+N_H), v = videos per chip",
+                         "fit": "peak = fixed + t1*v + t2*v*(1+N_H), v = videos per chip; fixed = arguments + "
+                                "outputs - aliased + code, read off the compiles",
                          "targets": {}, "cpu_errors": []}
   for t in kinds:
     if not sweep and not _cached(t):
@@ -318,17 +334,36 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--cpu_errors", action="store_true",
                   help="also compile the XLA:CPU estimate at each confirmed point")
   ap.add_argument("--point", action="append", default=[],
-                  help="only compile TARGET,STAGE,B,N_H[,remat] (B global; repeatable), e.g. "
-                       "h200-1,2,2000,2 for bench/accelerator.py's one-GPU comparison")
+                  help="only compile TARGET,STAGE,B,N_H[,REMAT[,MICROBATCH]] (B global; "
+                       "repeatable), e.g. h200-1,2,2000,2 for bench/accelerator.py's one-GPU "
+                       "comparison, v5e-1,2,2000,25,0,40 for the cached step")
+  ap.add_argument("--import_plan", action="append", default=[],
+                  help="add the stage-2 rows of a `plan --json` file (paper, bf16, one "
+                       "target) to the cache, as fit points")
   args = ap.parse_args(argv)
+  for path in args.import_plan:
+    data = json.loads(pathlib.Path(path).read_text())
+    for r in data["rows"]:
+      if r.get("microbatch") or data.get("dtype") != "bfloat16":
+        continue
+      key = _key(data["target"], r["stage"], r["per_device"], r["N_H"], r["remat"],
+                 data["devices"])
+      dest = CACHE / f"{key}.json"
+      if not dest.exists():
+        dest.write_text(json.dumps(dict(r, device_kind=data["device_kind"],
+                                        budget=data["budget"], target=data["target"],
+                                        chips=data["devices"], command=f"from {path}"),
+                                   indent=1, default=str))
+        print(f"imported {key} from {path}")
   if args.point:
     for p in args.point:
       t, st, b, h, *rest = p.split(",")
       n = _chips(t)
       if int(b) % n:
         raise SystemExit(f"--point {p}: B={b} does not divide by {t}'s {n} chips")
-      print(_brief(compile_point(t, int(st), int(b) // n, int(h), bool(rest and rest[0] in
-                                                                        ("1", "on")))))
+      remat = bool(rest and rest[0] in ("1", "on"))
+      mb = int(rest[1]) if len(rest) > 1 else 0
+      print(_brief(compile_point(t, int(st), int(b) // n, int(h), remat, microbatch=mb)))
     return 0
   kinds = [k for k in args.kinds.split(",") if k]
   confirm = [int(h) for h in args.confirm.split(",") if h]

@@ -14,8 +14,13 @@ Stage 2: N_H=11 (the best batch/hard-negative trade-off; sweep it with
 bf16 compute.
 
 Arguments: ``dataset`` (lrs2 | lrs3), ``stage`` (1 | 2), ``variant`` (model variant,
-default paper), ``num_hard`` (default: the stage's), ``batch``, ``runlocal`` (a CPU smoke
-run: tiny model, batch 16, 20 steps), e.g. ``configs/lrs.py:dataset=lrs3,stage=2,runlocal``.
+default paper), ``num_hard`` (default: the stage's), ``batch``, ``easy`` (stage 1 with the
+gathered easy negatives too; the paper's stage 1 has none), ``runlocal`` (a CPU smoke run:
+tiny model, batch 16, 20 steps), e.g. ``configs/lrs.py:dataset=lrs3,stage=2,runlocal``.
+Stage 1: N_H = 2 hard negatives per entry and nothing else. Stage 2: N_H = 11 and every
+other audio window of the global batch (easy negatives), 4 entries per clip.
+``--config.microbatch=N`` trains with the cached two-pass step (same gradient, memory that
+hardly grows with the batch; docs/training.md).
 """
 import ml_collections
 
@@ -30,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config for ``arg`` (see the module docstring)."""
   # num_hard=None: the stage's default; parse_arg then keeps a given value as a string.
   a = config_utils.parse_arg(arg, dataset="lrs2", stage=1, variant="paper", num_hard=None,
-                       batch=2000, runlocal=False)
+                       batch=2000, easy=False, runlocal=False)
   if a.dataset not in DATASETS:
     raise ValueError(f"unknown dataset {a.dataset!r}; known: {DATASETS}")
   if a.stage not in STAGES:
@@ -43,6 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The default splits fit both: LRS3's 'train' is trainval minus the seeded 40% 'val'
   # that data_prep.layouts carves out.
   c.model.dtype = "bfloat16"
+  # The paper's recipe: stage 1 scores each video against its own N_H = 2 hard negatives
+  # only ("We do not use any easy negatives in this stage"); stage 2 adds every other audio
+  # window of the gathered batch. `easy=1` keeps the easy negatives in stage 1 (the form
+  # this project trained with before; e.g. configs/lrs.py:stage=1,easy=1).
+  c.loss.easy_negatives = a.stage == 2 or bool(a.easy)
   c.data.workers = 8
   if a.runlocal:
     c.model = config_utils.model_config("tiny")

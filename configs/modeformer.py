@@ -22,4 +22,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.bf16:
     config.model.dtype = "bfloat16"
   config.model.remat = a.remat
+  # The planner compiles the cached two-pass step for --config.microbatch=N (0: one pass).
+  config.microbatch = 0
   return config

@@ -201,6 +201,10 @@ def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: i
   c.seed = 0                          # params init, data order and dropout all derive from it
   c.batch_size = batch_size           # GLOBAL batch B (entries), divisible by devices/processes
   c.num_hard = num_hard               # N_H hard negatives (time-shifted audio) per entry
+  # Cached two-pass step (gradient caching): entries of each device's batch embedded at a
+  # time; the same gradient in memory that hardly grows with B, for one extra forward pass.
+  # 0 = the one-pass step. BatchNorm statistics become per chunk (the models use GroupNorm).
+  c.microbatch = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = data_dir               # output of `python -m data_prep.prepare`
@@ -226,8 +230,8 @@ def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: i
   c.loss = ml_collections.ConfigDict()
   c.loss.tau = 0.1                    # InfoNCE temperature
   c.loss.learn_tau = False            # learn log(1/tau) instead of fixing it
-  # Easy negatives = every other audio window of the global batch. Used in both stages:
-  # the paper's point is one video against B*(1+N_H) audio windows.
+  # Easy negatives = every other audio window of the global batch (the gathered InfoNCE).
+  # The paper uses them in stage 2 only; configs/lrs.py:stage=1 turns them off.
   c.loss.easy_negatives = True
   c.loss.tolerance = 1                # same-clip windows within +-1 frame are not negatives
 

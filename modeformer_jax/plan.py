@@ -162,6 +162,7 @@ class Planner:
       # As train.py builds it: the cosine schedule's length is part of the program.
       self.optim_cfg["total_steps"] = int(config.get("total_steps"))
     self.tx, _ = train_step.make_optimizer(self.optim_cfg)
+    self.microbatch = int(config.get("microbatch", 0) or 0)
     self.cache: dict[tuple[int, int, bool], dict[str, Any]] = {}
 
   def model(self, remat: bool) -> Any:
@@ -178,7 +179,7 @@ class Planner:
     """The plain-dict settings the step is traced with (a saved executable's signature)."""
     # Not the 3D-convolution form: it changes the program, not what the step computes.
     return {"model": self.model_config(remat), "loss": self.loss_cfg,
-            "optim": self.optim_cfg}
+            "optim": self.optim_cfg, "microbatch": self.microbatch}
 
   def lower(self, batch_size: int, num_hard: int, remat: bool) -> Any:
     """The step lowered for abstract inputs of the global batch on this mesh."""
@@ -191,7 +192,8 @@ class Planner:
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
     batch = ts.abstract_batch(batch_size, num_hard, self.mesh, model.config.video_channels)
-    step = ts.make_train_step(model, self.tx, self.mesh, self.loss_cfg)
+    step = ts.make_train_step(model, self.tx, self.mesh, self.loss_cfg,
+                              microbatch=self.microbatch)
     with conv3d_form(self.conv3d):
       return step.lower(state, batch, rng)
 
@@ -207,12 +209,15 @@ class Planner:
     t0 = time.perf_counter()
     lowered = self.lower(batch_size, num_hard, remat)
     with conv3d_form(self.conv3d):
-      residuals = residual_bytes(self.model(remat), batch_size // self.n, 1 + num_hard)
+      # The cached step keeps one chunk's residuals at a time.
+      rows = min(self.microbatch, batch_size // self.n) if self.microbatch else (
+          batch_size // self.n)
+      residuals = residual_bytes(self.model(remat), rows, 1 + num_hard)
     compiled = lowered.compile(self.compiler_options)
     figures = aot.analyse(compiled, lowered, self.chip)
     out = {"B": batch_size, "N_H": num_hard, "remat": remat,
            "stage": 2 if self.loss_cfg.get("easy_negatives", True) else 1,
-           "per_device": batch_size // self.n, **figures,
+           "per_device": batch_size // self.n, "microbatch": self.microbatch, **figures,
            "compile_s": time.perf_counter() - t0, "residuals": residuals}
     self.cache[(batch_size, num_hard, remat)] = out
     return compiled, out
@@ -374,7 +379,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       "estimate for --devices simulated devices) or 'local' (this machine's "
                       "own devices).", flag_values=fv)
   flags.DEFINE_integer("devices", None, "Devices on the mesh's data axis (--target cpu or "
-                       "local; a named target has its own count).", lower_bound=1,
+                       "local, default 1; a named target has its own count).", lower_bound=1,
                        flag_values=fv)
   flags.DEFINE_integer("num_slices", 1, "TPU multi-slice: this many slices of --target.",
                        lower_bound=1, flag_values=fv)
@@ -480,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   name = args.target.strip().lower()
   tgt = None if name in ("cpu", "local") else aot.target(name)  # raises on an unknown name
   if tgt is None and args.devices is None:
-    raise SystemExit(f"--target {name} needs --devices (how many devices on the mesh)")
+    args.devices = 1
   if tgt is not None and args.devices not in (None, tgt.chips * args.num_slices):
     raise SystemExit(f"--target {tgt.name} has {tgt.chips * args.num_slices} chips; "
                      f"drop --devices {args.devices}")
@@ -555,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
            if tgt is not None else f"{n} x {devices[0].device_kind} ({name})")
   print(f"planner: {config_utils.describe(args)}{' model=' + args.model if args.model else ''} "
         f"dtype={model_desc.get('dtype')} on {where}; budget {_gib(budget).strip()} GiB per "
-        f"device ({budget_from}); stages {','.join(map(str, stages))}")
+        f"device ({budget_from}); stages {','.join(map(str, stages))}"
+        + (f"; cached two-pass step, microbatch {planners[stages[0]].microbatch} entries per "
+           "device" if planners[stages[0]].microbatch else ""))
   if tgt is not None:
     comp = "the TPU compiler (libtpu)" if tgt.platform == "tpu" else (
         "the GPU compiler (XLA:GPU, sm_90; flags " + " ".join(aot.GPU_XLA_FLAGS) + ")")

@@ -185,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.init_from:
       state = _init_from(config, state, rep)
   if step_fn is None:
-    step_fn = train_step.make_train_step(model, tx, mesh, config.loss)
+    step_fn = train_step.make_train_step(model, tx, mesh, config.loss,
+                                         microbatch=int(config.get("microbatch", 0)))
   else:
     log.info("train step: the executable compiled ahead of time in %s", compiled)
   start = int(jax.device_get(state["step"]))

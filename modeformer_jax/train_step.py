@@ -115,7 +115,8 @@ def _check_batch(batch: Mapping[str, Any], n_dev: int) -> tuple[int, int]:
 
 # ------------------------------------------------------------------ loss and gradient
 def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
-                 train: bool = True, with_logits: bool = False) -> Callable:
+                 train: bool = True, with_logits: bool = False,
+                 microbatch: int = 0) -> Callable:
   """Unjitted ``(params, batch_stats, batch, rng) -> (grads, metrics, batch_stats[, logits])``.
 
   ``rng`` is the step's key; each device folds in its mesh index, so devices draw different
@@ -125,10 +126,24 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
   global (summed over devices, then divided by the global batch) and replicated.
   ``with_logits`` also returns the masked logits, sharded on ``'data'``, so tests can see
   each device's ``[B/n, B*A]`` block.
+
+  ``microbatch`` > 0 computes the same gradient in the cached two-pass form (gradient
+  caching, Gao et al. 2021): each device embeds its videos and audio windows
+  ``microbatch`` entries at a time without keeping activations; the loss and its gradient
+  with respect to the EMBEDDINGS are taken over the whole (gathered) batch; then each chunk
+  is embedded again with the same dropout keys and its embedding gradient is pulled back
+  through that chunk's ``vjp``, summing parameter gradients. The program holds one chunk's
+  activations plus the embeddings, so its peak hardly grows with B; the price is a second
+  forward pass. Dropout keys are per chunk (so masks differ from the one-pass step's, but
+  both passes draw the same ones); BatchNorm statistics are per chunk (running averages:
+  the mean of the chunks' updates).
   """
   easy = bool(loss_cfg.get("easy_negatives", True))
   tol = int(loss_cfg.get("tolerance", 1))
   n_dev = mesh.shape[AXIS]
+  microbatch = int(microbatch or 0)
+  if microbatch < 0:
+    raise ValueError(f"microbatch must be >= 0 (0 = the one-pass step), got {microbatch}")
 
   def body(params, batch_stats, video, audio, clip, vtime, atime, rng):
     b, a = audio.shape[:2]
@@ -137,12 +152,8 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
     rv, ra = jax.random.split(jax.random.fold_in(rng, idx))
     stats = batch_stats or {}
 
-    def local_loss(p):
-      v, vs = model.apply_video(p["video"], video, train=train, rng=rv,
-                                batch_stats=stats.get("video"))
-      au, as_ = model.apply_audio(p["audio"], audio.reshape(b * a, *audio.shape[2:]),
-                                  train=train, rng=ra, batch_stats=stats.get("audio"))
-      au = au.reshape(b, a, -1)
+    def loss_from(p, v, au):
+      """This device's share of the GLOBAL mean loss from its embeddings (au: [b, a, D])."""
       if easy:
         # Only embeddings (and their metadata) cross devices; tiled => global entry order.
         au = jax.lax.all_gather(au, AXIS, tiled=True)
@@ -155,12 +166,30 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
           v, au, video_clip=clip, video_time=vtime, audio_clip=aclip, audio_time=at,
           row_offset=offset, scale=losses.logit_scale(p, loss_cfg), easy_negatives=easy,
           tolerance=tol)
-      # This device's share of the GLOBAL mean; the psum below completes it.
-      share = terms["loss_sum"] / (b * n_dev)
-      new_stats = {"video": vs, "audio": as_} if batch_stats is not None else None
-      return share, (terms, new_stats)
+      # The psum below completes the global mean.
+      return terms["loss_sum"] / (b * n_dev), terms
 
-    grads, (terms, new_stats) = jax.grad(local_loss, has_aux=True)(params)
+    def embed_video(pv, x, key):
+      return model.apply_video(pv, x, train=train, rng=key, batch_stats=stats.get("video"))
+
+    def embed_audio(pa, x, key):
+      return model.apply_audio(pa, x, train=train, rng=key, batch_stats=stats.get("audio"))
+
+    mel = audio.reshape(b * a, *audio.shape[2:])
+    if not microbatch:
+      def local_loss(p):
+        v, vs = embed_video(p["video"], video, rv)
+        au, as_ = embed_audio(p["audio"], mel, ra)
+        share, terms = loss_from(p, v, au.reshape(b, a, -1))
+        new_stats = {"video": vs, "audio": as_} if batch_stats is not None else None
+        return share, (terms, new_stats)
+
+      grads, (terms, new_stats) = jax.grad(local_loss, has_aux=True)(params)
+    else:
+      grads, terms, new_stats = cached_grads(params, embed_video, embed_audio, loss_from,
+                                             video, mel, b, a, rv, ra)
+      if batch_stats is None:
+        new_stats = None
     logits = terms.pop("logits")
     grads = jax.lax.psum(grads, AXIS)
     terms = jax.lax.psum(terms, AXIS)
@@ -170,6 +199,40 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
       new_stats = jax.lax.pmean(new_stats, AXIS)
     out = (grads, metrics, new_stats)
     return out + (logits,) if with_logits else out
+
+  def cached_grads(params, embed_video, embed_audio, loss_from, video, mel, b, a, rv, ra):
+    if b % microbatch:
+      raise ValueError(f"the per-device batch {b} does not divide by microbatch "
+                       f"{microbatch}; choose a divisor of batch_size / devices")
+    nc = b // microbatch
+    vx = video.reshape(nc, microbatch, *video.shape[1:])
+    ax = mel.reshape(nc, microbatch * a, *mel.shape[1:])
+    kv, ka = jax.random.split(rv, nc), jax.random.split(ra, nc)
+    # Pass 1: embeddings only; nothing is differentiated, so no activation is kept.
+    v, vs = jax.lax.map(lambda xk: embed_video(params["video"], *xk), (vx, kv))
+    au, as_ = jax.lax.map(lambda xk: embed_audio(params["audio"], *xk), (ax, ka))
+    v, au = v.reshape(b, -1), au.reshape(b, a, -1)
+    rest = {k: x for k, x in params.items() if k not in ("video", "audio")}
+    (gv, ga, grest), terms = jax.grad(lambda v_, a_, r_: loss_from(r_, v_, a_),
+                                      argnums=(0, 1, 2), has_aux=True)(v, au, rest)
+
+    # Pass 2: each chunk again, same keys, its embedding gradient through its vjp.
+    def pull_back(embed, p, xs, keys, g):
+      def one(total, inp):
+        x, key, gi = inp
+        _, vjp = jax.vjp(lambda q: embed(q, x, key)[0], p)
+        return jax.tree.map(jnp.add, total, vjp(gi)[0]), None
+      zero = jax.tree.map(jnp.zeros_like, p)
+      return jax.lax.scan(one, zero, (xs, keys, g))[0]
+
+    grads = dict(grest,
+                 video=pull_back(embed_video, params["video"], vx, kv,
+                                 gv.reshape(nc, microbatch, -1)),
+                 audio=pull_back(embed_audio, params["audio"], ax, ka,
+                                 ga.reshape(nc, microbatch * a, -1)))
+    mean = lambda t: jax.tree.map(lambda x: jnp.mean(x, axis=0), t)  # noqa: E731
+    new_stats = {"video": mean(vs), "audio": mean(as_)}
+    return grads, terms, new_stats
 
   out_specs = (P(), P(), P()) + ((P(AXIS),) if with_logits else ())
   sharded = jax.shard_map(
@@ -186,7 +249,8 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
 
 
 def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: Mesh,
-                    loss_cfg: Mapping[str, Any], *, donate: bool = True) -> Callable:
+                    loss_cfg: Mapping[str, Any], *, donate: bool = True,
+                    microbatch: int = 0) -> Callable:
   """Jitted ``step(state, batch, rng) -> (state, metrics)``; the input state is donated.
 
   ``batch`` holds global arrays sharded on ``'data'`` (``mesh.to_global`` on every process)
@@ -194,9 +258,10 @@ def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: M
   step folds ``state['step']`` into it (once; callers must not fold the step themselves),
   so a resumed run draws the masks an uninterrupted one would.
   Metrics: ``loss``, ``pos_sim``, ``neg_sim``, ``accuracy``, ``negatives_per_video``,
-  ``grad_norm`` (before clipping), ``tau``.
+  ``grad_norm`` (before clipping), ``tau``. ``microbatch`` > 0: the cached two-pass
+  gradient (``make_grad_fn``).
   """
-  grad_fn = make_grad_fn(model, mesh, loss_cfg)
+  grad_fn = make_grad_fn(model, mesh, loss_cfg, microbatch=microbatch)
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
 
   def step(state, batch, rng):

@@ -164,6 +164,84 @@ def test_batchnorm_sharded_equals_single_device():
   assert all(jax.tree.leaves(changed))  # the running statistics were updated
 
 
+# ------------------------------------------------------------------ cached two-pass step
+# Tolerance: the cached step against the one-pass step on 4 devices, f32, no dropout, no
+# BatchNorm: loss rtol 1e-5; gradients rtol 1e-4 with atol 1e-5 of the largest entry (only
+# the summation order differs: per chunk, then summed), as sharded vs single device above.
+@pytest.mark.slow
+@pytest.mark.parametrize("easy", [True, False], ids=["stage2", "stage1"])
+def test_cached_step_equals_one_pass(params, easy):
+  model = micro()
+  cfg = dict(LOSS, easy_negatives=easy, learn_tau=True)
+  p = dict(params, log_tau=np.float32(np.log(0.07)))     # the learned temperature too
+  batch = ts.random_batch(**BATCH16)
+  mesh4 = mesh_lib.make_mesh(jax.devices()[:4])
+  out = {}
+  for mb in (0, 2):   # per device 4 entries: 0 = one pass, 2 = two chunks of 2
+    fn = jax.jit(ts.make_grad_fn(model, mesh4, cfg, microbatch=mb, with_logits=True))
+    out[mb] = fn(p, None, batch, jax.random.key(1))
+  (g0, m0, _, l0), (g2, m2, _, l2) = out[0], out[2]
+  np.testing.assert_allclose(float(m2["loss"]), float(m0["loss"]), rtol=1e-5)
+  np.testing.assert_array_equal(np.isfinite(np.asarray(l2)), np.isfinite(np.asarray(l0)))
+  assert_trees_close(g2, g0)
+  assert float(np.abs(g0["log_tau"])) > 0 and set(g2) == set(g0)
+
+
+@pytest.mark.slow
+def test_cached_step_dropout_masks_and_errors(params):
+  """With dropout the two passes draw the same masks: the cached gradient equals the
+  gradient of the loss of embeddings computed with the same per-chunk keys."""
+  model = micro(dropout=0.3)
+  batch = ts.random_batch(8, 1, seed=5)
+  mesh1 = mesh_lib.make_mesh(jax.devices()[:1])
+  rng = jax.random.key(7)
+  grads, m, _ = jax.jit(ts.make_grad_fn(model, mesh1, LOSS, microbatch=4))(
+      params, None, batch, rng)
+
+  def chunked_loss(p):   # the same keys the cached step derives (device 0, 2 chunks)
+    rv, ra = jax.random.split(jax.random.fold_in(rng, 0))
+    kv, ka = jax.random.split(rv, 2), jax.random.split(ra, 2)
+    v = jnp.concatenate([model.apply_video(p["video"], batch["video"][i * 4:(i + 1) * 4],
+                                           train=True, rng=kv[i])[0] for i in range(2)])
+    mel = batch["audio"].reshape(16, 80, 16)
+    au = jnp.concatenate([model.apply_audio(p["audio"], mel[i * 8:(i + 1) * 8], train=True,
+                                            rng=ka[i])[0] for i in range(2)])
+    return losses.info_nce(v, au.reshape(8, 2, -1), video_clip=batch["clip"],
+                           video_time=batch["video_time"], audio_clip=batch["clip"],
+                           audio_time=batch["audio_time"], scale=10.0, easy_negatives=True,
+                           tolerance=1)[0]
+  loss, want = jax.jit(jax.value_and_grad(chunked_loss))(params)
+  np.testing.assert_allclose(float(m["loss"]), float(loss), rtol=1e-5)
+  assert_trees_close(grads, want)
+  one_pass = jax.jit(ts.make_grad_fn(model, mesh1, LOSS))(params, None, batch, rng)
+  assert abs(float(one_pass[1]["loss"]) - float(loss)) > 1e-4   # other masks: other loss
+  with pytest.raises(ValueError, match="does not divide by microbatch 3"):
+    jax.jit(ts.make_grad_fn(model, mesh1, LOSS, microbatch=3))(params, None, batch, rng)
+
+
+@pytest.mark.slow
+def test_cached_step_batchnorm_statistics_per_chunk():
+  model = micro(norm="batch")
+  variables = jax.eval_shape(model.init_variables, jax.random.key(0))
+  r = np.random.default_rng(0)
+  variables = jax.tree.map(lambda x: (0.3 * r.standard_normal(x.shape)).astype(x.dtype)
+                           + (1.0 if x.ndim == 1 else 0.0), variables)
+  batch = ts.random_batch(8, 1, seed=4)
+  mesh1 = mesh_lib.make_mesh(jax.devices()[:1])
+  grads, _, stats = jax.jit(ts.make_grad_fn(model, mesh1, LOSS, microbatch=4))(
+      variables["params"], variables["batch_stats"], batch, jax.random.key(1))
+  # Running statistics: the mean of each chunk's own update.
+  halves = []
+  for i in range(2):
+    part = {k: v[i * 4:(i + 1) * 4] for k, v in batch.items()}
+    _, vs = model.apply_video(variables["params"]["video"], part["video"], train=True,
+                              batch_stats=variables["batch_stats"]["video"])
+    halves.append(vs)
+  want = jax.tree.map(lambda a, b: (a + b) / 2, *halves)
+  assert_trees_close(stats["video"], want)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(grads))
+
+
 @pytest.mark.slow
 def test_bf16_remat_step_tracks_f32(params, reference16):
   """bfloat16 compute with remat runs through the step and stays near the f32 numbers."""
