@@ -43,6 +43,7 @@ CONFIG = "configs/modeformer.py:paper"
 KINDS = ("v5e-4", "v5p-8", "v6e-4", "h100-8", "h200-8")
 NUM_HARD = (2, 5, 11, 25)
 GRAIN = 8            # per-chip videos are searched in multiples of this
+FIT_POINTS = ((32, 2), (128, 2), (32, 11))   # (videos per chip, N_H) compiled to fit
 PAPER_B = 2000
 # The slices chips are booked in, per kind, for "how many chips does B need".
 SLICES = {"v5e": (1, 4, 8, 16, 32, 64, 128, 256), "v5p": (4, 8, 16, 32, 64, 128, 256, 512),
@@ -59,14 +60,6 @@ def _key(target: str, stage: int, per_chip: int, num_hard: int, remat: bool,
 def _chips(target: str) -> int:
   from modeformer_jax import aot
   return 1 if target == "cpu" else aot.target(target).chips
-
-
-def _guess(target: str, num_hard: int, frac: float) -> int:
-  from modeformer_jax import aot
-  chip = aot.CHIPS[aot.target(target).chip]
-  budget = chip.memory * (0.75 if chip.platform == "cuda" else 1.0)
-  v = frac * budget / (4.4 * 2**20 * (1 + num_hard))
-  return max(GRAIN, int(v) // GRAIN * GRAIN)
 
 
 def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: bool = False,
@@ -140,15 +133,16 @@ def _fixed(r: dict[str, Any]) -> float:
 
 
 def fit(rows: list[dict[str, Any]]) -> np.ndarray | None:
-  """``peak = fixed + t1*v + t2*v*(1+N_H)``: ``fixed`` (arguments, outputs, code) read off
-  the compiles, the temporaries fitted by least squares; needs two N_H values."""
+  """``peak = fixed + t0 + t1*v + t2*v*(1+N_H)``: ``fixed`` (arguments, outputs, code)
+  read off the compiles, the temporaries fitted by least squares (three points or more,
+  two batch sizes and two N_H among them). Returns (fixed + t0, t1, t2)."""
   pts = {(r["per_device"], r["N_H"]): r for r in rows}
-  if len(pts) < 2 or len({h for _, h in pts}) < 2:
+  if len(pts) < 3 or len({h for _, h in pts}) < 2 or len({v for v, _ in pts}) < 2:
     return None
-  x = np.array([[v, v * (1 + h)] for v, h in pts], float)
+  x = np.array([[1.0, v, v * (1 + h)] for v, h in pts], float)
   y = np.array([r["temp"] for r in pts.values()], float)
-  (t1, t2), *_ = np.linalg.lstsq(x, y, rcond=None)
-  return np.array([float(np.median([_fixed(r) for r in pts.values()])), t1, t2])
+  (t0, t1, t2), *_ = np.linalg.lstsq(x, y, rcond=None)
+  return np.array([float(np.median([_fixed(r) for r in pts.values()])) + t0, t1, t2])
 
 
 def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
@@ -161,13 +155,12 @@ def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
 def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat: bool,
              log=print) -> dict[int, dict[str, Any]]:
   """Fit, predict and confirm the largest per-chip batch per N_H for one target."""
-  # Two fit points inside the range the frontier lies in: 80% of a rough guess at N_H = 2
-  # and at N_H = 11 (the guess: ~4.4 MiB per audio window, from the paper model's 6.71 GiB
-  # at 500 per chip, N_H = 2 on v5p). Skipped where compiles of that kind exist already.
-  have = {r["N_H"] for r in _cached(target, remat)}
-  for frac, h in ((0.8, 2), (0.8, 11)):
-    if h not in have:
-      compile_point(target, 2, _guess(target, h, frac), h, remat, log=log)
+  # Fit points: small per-chip batches, because a TPU compile's time grows with the batch
+  # (~9 CPU-minutes at 32 per chip, ~25 at 500 on these 2 cores). The extrapolation's error
+  # is measured where a large point exists (v5p-8 at 500 per chip) and every prediction
+  # that is confirmed has compiles on both sides of it.
+  for v, h in FIT_POINTS:
+    compile_point(target, 2, v, h, remat, log=log)
   out: dict[int, dict[str, Any]] = {}
   for h in num_hard:
     rows = _cached(target, remat)
@@ -212,6 +205,24 @@ class _CachedSearch(plan.Planner):
         raise RuntimeError(f"{self.target} B={batch_size} N_H={num_hard}: {r['error']}")
       self.cache[key] = r
     return self.cache[key]
+
+
+def confirmed(target: str, num_hard: int) -> dict[str, Any]:
+  """The largest cached per-chip v that fits with v + GRAIN compiled and over, if any."""
+  rows = {}
+  for p in CACHE.glob(f"{target}_s2_v*_h{num_hard}_r0_n*.json"):
+    if "_m" in p.stem.split("_n")[-1]:
+      continue
+    r = json.loads(p.read_text())
+    if fits(r) is not None:
+      rows[r["per_device"]] = r
+  best = [v for v, r in rows.items() if fits(r) and v + GRAIN in rows
+          and fits(rows[v + GRAIN]) is False]
+  if not best:
+    return {}
+  v = max(best)
+  return {"status": "confirmed", "largest": v, "peak": rows[v]["peak"],
+          "over_peak": rows[v + GRAIN].get("peak")}
 
 
 def slices_for(kind: str, per_chip: int, batch: int = PAPER_B) -> int | None:
@@ -308,13 +319,8 @@ def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print
         if coef is None:
           continue
         v = predict(coef, h, rows[0]["budget"])
-        lo = CACHE / f"{_key(t, 2, v, h, False, _chips(t))}.json"
-        hi = CACHE / f"{_key(t, 2, v + GRAIN, h, False, _chips(t))}.json"
         r = {"predicted": v, "fit": [float(c) for c in coef], "status": "predicted"}
-        if lo.exists() and hi.exists():
-          a, b = json.loads(lo.read_text()), json.loads(hi.read_text())
-          if fits(a) and fits(b) is False:
-            r.update(status="confirmed", largest=v, peak=a["peak"], over_peak=b.get("peak"))
+        r.update(confirmed(t, h))
         res[h] = r
     rows = _cached(t)
     if not rows:

@@ -242,9 +242,12 @@ def devices(t: Target, num_slices: int = 1) -> list[Any]:
 
 
 # ------------------------------------------------------------------ what a program holds
+# One instruction per line: `%name = <result type> op(operands), attributes`. The type may
+# hold layouts with parentheses (TPU tiles, `{1,0:T(8,128)}`) and `/*index=5*/` comments.
 _COLLECTIVE = re.compile(
-    r"=\s*(?P<type>\([^=]*?\)|\S+)\s+(?P<op>all-gather|all-reduce|reduce-scatter|"
-    r"collective-permute|all-to-all|collective-broadcast|ragged-all-to-all)(?P<start>-start)?\(")
+    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<type>.*?)\s(?P<op>all-gather|all-reduce|"
+    r"reduce-scatter|collective-permute|all-to-all|collective-broadcast|ragged-all-to-all)"
+    r"(?P<start>-start)?\(", re.M)
 _ARRAY = re.compile(r"(?P<dtype>pred|[subf]\d+|bf16|f8e\w+|c64|c128)\[(?P<dims>[\d,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
           "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
@@ -286,7 +289,11 @@ def collective_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     s = out.setdefault(r["op"], {"count": 0, "bytes": 0, "largest": []})
     s["count"] += 1
     s["bytes"] += r["bytes"]
-    s["largest"].append((r["bytes"], ", ".join(r["arrays"])))
+    arrays = r["arrays"]
+    desc = (", ".join(arrays) if len(arrays) <= 3 else
+            f"{len(arrays)} arrays ({', '.join(sorted({a.split('[')[0] for a in arrays}))}) "
+            f"in one")
+    s["largest"].append((r["bytes"], desc))
   for s in out.values():
     s["largest"] = [a for _, a in sorted(s["largest"], reverse=True)[:3]]
   return out
@@ -326,7 +333,8 @@ def lowered_cost(lowered: Any) -> dict[str, float]:
           if k in cost and cost[k] >= 0}
 
 
-def analyse(compiled: Any, lowered: Any, chip: Chip | None) -> dict[str, Any]:
+def analyse(compiled: Any, lowered: Any, chip: Chip | None,
+            devices: int = 1) -> dict[str, Any]:
   """A compiled program's per-chip figures: memory, flops, estimated time, collectives.
 
   Memory from ``memory_analysis()``; peak = arguments + outputs - aliased + temporaries
@@ -334,7 +342,11 @@ def analyse(compiled: Any, lowered: Any, chip: Chip | None) -> dict[str, Any]:
   compiler's ``cost_analysis()`` where it gives one (TPU); the GPU compiler gives none, so
   there they are XLA's HLO cost analysis of the lowered (per-device, pre-optimisation)
   module. Time: the compiler's ``optimal_seconds`` where positive, else a roofline
-  max(flops / peak bf16, bytes / HBM bandwidth): an estimate either way.
+  max(flops / peak bf16, bytes / HBM bandwidth) where the bytes are the fused program's;
+  where they are the unfused module's (GPU), flops at peak only, a lower bound, with the
+  unfused bytes' time beside it as an upper bound. An estimate either way. ``devices``:
+  for a program partitioned by jit (not shard_map, whose body is per chip already) the
+  lowered module is the global one, so its counts are divided by the devices.
   """
   st = compiled.memory_analysis()
   code = int(getattr(st, "generated_code_size_in_bytes", 0) or 0)
@@ -346,9 +358,11 @@ def analyse(compiled: Any, lowered: Any, chip: Chip | None) -> dict[str, Any]:
                  + on_device_code)
   cost = _cost(compiled)
   cost_from = "target compiler"
+  fused = True
   if cost.get("flops", -1) < 0:
-    cost = lowered_cost(lowered)
+    cost = {k: v / devices for k, v in lowered_cost(lowered).items()}
     cost_from = "XLA's HLO cost analysis of the unoptimised module; bytes unfused"
+    fused = False
   out: dict[str, Any] = {**mem, "flops": cost.get("flops"),
                          "bytes_accessed": cost.get("bytes accessed"), "cost_from": cost_from}
   opt = cost.get("optimal_seconds")
@@ -357,11 +371,17 @@ def analyse(compiled: Any, lowered: Any, chip: Chip | None) -> dict[str, Any]:
   elif chip is not None and out["flops"]:
     t_flops = out["flops"] / chip.peak_bf16
     t_mem = (out["bytes_accessed"] or 0) / chip.hbm_bandwidth
-    out["step_s_est"] = max(t_flops, t_mem)
     out["step_s_compute"], out["step_s_memory"] = t_flops, t_mem
-    out["step_s_from"] = (f"roofline: flops at the {chip.kind}'s peak bf16 "
-                          f"{t_flops * 1e3:.1f} ms, bytes at its HBM bandwidth "
-                          f"{t_mem * 1e3:.1f} ms")
+    if fused:
+      out["step_s_est"] = max(t_flops, t_mem)
+      out["step_s_from"] = (f"roofline: flops at the {chip.kind}'s peak bf16 "
+                            f"{t_flops * 1e3:.1f} ms, bytes at its HBM bandwidth "
+                            f"{t_mem * 1e3:.1f} ms")
+    else:
+      out["step_s_est"] = t_flops
+      out["step_s_from"] = (f"flops at the {chip.kind}'s peak bf16: a lower bound; the "
+                            f"unfused module's bytes at its HBM bandwidth would take "
+                            f"{t_mem * 1e3:.0f} ms, an upper bound")
   try:
     text = compiled.as_text()
   except Exception:  # noqa: BLE001

@@ -456,7 +456,7 @@ def compile_eval(model: Any, mesh: Any, chunk_per_chip: int, chip: Any,
     with conv3d_form(conv3d):
       lowered = jax.jit(fn, in_shardings=(rep, data), out_shardings=data).lower(params, x)
     compiled = lowered.compile()
-    r = aot.analyse(compiled, lowered, chip)
+    r = aot.analyse(compiled, lowered, chip, devices=n)   # jit-partitioned: global module
     r["windows_per_chip"] = chunk_per_chip
     r["compile_s"] = time.perf_counter() - t0
     if r.get("step_s_est"):
@@ -581,12 +581,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.batch_sizes and not args.save_compiled:
     print("table (peak bytes per device from compiled.memory_analysis()):")
     for st in stages:
+      print(f" stage {st}:", flush=True)
       for h in num_hard:
         for remat in remats:
           for b in _ints(args.batch_sizes):
             r = planners[st].measure(b, h, remat)
             rows.append(r)
-            print(f" stage {st}:\n{show(r)}", flush=True)
+            print(show(r), flush=True)
   if args.save_compiled:
     st, h, remat, b = stages[0], num_hard[0], remats[0], int(args.batch_sizes)
     pl = planners[st]
@@ -632,8 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       est = r.get("windows_per_s_est")
       print(f"eval ({tower} tower, {args.eval_chunk} windows per chip per call): peak "
             f"{_gib(r['peak']).strip()} GiB per chip, {_num(r.get('flops'), 'FLOP')} per "
-            "call" + (f", estimated {est:,.0f} windows/s on {n} chips (an estimate)"
-                      if est else ""), flush=True)
+            "chip per call" + (f", estimated {est:,.0f} windows/s on {n} chips ("
+                               f"{r['step_s_from']})" if est else ""), flush=True)
   if name == "cpu" and True in remats:
     print("note: XLA's CPU backend does not realise rematerialisation's saving in its buffer "
           "assignment (measured: remat-on peaks are not lower); the 'jax residuals' column "
