@@ -219,7 +219,8 @@ def confirmed(target: str, num_hard: int) -> dict[str, Any]:
   best = [v for v, r in rows.items() if fits(r) and v + GRAIN in rows
           and fits(rows[v + GRAIN]) is False]
   if not best:
-    return {}
+    fitting = [v for v, r in rows.items() if fits(r)]
+    return {"largest_compiled_fit": max(fitting)} if fitting else {}
   v = max(best)
   return {"status": "confirmed", "largest": v, "peak": rows[v]["peak"],
           "over_peak": rows[v + GRAIN].get("peak")}
@@ -256,6 +257,8 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
       f = res["frontier"].get(str(h)) or res["frontier"].get(h) or {}
       if f.get("status") == "confirmed":
         cells.append(f"**{f['largest']}**")
+      elif f.get("largest_compiled_fit"):
+        cells.append(f">= {f['largest_compiled_fit']} (compiled; fit {f.get('predicted')})")
       elif f.get("predicted"):
         cells.append(f"{f['predicted']} (fit)")
       else:
@@ -263,7 +266,7 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
     need = []
     for h in (2, 11):
       f = res["frontier"].get(str(h)) or res["frontier"].get(h) or {}
-      v = f.get("largest") or f.get("predicted")
+      v = f.get("largest") or f.get("largest_compiled_fit") or f.get("predicted")
       n = slices_for(kind, v) if v else None
       need.append(f"{n} ({target.split('-')[0]}-{n if kind in ('v5e', 'v6e', 'h100', 'h200') else 2 * n})"
                   if n else "-")
@@ -279,7 +282,7 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
       hs, vs, conf = [], [], []
       for h in NUM_HARD:
         f = res["frontier"].get(str(h)) or {}
-        v = f.get("largest") or f.get("predicted")
+        v = f.get("largest") or f.get("largest_compiled_fit") or f.get("predicted")
         if v:
           hs.append(h), vs.append(v), conf.append(f.get("status") == "confirmed")
       if hs:
@@ -361,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         chips=data["devices"], command=f"from {path}"),
                                    indent=1, default=str))
         print(f"imported {key} from {path}")
+  if args.import_plan and not args.point:
+    return 0
   if args.point:
     for p in args.point:
       t, st, b, h, *rest = p.split(",")

@@ -399,7 +399,8 @@ def is_oom(err: BaseException) -> bool:
 
 def oom_bytes(err: BaseException) -> int | None:
   """The program size the TPU compiler's out-of-memory message states, if it does."""
-  m = re.search(r"Used\s+([\d.]+)([GMK])\s+of\s+([\d.]+)([GMK])\s+hbm", str(err))
+  m = (re.search(r"Used\s+([\d.]+)([GMK])\s+of\s+([\d.]+)([GMK])\s+hbm", str(err))
+       or re.search(r"memory required for [\w ]+\(([\d.]+)([GMK])\)", str(err)))
   if not m:
     return None
   return int(float(m.group(1)) * {"G": GiB, "M": 2**20, "K": 2**10}[m.group(2)])

@@ -36,7 +36,9 @@ NOISE = re.compile(
     # (ERROR and FATAL lines pass).
     rb"|[IW]\d{4} [\d:.]+ +\d+ [^\s\]]+:\d+\] "
     # protobuf's upb runtime, printed while mediapipe imports: harmless.
-    rb"|AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'")
+    rb"|AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'"
+    # The GPU compiler's plugin on a machine without a GPU (plan --target h100-8): expected.
+    rb"|cuda_plugin_extension is not found\.")
 HOLD_S = 0.05   # an unfinished line (a progress bar) waits this long for the rest
 
 _state: dict = {}

@@ -411,8 +411,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                     "step is traced in: native, the one every accelerator runs; auto, the "
                     "CPU backend's own per-layer forms (what a CPU run executes).",
                     flag_values=fv)
-  flags.DEFINE_bool("search", True, "Search the largest fitting batch (--nosearch: only the "
-                    "--batch_sizes table).", flag_values=fv)
+  flags.DEFINE_bool("search", True, "Search for the largest batch that fits (--nosearch: "
+                    "print only the table of the given batch sizes).", flag_values=fv)
   flags.DEFINE_bool("eval", True, "Also compile the evaluation's embedding of --eval_chunk "
                     "windows per chip (named targets).", flag_values=fv)
   flags.DEFINE_integer("eval_chunk", 256, "Windows per chip in one evaluation embedding call.",
@@ -492,6 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if tgt is None and args.num_slices != 1:
     raise SystemExit("--num_slices is for TPU targets")
   if tgt is not None:
+    from modeformer_jax import native_log
+    # The compilers' native start-up lines (no CUDA driver here, by design) stay off stderr;
+    # MODEFORMER_VERBOSE=1 shows them.
+    native_log.silence()
     try:
       aot.prepare({tgt.platform})   # before JAX starts a backend
     except aot.CompilerMissing as e:

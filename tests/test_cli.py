@@ -42,7 +42,7 @@ def test_help_is_a_page_for_a_person(module, monkeypatch, capsys):
   for markup in ("``", ":func:", ":mod:", "**", "(default: None)", "(default: False)", "::\n"):
     assert markup not in text, (markup, text)
   # One default per option: an option's help is the text up to the next option.
-  for entry in re.split(r"\n\s+(?=--?\w)", text):
+  for entry in re.split(r"\n\s+(?=--?(?:\w|\[no\]))", text):
     assert entry.count("(default:") <= 1, entry
 
 

@@ -29,6 +29,10 @@ def test_lrs_stages(dataset):
   assert (s2.num_hard, s2.data.entries_per_clip, s2.total_steps) == (11, 4, 100000)
   assert s1.batch_size == s2.batch_size == 2000 and s1.model.dtype == "bfloat16"
   assert input_pipeline.spec_from_config(s2).entries_per_clip == 4
+  # The paper: no easy negatives in stage 1; the gathered InfoNCE in stage 2.
+  assert (s1.loss.easy_negatives, s2.loss.easy_negatives) == (False, True)
+  easy1 = config_utils.load_config(str(CONFIGS / f"lrs.py:dataset={dataset},stage=1,easy=1"))
+  assert easy1.loss.easy_negatives and s1.microbatch == s2.microbatch == 0
 
 
 def test_lrs_arguments():
