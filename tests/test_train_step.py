@@ -448,7 +448,7 @@ def test_plan_cli_compiles_micro(tmp_path):
   env.pop("XLA_FLAGS", None)
   res = subprocess.run(
       [sys.executable, "-m", "modeformer_jax.plan", "--config", "configs/modeformer.py:micro",
-       "--devices", "2", "--memory_per_device", "1GiB", "--num_hard", "2",
+       "--devices", "2", "--memory_per_device", "1GiB", "--num_hard", "2", "--stages", "2",
        "--batch_sizes", "16,64", "--remat", "off", "--nosearch"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
   assert res.returncode == 0, res.stderr[-3000:]
