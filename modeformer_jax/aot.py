@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import pathlib
-import pickle
 import re
 import sys
 from typing import Any, Mapping
@@ -407,7 +406,13 @@ def oom_bytes(err: BaseException) -> int | None:
 
 
 # ------------------------------------------------------------------ saved executables
-FORMAT = "modeformer_jax.compiled/1"
+# A saved step: this magic line, one line of JSON (format, signature, info), then the bytes
+# of jax's serialized executable. The header is plain JSON, so a file is checked before its
+# payload is handed to jax (whose deserializer unpickles it: load only files you made).
+# The argument and result tree structures are not stored: the loading run derives them by
+# tracing its own step, so nothing but the executable's bytes is deserialized.
+FORMAT = "modeformer_jax.compiled/2"
+_MAGIC = b"MODEFORMER_JAX_COMPILED\n"
 
 
 def signature(*, devices: list[Any], step_config: Mapping[str, Any],
@@ -428,13 +433,14 @@ def save_compiled(path: str | os.PathLike, compiled: Any, sig: Mapping[str, Any]
                   info: Mapping[str, Any] | None = None) -> None:
   """Writes a serialized executable with the signature it was compiled for."""
   from jax.experimental import serialize_executable
-  payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+  payload, _, _ = serialize_executable.serialize(compiled)
+  header = json.dumps({"format": FORMAT, "signature": dict(sig), "info": dict(info or {})},
+                      default=str)
   p = pathlib.Path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = p.with_suffix(p.suffix + ".tmp")
   with open(tmp, "wb") as f:
-    pickle.dump({"format": FORMAT, "signature": dict(sig), "info": dict(info or {}),
-                 "payload": payload, "in_tree": in_tree, "out_tree": out_tree}, f)
+    f.write(_MAGIC + header.encode() + b"\n" + bytes(payload))
   tmp.replace(p)
 
 
@@ -445,16 +451,22 @@ class CompiledMismatch(ValueError):
 def read_compiled(path: str | os.PathLike) -> dict[str, Any]:
   """The saved record (signature, info, payload) with a clear error for other files."""
   try:
-    with open(path, "rb") as f:
-      rec = pickle.load(f)
+    data = pathlib.Path(path).read_bytes()
   except FileNotFoundError:
     raise FileNotFoundError(f"{path}: no such compiled step (write one with "
                             "`python -m modeformer_jax.plan ... --save_compiled`)") from None
-  except Exception as e:  # noqa: BLE001
+  end = data.find(b"\n", len(_MAGIC))
+  try:
+    if not data.startswith(_MAGIC) or end < 0:
+      raise ValueError("no header")
+    rec = json.loads(data[len(_MAGIC):end])
+  except ValueError as e:
     raise ValueError(f"{path}: not a saved compiled step ({e})") from None
   if not isinstance(rec, dict) or rec.get("format") != FORMAT:
     raise ValueError(f"{path}: not a saved compiled step (format "
-                     f"{rec.get('format') if isinstance(rec, dict) else type(rec).__name__})")
+                     f"{rec.get('format') if isinstance(rec, dict) else '?'}; expected "
+                     f"{FORMAT})")
+  rec["payload"] = data[end + 1:]
   return rec
 
 
@@ -486,11 +498,14 @@ def check_signature(path: str | os.PathLike, saved: Mapping[str, Any],
 
 
 def load_compiled(path: str | os.PathLike, here: Mapping[str, Any],
-                  step_config: Mapping[str, Any] | None = None) -> Any:
+                  step_config: Mapping[str, Any] | None, lower: Any) -> Any:
   """The saved executable, after checking it was compiled for ``here``'s signature
-  (``step_config``: this run's settings, to name the ones that differ)."""
+  (``step_config``: this run's settings, to name the ones that differ). ``lower()``: this
+  run's own step lowered for the same shapes (called only once the signature matches),
+  whose argument and result structures the executable takes and returns."""
   rec = read_compiled(path)
   check_signature(path, rec["signature"], here, rec["info"].get("step_config"), step_config)
   from jax.experimental import serialize_executable
-  return serialize_executable.deserialize_and_load(rec["payload"], rec["in_tree"],
-                                                   rec["out_tree"])
+  lowered = lower()
+  return serialize_executable.deserialize_and_load(rec["payload"], lowered.in_tree,
+                                                   lowered.out_tree)

@@ -128,10 +128,14 @@ def compiled_step(path: str, config: ml_collections.ConfigDict, mesh: Any) -> An
   another global batch or N_H, or other model/loss/optimizer settings, before any step.
   """
   from modeformer_jax import aot, plan
-  step_config = plan.Planner(config, mesh).step_config(bool(config.model.get("remat", False)))
+  planner = plan.Planner(config, mesh)
+  remat = bool(config.model.get("remat", False))
+  step_config = planner.step_config(remat)
   here = aot.signature(devices=list(mesh.devices.flat), step_config=step_config,
                        batch_size=config.batch_size, num_hard=config.num_hard)
-  return aot.load_compiled(path, here, step_config)
+  # Checked before tracing; traced, not compiled: the structures the executable uses.
+  lower = lambda: planner.lower(int(config.batch_size), int(config.num_hard), remat)  # noqa: E731
+  return aot.load_compiled(path, here, step_config, lower)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
