@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,10 @@ KINDS = ("v5e-4", "v5p-8", "v6e-4", "h100-8", "h200-8")
 NUM_HARD = (2, 5, 11, 25)
 GRAIN = 8            # per-chip videos are searched in multiples of this
 FIT_POINTS = ((32, 2), (128, 2), (32, 11))   # (videos per chip, N_H) compiled to fit
+# TPU kinds: full compiles only at 32 per chip (a full TPU compile at 128 per chip takes
+# 20-35 min here); the limit itself is found by libtpu's memory checks (minutes each).
+TPU_FIT_POINTS = ((32, 2), (32, 11))
+FIT_DONOR = "v5e-4"   # the TPU kind whose per-video slopes start the others' searches
 PAPER_B = 2000
 # The slices chips are booked in, per kind, for "how many chips does B need".
 SLICES = {"v5e": (1, 4, 8, 16, 32, 64, 128, 256), "v5p": (4, 8, 16, 32, 64, 128, 256, 512),
@@ -63,11 +68,19 @@ def _chips(target: str) -> int:
 
 
 def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: bool = False,
-                  chips: int | None = None, log=print, microbatch: int = 0) -> dict[str, Any]:
+                  chips: int | None = None, log=print, microbatch: int = 0,
+                  check_only: bool = False) -> dict[str, Any]:
   """One compile through the planner CLI (cached): its row, or {'error': ...}.
-  ``microbatch`` > 0 compiles the cached two-pass step."""
+  ``microbatch`` > 0 compiles the cached two-pass step. ``check_only`` (TPU targets): stop
+  once libtpu's buffer assignment has accepted or refused the program (see
+  :func:`_memory_check`); a full compile of the same point, cached, is used instead."""
   chips = chips or _chips(target)
   key = _key(target, stage, per_chip, num_hard, remat, chips, microbatch)
+  full = CACHE / f"{key}.json"
+  if check_only:
+    if full.exists():
+      return json.loads(full.read_text())
+    key += "_check"
   path = CACHE / f"{key}.json"
   if path.exists():
     return json.loads(path.read_text())
@@ -83,14 +96,16 @@ def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: 
     if microbatch:
       cmd += [f"--config.microbatch={microbatch}"]
     t0 = time.time()
-    log(f"  compiling {key} ...")
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if res.returncode != 0 or not out.exists():
-      tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-      row = {"error": " | ".join(tail)[-600:]}
+    log(f"  compiling {key}{' (memory check only)' if check_only else ''} ...")
+    if check_only:
+      row = _memory_check(cmd, pathlib.Path(tmp), out)
     else:
-      data = json.loads(out.read_text())
-      row = dict(data["rows"][0], device_kind=data["device_kind"], budget=data["budget"])
+      res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+      row = _read_row(res.returncode, res.stderr or res.stdout, out)
+  row.setdefault("per_device", per_chip)
+  row.setdefault("N_H", num_hard)
+  row.setdefault("stage", stage)
+  row.setdefault("remat", remat)
   row.update(target=target, chips=chips, wall_s=round(time.time() - t0, 1),
              command=" ".join(cmd[1:]).replace(" --json " + str(out), ""))
   path.write_text(json.dumps(row, indent=1, default=str))
@@ -98,7 +113,67 @@ def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: 
   return row
 
 
+def _read_row(returncode: int, text: str, out: pathlib.Path) -> dict[str, Any]:
+  if returncode != 0 or not out.exists():
+    return {"error": " | ".join(text.strip().splitlines()[-3:])[-600:]}
+  data = json.loads(out.read_text())
+  return dict(data["rows"][0], device_kind=data["device_kind"], budget=data["budget"])
+
+
+# libtpu's own log lines (libtpu 0.0.42.1) that say its buffer assignment is done: the
+# heap simulation's size, and the first lines of code generation. Its out-of-memory refusal
+# comes between the two (seen here: within a second of the heap simulation), so a program
+# that reaches code generation has passed the check. Near the limit libtpu rematerialises
+# first, and says by how much ("rematerialization hbm reduction: 16.01G => 14.30G").
+_HEAP = re.compile(r"(?:Primary|Fallback) algorithm finished with size: (\d+)")
+_CODEGEN = re.compile(r"LloModule|llo_loop|lowering_emitter")
+_REMAT = re.compile(r"rematerialization hbm reduction:\s*(\S+) => (\S+)")
+
+
+def _memory_check(cmd: list[str], tmp: pathlib.Path, out: pathlib.Path,
+                  limit_s: float = 1800.0) -> dict[str, Any]:
+  """Run a TPU planner compile only until libtpu's buffer assignment answers.
+
+  A refusal (libtpu's out-of-memory error) ends the compile by itself within a minute or
+  two of HLO passes; a program that fits then spends 20-60 min of these 2 cores in code
+  generation, which adds nothing to the question "does it fit". So the compile is stopped
+  when libtpu's log shows code generation under way, and the row says ``memory_check:
+  passed`` with libtpu's heap size (the temporaries before code generation; full compiles
+  here add 0.1-0.2 GiB of temporaries and 0.2-0.3 GiB of code to it: bench/RESULTS.md)."""
+  logdir = tmp / "tpu_logs"
+  logdir.mkdir()
+  env = dict(os.environ, TPU_LOG_DIR=str(logdir))
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  t0, heap, remat = time.time(), None, None
+  try:
+    while proc.poll() is None and time.time() - t0 < limit_s:
+      time.sleep(5)
+      logs = list(logdir.glob(f"*INFO*.{proc.pid}")) or list(
+          pathlib.Path("/tmp/tpu_logs").glob(f"*INFO*.{proc.pid}"))
+      if not logs:
+        continue
+      text = logs[0].read_text(errors="replace")
+      m = _HEAP.search(text)
+      if m and _CODEGEN.search(text[m.end():]) and "Ran out of memory" not in text:
+        heap, remat = int(m.group(1)), _REMAT.search(text)
+        break
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    text_out = proc.communicate()[0] or ""
+  if heap is not None:
+    return {"memory_check": "passed", "heap": heap,
+            "compiler_remat": f"{remat.group(1)} => {remat.group(2)}" if remat else None,
+            "note": "libtpu's buffer assignment accepted it; code generation not run"}
+  if proc.returncode is None or time.time() - t0 >= limit_s:
+    return {"error": f"no answer from libtpu's buffer assignment in {limit_s:.0f} s"}
+  return _read_row(proc.returncode, text_out, out)
+
+
 def _brief(r: dict[str, Any]) -> str:
+  if r.get("memory_check") == "passed":
+    return f"passed libtpu's memory check (heap {r['heap'] / 2**30:.2f} GiB; {r['wall_s']} s)"
   if "error" in r:
     return "error: " + r["error"][:200]
   if r.get("over_compiler"):
@@ -108,6 +183,8 @@ def _brief(r: dict[str, Any]) -> str:
 
 
 def fits(r: dict[str, Any]) -> bool | None:
+  if r.get("memory_check") == "passed":
+    return True
   if "error" in r:
     return None
   if r.get("over_compiler"):
@@ -145,6 +222,24 @@ def fit(rows: list[dict[str, Any]]) -> np.ndarray | None:
   return np.array([float(np.median([_fixed(r) for r in pts.values()])) + t0, t1, t2])
 
 
+def _is_tpu(target: str) -> bool:
+  from modeformer_jax import aot
+  return target != "cpu" and aot.target(target).platform == "tpu"
+
+
+def borrowed_fit(target: str, rows: list[dict[str, Any]], remat: bool) -> np.ndarray | None:
+  """A TPU kind compiled at one batch size: FIT_DONOR's per-video slopes through this
+  kind's own (32, N_H = 2) compile. Only a search's starting point: the memory checks
+  decide the limit."""
+  donor = fit(_cached(FIT_DONOR, remat))
+  own = [r for r in rows if r["N_H"] == 2]
+  if donor is None or not own:
+    return None
+  r = own[0]
+  c0 = r["peak"] - donor[1] * r["per_device"] - donor[2] * r["per_device"] * (1 + r["N_H"])
+  return np.array([c0, donor[1], donor[2]])
+
+
 def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
   """Largest per-chip v (a multiple of GRAIN) the fit says fits ``budget``."""
   slope = coef[1] + coef[2] * (1 + num_hard)
@@ -159,23 +254,32 @@ def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat
   # (~9 CPU-minutes at 32 per chip, ~25 at 500 on these 2 cores). The extrapolation's error
   # is measured where a large point exists (v5p-8 at 500 per chip) and every prediction
   # that is confirmed has compiles on both sides of it.
-  for v, h in FIT_POINTS:
+  tpu = _is_tpu(target)
+  for v, h in (TPU_FIT_POINTS if tpu else FIT_POINTS):
     compile_point(target, 2, v, h, remat, log=log)
   out: dict[int, dict[str, Any]] = {}
   for h in num_hard:
     rows = _cached(target, remat)
     coef = fit(rows)
+    if coef is None and tpu:
+      coef = borrowed_fit(target, rows, remat)
     if coef is None:
       out[h] = {"status": "fit failed (fewer than 3 compiled points)"}
       continue
     budget = rows[0]["budget"]
     v = predict(coef, h, budget)
-    res = {"predicted": v, "fit": [float(c) for c in coef]}
-    if h in confirm and v >= GRAIN:
+    res = {"predicted": v, "fit": [float(c) for c in coef],
+           "fit_from": target if fit(rows) is not None else f"{FIT_DONOR}'s slopes"}
+    if h in confirm and v >= GRAIN and budget and rows[0].get("device_kind", "").startswith("TPU"):
+      res.update(_bracket_checks(target, h, v, coef, budget, remat, log))
+    elif h in confirm and v >= GRAIN:
       # The planner's own bracket search, started at the prediction, over cached compiles.
       search = _CachedSearch(target, remat, log)
+      # Start at the prediction, or at the largest compile that already fits when that is
+      # higher (XLA:GPU rematerialises near its limit, so the affine fit can be low).
+      start = max(v, confirmed(target, h).get("largest_compiled_fit", 0))
       best = search.largest_batch(h, remat, budget, multiple=GRAIN, log=lambda _: None,
-                                  guess=v * search.n)
+                                  guess=start * search.n)
       if best is None:
         res["status"] = "none fits"
       else:
@@ -186,6 +290,52 @@ def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat
       res["status"] = "predicted" if v >= GRAIN else "none fits"
     out[h] = res
   return out
+
+
+def _bracket_checks(target: str, num_hard: int, v: int, coef: np.ndarray, budget: int,
+                    remat: bool, log) -> dict[str, Any]:
+  """A TPU kind's bracket from libtpu's memory checks: a per-chip v it accepts and a
+  larger one it refuses, at most ~1.5% apart (a GRAIN apart below 512 per chip).
+
+  Starts at ``v`` (the fit's guess). After a refusal it moves down by the excess libtpu
+  states over the fit's slope; after an acceptance it moves up by steps that double from
+  1/16 of v (libtpu rematerialises near its limit, so the affine fit is a floor there,
+  not a prediction); then it bisects."""
+  slope = coef[1] + coef[2] * (1 + num_hard)
+  checks: dict[int, dict[str, Any]] = {}
+
+  def ok(u: int) -> bool | None:
+    if u not in checks:
+      checks[u] = compile_point(target, 2, u, num_hard, remat, log=log, check_only=True)
+    return fits(checks[u])
+
+  def grain(x: float) -> int:
+    return max(GRAIN, int(x) // GRAIN * GRAIN)
+
+  lo = hi = None
+  probe, step = v, grain(v / 16)
+  while lo is None or hi is None:
+    if len(checks) >= 12:
+      return {"status": "not bracketed", "checks": len(checks)}
+    answer = ok(probe)
+    if answer is None:
+      return {"status": "check failed", "error": checks[probe].get("error")}
+    if answer:
+      lo = probe
+      probe, step = lo + step, step * 2
+    else:
+      hi = probe
+      if probe <= GRAIN:
+        return {"status": "none fits", "checks": len(checks)}
+      excess = (checks[probe].get("peak") or budget) - budget
+      probe = max(GRAIN, probe - grain(excess / slope))
+  while hi - lo > grain(lo / 64):
+    mid = (lo + hi) // 2 // GRAIN * GRAIN
+    if ok(mid) is None:
+      return {"status": "check failed", "error": checks[mid].get("error")}
+    lo, hi = (mid, hi) if fits(checks[mid]) else (lo, mid)
+  return {"status": "confirmed", "largest": lo, "refused_at": hi, "by": "libtpu memory checks",
+          "compiler_remat": checks[lo].get("compiler_remat"), "checks": len(checks)}
 
 
 class _CachedSearch(plan.Planner):
@@ -208,22 +358,28 @@ class _CachedSearch(plan.Planner):
 
 
 def confirmed(target: str, num_hard: int) -> dict[str, Any]:
-  """The largest cached per-chip v that fits with v + GRAIN compiled and over, if any."""
+  """The cached bracket: the largest v that fits and the smallest v above it that does not,
+  when they are close (one GRAIN, or ~1.5% for the memory checks' search); else the
+  largest compiled fit, if any."""
   rows = {}
   for p in CACHE.glob(f"{target}_s2_v*_h{num_hard}_r0_n*.json"):
     if "_m" in p.stem.split("_n")[-1]:
       continue
     r = json.loads(p.read_text())
     if fits(r) is not None:
-      rows[r["per_device"]] = r
-  best = [v for v, r in rows.items() if fits(r) and v + GRAIN in rows
-          and fits(rows[v + GRAIN]) is False]
-  if not best:
-    fitting = [v for v, r in rows.items() if fits(r)]
-    return {"largest_compiled_fit": max(fitting)} if fitting else {}
-  v = max(best)
-  return {"status": "confirmed", "largest": v, "peak": rows[v]["peak"],
-          "over_peak": rows[v + GRAIN].get("peak")}
+      rows[r["per_device"]] = r   # a full compile and a check of one v agree or the last wins
+  fitting = [v for v, r in rows.items() if fits(r)]
+  if not fitting:
+    return {}
+  lo = max(fitting)
+  above = [v for v, r in rows.items() if v > lo and fits(r) is False]
+  if not above or min(above) - lo > max(GRAIN, lo // 64 // GRAIN * GRAIN):
+    return {"largest_compiled_fit": lo}
+  hi = min(above)
+  by = "libtpu memory checks" if rows[lo].get("memory_check") else "full compiles"
+  return {"status": "confirmed", "largest": lo, "refused_at": hi, "peak": rows[lo].get("peak"),
+          "over_peak": rows[hi].get("peak"), "by": by,
+          "compiler_remat": rows[lo].get("compiler_remat")}
 
 
 def slices_for(kind: str, per_chip: int, batch: int = PAPER_B) -> int | None:
@@ -255,7 +411,9 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
     cells = []
     for h in NUM_HARD:
       f = res["frontier"].get(str(h)) or res["frontier"].get(h) or {}
-      if f.get("status") == "confirmed":
+      if f.get("status") == "confirmed" and f.get("by") == "libtpu memory checks":
+        cells.append(f"**{f['largest']}** (memory checks)")
+      elif f.get("status") == "confirmed":
         cells.append(f"**{f['largest']}**")
       elif f.get("largest_compiled_fit"):
         cells.append(f">= {f['largest_compiled_fit']} (compiled; fit {f.get('predicted')})")
@@ -318,6 +476,8 @@ def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print
       res = {}
       rows = _cached(t)
       coef = fit(rows)
+      if coef is None and _is_tpu(t):
+        coef = borrowed_fit(t, rows, False)
       for h in NUM_HARD:
         if coef is None:
           continue

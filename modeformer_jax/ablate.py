@@ -4,13 +4,19 @@
   python -m modeformer_jax.ablate --config configs/synthetic.py --data_dir demo_out/prepared \\
       --num_hard 2,5,11 --windows_per_step 96 --steps 150 --extras syncnet3d,stage2 \\
       --out runs/ablate
+  # the paper's grid at one B: the cached two-pass step keeps memory flat in B
+  python -m modeformer_jax.ablate --config configs/lrs.py:stage=2 --data_dir /data/lrs2 \\
+      --num_hard 2,5,11,25 --batch_size 2000 --config.microbatch=40 --steps 20000 --out ...
   # a pod, paper model: the batch per N_H is the largest that fits the memory budget
   python -m modeformer_jax.ablate --config configs/lrs.py:stage=2 --data_dir /data/lrs2 \\
       --num_hard 2,5,8,11,15,20,25 --memory_per_device 80GiB --steps 20000 --out gs://.../ablate
 
-For every N_H the global batch is either ``windows_per_step // (1 + N_H)`` (each step sees
-the same number of audio windows, so more hard negatives mean fewer clips per batch) or the
-largest batch whose compiled train step fits ``--memory_per_device`` (``modeformer_jax.plan``).
+For every N_H the global batch is ``--batch_size`` (the same for all, the paper's grid; with
+``--config.microbatch`` the cached two-pass step holds one chunk's activations, so N_H = 25
+at B = 2000 compiles within a 16-GiB chip), or ``windows_per_step // (1 + N_H)`` (each step
+sees the same number of audio windows, so more hard negatives mean fewer clips per batch),
+or the largest batch whose compiled train step fits ``--memory_per_device``
+(``modeformer_jax.plan``).
 Each setting is trained from scratch with the training CLI's library function, evaluated
 at clip lengths 5..15 on ``--eval_split``, and the table (paper's Table 1 layout) and the
 plot of accuracy against N_H are written to ``--out``. ``--extras`` adds the 3D-SyncNet
@@ -33,8 +39,14 @@ from modeformer_jax import mesh as mesh_lib
 
 
 def _batch_for(config: Any, num_hard: int, windows: int | None, budget: int | None,
-               devices: int, max_batch: int = plan.MAX_BATCH) -> int:
-  """The global batch of one run: a fixed window count, or the largest that fits ``budget``."""
+               devices: int, max_batch: int = plan.MAX_BATCH,
+               batch_size: int | None = None) -> int:
+  """The global batch of one run: fixed (``batch_size``, for the cached two-pass step, whose
+  memory does not grow with it), a fixed window count, or the largest that fits ``budget``."""
+  if batch_size is not None:
+    if batch_size % devices:
+      raise ValueError(f"--batch_size {batch_size} does not divide by {devices} devices")
+    return batch_size
   if budget is not None:
     planner = plan.Planner(config, mesh_lib.make_mesh(jax.devices()[:devices]))
     best = planner.largest_batch(num_hard, bool(config.model.remat), budget, multiple=1,
@@ -77,6 +89,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
                        "(B = this // (1 + N_H)).", lower_bound=1, flag_values=fv)
   flags.DEFINE_string("memory_per_device", None, "Instead: the largest B whose step fits, "
                       "e.g. 80GiB.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", None, "Instead: the same global B for every N_H (the "
+                       "paper's grid); with --config.microbatch=M (the cached two-pass step) "
+                       "memory does not grow with B.", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("max_batch", plan.MAX_BATCH, "With --memory_per_device: the largest "
                        "global batch considered.", flag_values=fv)
   flags.DEFINE_integer("steps", None, "Training steps per run.", flag_values=fv)
@@ -86,9 +101,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "Folder for the runs, table and plot.", flag_values=fv)
   flags.mark_flag_as_required("out", flag_values=fv)
   flags.register_multi_flags_validator(
-      ["windows_per_step", "memory_per_device"],
-      lambda f: (f["windows_per_step"] is None) != (f["memory_per_device"] is None),
-      "give exactly one of --windows_per_step and --memory_per_device", flag_values=fv)
+      ["windows_per_step", "memory_per_device", "batch_size"],
+      lambda f: sum(f[k] is not None for k in f) == 1,
+      "give exactly one of --windows_per_step, --memory_per_device and --batch_size",
+      flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -111,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     c = base.copy_and_resolve_references()
     c.num_hard = num_hard
     c.batch_size = _batch_for(c, num_hard, args.windows_per_step, budget, devices,
-                              args.max_batch)
+                              args.max_batch, args.batch_size)
     for k, v in changes.items():
       node = c
       *parents, leaf = k.split(".")
