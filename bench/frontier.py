@@ -9,14 +9,25 @@ through ``python -m modeformer_jax.plan`` (one process per compile, so a crash o
 loses only that compile). Each result is cached in ``bench/frontier_compiles/`` and a rerun
 skips what is there: a sweep stopped anywhere resumes where it stopped.
 
-Few compiles, because a paper-model TPU compile takes ~6 minutes on 2 cores: per-chip peak
-is close to affine in the chip's videos v and audio windows v*(1+N_H), so three compiles
-per kind fit ``peak = c0 + c1*v + c2*v*(1+N_H)`` (least squares over every compile of that
-kind as more arrive); the largest v per chip that fits is predicted for each N_H, then
-confirmed by a compile at it (fits) and one a step above (over). A confirmation that
-disagrees is added to the fit and the prediction redone. The XLA:CPU estimate (the
-planner's ``--target cpu``, same devices simulated) is compiled at the confirmed points too,
-for its error against each target compiler.
+Few compiles, because a paper-model compile is slow on 2 cores. Per-chip peak is close to
+affine in the chip's videos v and audio windows v*(1+N_H) far from the limit, so compiles at
+small batches fit ``peak = c0 + c1*v + c2*v*(1+N_H)`` (least squares over every compile of
+that kind) and predict a starting point; near the limit both compilers rematerialise, so
+the limit itself is searched:
+
+- GPUs (XLA:GPU, 1-4 min a compile): the planner's bracket search over full compiles,
+  started at the prediction or the largest compile that already fitted; confirmed = one
+  compile that fits and one 8 videos per chip more that does not.
+- TPUs (libtpu): a full compile near a v5e's limit spends 20-60 minutes of these cores in
+  code generation, after libtpu has already accepted or refused the program. So a TPU
+  limit is bracketed by memory checks (:func:`_memory_check`): each compile is stopped as
+  soon as libtpu's log shows code generation under way, its out-of-memory refusal having
+  come before that. Full compiles at 32 per chip give each kind's breakdown (arguments,
+  code) and the fit's intercept; v5e-4's compiles at 32 and 128 per chip, N_H = 2 and 11,
+  give the starting slopes of the others.
+
+The XLA:CPU estimate (the planner's ``--target cpu``, same devices simulated) is compiled
+at confirmed points with ``--cpu_errors``, for its error against each target compiler.
 """
 from __future__ import annotations
 
@@ -47,7 +58,7 @@ GRAIN = 8            # per-chip videos are searched in multiples of this
 FIT_POINTS = ((32, 2), (128, 2), (32, 11))   # (videos per chip, N_H) compiled to fit
 # TPU kinds: full compiles only at 32 per chip (a full TPU compile at 128 per chip takes
 # 20-35 min here); the limit itself is found by libtpu's memory checks (minutes each).
-TPU_FIT_POINTS = ((32, 2), (32, 11))
+TPU_FIT_POINTS = ((32, 2),)
 FIT_DONOR = "v5e-4"   # the TPU kind whose per-video slopes start the others' searches
 PAPER_B = 2000
 # The slices chips are booked in, per kind, for "how many chips does B need".
@@ -130,6 +141,17 @@ _CODEGEN = re.compile(r"LloModule|llo_loop|lowering_emitter")
 _REMAT = re.compile(r"rematerialization hbm reduction:\s*(\S+) => (\S+)")
 
 
+def _die_with_parent() -> None:
+  """Linux: the compile is killed with the sweep (else a stopped sweep leaves an hour of
+  code generation running unwatched)."""
+  try:
+    import ctypes
+    import signal
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
 def _memory_check(cmd: list[str], tmp: pathlib.Path, out: pathlib.Path,
                   limit_s: float = 1800.0) -> dict[str, Any]:
   """Run a TPU planner compile only until libtpu's buffer assignment answers.
@@ -144,7 +166,7 @@ def _memory_check(cmd: list[str], tmp: pathlib.Path, out: pathlib.Path,
   logdir.mkdir()
   env = dict(os.environ, TPU_LOG_DIR=str(logdir))
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
   t0, heap, remat = time.time(), None, None
   try:
     while proc.poll() is None and time.time() - t0 < limit_s:
@@ -240,6 +262,32 @@ def borrowed_fit(target: str, rows: list[dict[str, Any]], remat: bool) -> np.nda
   return np.array([c0, donor[1], donor[2]])
 
 
+def scaled_guess(target: str, num_hard: int, coef: np.ndarray, budget: int) -> int | None:
+  """A TPU search's start from a limit already bracketed: this kind's at another N_H
+  (scaled by the fit's per-video cost), else FIT_DONOR's (also scaled by the memory left
+  after the fixed part). libtpu rematerialises near its limit, so these limits sit far
+  above the affine fit's prediction, and scaling a measured one starts much closer."""
+  def cost(c: np.ndarray, h: int) -> float:
+    return c[1] + c[2] * (1 + h)
+
+  for h in sorted(NUM_HARD, key=lambda x: abs(x - num_hard)):
+    got = confirmed(target, h)
+    if got.get("status") == "confirmed" and h != num_hard:
+      return max(GRAIN, int(got["largest"] * cost(coef, h) / cost(coef, num_hard))
+                 // GRAIN * GRAIN)
+  if target == FIT_DONOR:
+    return None
+  donor_rows = _cached(FIT_DONOR)
+  donor = fit(donor_rows)
+  for h in sorted(NUM_HARD, key=lambda x: abs(x - num_hard)):
+    got = confirmed(FIT_DONOR, h)
+    if donor is not None and got.get("status") == "confirmed":
+      room = (budget - coef[0]) / (donor_rows[0]["budget"] - donor[0])
+      return max(GRAIN, int(got["largest"] * room * cost(donor, h) / cost(donor, num_hard))
+                 // GRAIN * GRAIN)
+  return None
+
+
 def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
   """Largest per-chip v (a multiple of GRAIN) the fit says fits ``budget``."""
   slope = coef[1] + coef[2] * (1 + num_hard)
@@ -270,8 +318,10 @@ def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat
     v = predict(coef, h, budget)
     res = {"predicted": v, "fit": [float(c) for c in coef],
            "fit_from": target if fit(rows) is not None else f"{FIT_DONOR}'s slopes"}
-    if h in confirm and v >= GRAIN and budget and rows[0].get("device_kind", "").startswith("TPU"):
-      res.update(_bracket_checks(target, h, v, coef, budget, remat, log))
+    if h in confirm and v >= GRAIN and tpu:
+      guess = scaled_guess(target, h, coef, budget) or v
+      res["search_start"] = guess
+      res.update(_bracket_checks(target, h, guess, coef, budget, remat, log))
     elif h in confirm and v >= GRAIN:
       # The planner's own bracket search, started at the prediction, over cached compiles.
       search = _CachedSearch(target, remat, log)
@@ -295,7 +345,7 @@ def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat
 def _bracket_checks(target: str, num_hard: int, v: int, coef: np.ndarray, budget: int,
                     remat: bool, log) -> dict[str, Any]:
   """A TPU kind's bracket from libtpu's memory checks: a per-chip v it accepts and a
-  larger one it refuses, at most ~1.5% apart (a GRAIN apart below 512 per chip).
+  larger one it refuses, at most ~3% apart (a GRAIN apart below 256 per chip).
 
   Starts at ``v`` (the fit's guess). After a refusal it moves down by the excess libtpu
   states over the fit's slope; after an acceptance it moves up by steps that double from
@@ -329,7 +379,7 @@ def _bracket_checks(target: str, num_hard: int, v: int, coef: np.ndarray, budget
         return {"status": "none fits", "checks": len(checks)}
       excess = (checks[probe].get("peak") or budget) - budget
       probe = max(GRAIN, probe - grain(excess / slope))
-  while hi - lo > grain(lo / 64):
+  while hi - lo > grain(lo / 32):
     mid = (lo + hi) // 2 // GRAIN * GRAIN
     if ok(mid) is None:
       return {"status": "check failed", "error": checks[mid].get("error")}
@@ -359,7 +409,7 @@ class _CachedSearch(plan.Planner):
 
 def confirmed(target: str, num_hard: int) -> dict[str, Any]:
   """The cached bracket: the largest v that fits and the smallest v above it that does not,
-  when they are close (one GRAIN, or ~1.5% for the memory checks' search); else the
+  when they are close (one GRAIN, or ~3% for the memory checks' search); else the
   largest compiled fit, if any."""
   rows = {}
   for p in CACHE.glob(f"{target}_s2_v*_h{num_hard}_r0_n*.json"):
@@ -373,7 +423,7 @@ def confirmed(target: str, num_hard: int) -> dict[str, Any]:
     return {}
   lo = max(fitting)
   above = [v for v, r in rows.items() if v > lo and fits(r) is False]
-  if not above or min(above) - lo > max(GRAIN, lo // 64 // GRAIN * GRAIN):
+  if not above or min(above) - lo > max(GRAIN, lo // 32 // GRAIN * GRAIN):
     return {"largest_compiled_fit": lo}
   hi = min(above)
   by = "libtpu memory checks" if rows[lo].get("memory_check") else "full compiles"

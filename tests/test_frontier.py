@@ -27,9 +27,9 @@ def test_bracket_from_memory_checks(monkeypatch, limit, guess):
   coef = np.array([1e8, 1e6, 1e5])        # slope at N_H=2: 1.3e6 bytes per video
   monkeypatch.setattr(frontier, "compile_point", _fake_checks(limit, 1.3e6, budget, calls))
   r = frontier._bracket_checks("v5e-4", 2, guess, coef, budget, False, print)
-  assert r["status"] == "confirmed" and r["largest"] == limit, (r, calls)
-  assert r["refused_at"] > limit
-  assert r["refused_at"] - limit <= max(frontier.GRAIN, limit // 64 // 8 * 8)
+  # The bracket holds the true limit and is as tight as the search's tolerance (~3%).
+  assert r["status"] == "confirmed" and r["largest"] <= limit < r["refused_at"], (r, calls)
+  assert r["refused_at"] - r["largest"] <= max(frontier.GRAIN, r["largest"] // 32 // 8 * 8)
   assert len(set(calls)) == len(calls) <= 12       # no point checked twice
   if guess == limit:
     assert len(calls) <= 4
