@@ -571,9 +571,14 @@ class Analyzer:
     return self.analyze_shifts(path, [audio_shift_frames], progress)[0]
 
   def analyze_shifts(self, path: str | pathlib.Path, shifts: Sequence[int],
-                     progress: bool | None = None) -> list[dict[str, Any]]:
+                     progress: bool | None = None, strict: bool = True
+                     ) -> list[dict[str, Any]]:
     """``analyze`` with the audio delayed by each of ``shifts`` frames, in one pass over the
-    pictures (decoded, tracked and embedded once). Each result gains ``injected``."""
+    pictures (decoded, tracked and embedded once). Each result gains ``injected``.
+
+    ``strict=False``: a shift that cannot be summarised (too little overlap left) gives
+    ``{"injected": k, "error": FeatureError}`` instead of raising, so one shift does not
+    cost the others; errors of the file itself still raise."""
     progress = self.progress if progress is None else progress
     path = str(path)
     t_start = time.perf_counter()
@@ -622,7 +627,13 @@ class Analyzer:
     seen = ev.lips.summaries()
     out = []
     for lane in ev.lanes:
-      result = self.summarise(ev, lane, path, reader, seen)
+      try:
+        result = self.summarise(ev, lane, path, reader, seen)
+      except FeatureError as e:
+        if strict:
+          raise
+        out.append({"injected": lane.shift, "error": e})
+        continue
       wall = time.perf_counter() - t_start
       result["timing"] = {"wall_s": round(wall, 2),
                           "realtime_factor": round(ev.num_frames / FPS / wall, 2) if wall else None,
@@ -996,10 +1007,22 @@ def detect_file(analyzer: Analyzer, path: str | pathlib.Path,
 
 
 def detect_shifted(analyzer: Analyzer, path: str | pathlib.Path,
-                   shifts: Sequence[int]) -> list[dict]:
+                   shifts: Sequence[int], strict: bool = True) -> list[dict]:
   """``[detect_file(analyzer, path, k) for k in shifts]`` in one pass over the pictures;
-  each answer gains ``injected``. A shift with no answer raises like ``detect_file``."""
-  return [plain_answer(r, str(path)) for r in analyzer.analyze_shifts(path, shifts)]
+  each answer gains ``injected``. A shift with no answer raises like ``detect_file``, or
+  with ``strict=False`` gives ``{"injected": k, "error": FeatureError}`` in its place
+  (errors of the file itself, such as an unreadable stream, still raise)."""
+  out = []
+  for r in analyzer.analyze_shifts(path, shifts, strict=strict):
+    try:
+      if "error" in r:
+        raise r["error"]
+      out.append(plain_answer(r, str(path)))
+    except FeatureError as e:
+      if strict:
+        raise
+      out.append({"injected": r.get("injected", 0), "error": e})
+  return out
 
 
 def describe_plain(r: dict) -> str:
