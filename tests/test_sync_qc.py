@@ -124,6 +124,22 @@ def test_shot_detector_flags_a_cut_only():
   assert [det.is_cut(f) for f in (a, a, a, b, b)] == [False, False, False, True, False]
 
 
+def test_shot_detector_ignores_steady_motion_of_a_face_following_crop():
+  """A busy background sliding ~26 grey levels a frame (an LRS2 crop following a head) is
+  not a cut at every frame; a change far above the usual one still is."""
+  import cv2
+  det = tracking.ShotDetector()
+  rng = np.random.default_rng(1)
+  tex = cv2.resize(rng.integers(0, 255, (12, 24, 3), dtype=np.uint8), (480, 240),
+                   interpolation=cv2.INTER_NEAREST)
+  moving = [np.ascontiguousarray(np.roll(tex, 9 * t, axis=1)[:, :160]) for t in range(20)]
+  cuts = [det.is_cut(f) for f in moving]
+  assert not any(cuts[2:]), cuts          # frame 1 has no history: the threshold alone
+  other = np.full_like(moving[0], 255)
+  other[::4] = 0
+  assert det.is_cut(other)
+
+
 def test_analyzer_measures_an_offset_in_ms_and_detect_cli_writes_reports(synthetic_mp4,
                                                                          tmp_path, capsys):
   """The shipped model on a synthetic clip whose audio is 80 ms late."""
