@@ -124,6 +124,16 @@ def test_shot_detector_flags_a_cut_only():
   assert [det.is_cut(f) for f in (a, a, a, b, b)] == [False, False, False, True, False]
 
 
+def test_short_clips_need_the_search_not_a_training_clip():
+  """A 1.2 s word clip (29 frames) is long enough: from 24 frames on, every offset of the
+  +-15 search keeps 5 scored lip windows; training clips need 35 frames."""
+  o = sync_qc.QCOptions()
+  assert o.min_frames == 24 < features.MIN_FRAMES
+  assert sync_qc.QCOptions(max_offset_frames=7).min_frames == 16
+  positions = o.min_frames - windows.WINDOW_FRAMES + 1
+  assert positions - o.max_offset_frames == o.min_offset_windows
+
+
 def test_shot_detector_ignores_steady_motion_of_a_face_following_crop():
   """A busy background sliding ~26 grey levels a frame (an LRS2 crop following a head) is
   not a cut at every frame; a change far above the usual one still is."""

@@ -66,6 +66,11 @@ class QCOptions:
   window_s: float = 5.0          # segment length
   hop_s: float = 1.0             # segment step (window_s must be a multiple of it)
   max_offset_frames: int = 15    # search range, +-frames
+  # The shortest video (and stretch of it with sound) analysed: every offset of the search
+  # is then scored by at least this many lip windows (``min_frames``). Training clips need
+  # the whole search around one window (``features.MIN_FRAMES``, 35 frames); a detection
+  # pools every window, so a 1.2 s word clip (29 frames, LRW) is measurable.
+  min_offset_windows: int = 5
   min_speech: float = 0.2        # fraction of a segment's audio that must be speech
   min_face: float = 0.5          # fraction of a segment's windows with the chosen face
   vad_db: float = -45.0          # speech: 12.5 ms RMS above this (dBFS) ...
@@ -102,6 +107,12 @@ class QCOptions:
   # Segments whose calibrated reliability (the probability that their offset is within one
   # frame of the truth, ``reliability.json`` beside the model) is lower are "uncertain".
   min_reliability: float = 0.5
+
+  @property
+  def min_frames(self) -> int:
+    """Frames of video with sound needed: the last ``min_offset_windows`` of the
+    5-frame windows still have audio ``max_offset_frames`` later (or earlier)."""
+    return windows.WINDOW_FRAMES - 1 + self.max_offset_frames + self.min_offset_windows
 
   def check(self) -> None:
     k = self.window_s / self.hop_s
@@ -710,9 +721,10 @@ class Analyzer:
           media.TRUNCATION_SLACK_S, media.TRUNCATION_SLACK_FRAC * declared) < declared:
         raise FeatureError(path, "corrupt", f"truncated: decoded {reader.duration:.2f} s of "
                            f"video, the stream declares {declared:.2f} s")
-      if ev.num_frames < features.MIN_FRAMES:
+      if ev.num_frames < self.options.min_frames:
         raise FeatureError(path, "too_short", f"{ev.num_frames} frames at {FPS} fps, need "
-                           f"at least {features.MIN_FRAMES}")
+                           f"at least {self.options.min_frames} (the +-"
+                           f"{self.options.max_offset_frames} frame search)")
       _named(path, ev.finish)
     finally:
       ev.close()
@@ -749,11 +761,11 @@ class Analyzer:
     audio_s = max(0, (lane.end or 0) - lane.start) / windows.SAMPLE_RATE
     video_s = num_frames / FPS
     overlap = ev.overlap_s(lane)
-    if overlap * FPS < features.MIN_FRAMES:
+    if overlap * FPS < o.min_frames:
       raise FeatureError(path, "too_short", f"audio and video overlap for {overlap:.2f} s "
                          f"(video {video_s:.2f} s, sound from {lane.start / 16000:.2f} s to "
                          f"{(lane.end or 0) / 16000:.2f} s); need "
-                         f"{features.MIN_FRAMES / FPS:.2f} s ({features.MIN_FRAMES} frames)")
+                         f"{o.min_frames / FPS:.2f} s ({o.min_frames} frames)")
     thr = ev.speech_threshold(lane)
     n_blocks = max(1, math.ceil((num_frames - windows.WINDOW_FRAMES + 1) / ev.hop_f))
     n_segments = max(1, n_blocks - ev.win_blocks + 1)
