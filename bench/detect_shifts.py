@@ -10,7 +10,9 @@ in one pass of the analysis ``detect`` runs (``sync_qc.detect_shifted``; windows
 read the silence a shift moves in are not scored), and the detector's answer is compared
 with it: exact, and within +-1 frame. A source that is not
 perfectly in sync to begin with shows up as a constant bias, so the mean error is printed
-too. Files that cannot be read are listed with their reason and counted, not dropped.
+too. Each (file, shift) is one detection: a shift with no answer (too little overlap left
+after it, no speech or face in reach) is listed with its reason and counted, and does not
+cost the file's other shifts; a file refused at every shift is listed once, with its reason.
 """
 from __future__ import annotations
 
@@ -61,6 +63,21 @@ def summarize(rows: list[dict]) -> dict:
   return out
 
 
+def print_refusals(failed: list[dict], shifts: list[int]) -> None:
+  """One line per file refused at every shift (its reasons), then one per refused
+  (file, shift) of the files that answer at other shifts."""
+  by_file: dict[str, list[dict]] = {}
+  for f in failed:
+    by_file.setdefault(f["file"], []).append(f)
+  for path, fs in by_file.items():
+    reasons = sorted({f"{f['kind']}: {f['error']}" for f in fs})
+    if len(fs) == len(shifts):
+      print(f"refused {path} at every shift: " + " | ".join(reasons))
+    else:
+      for f in sorted(fs, key=lambda f: f["injected"]):
+        print(f"refused {path} at shift {f['injected']:+d}: {f['kind']}: {f['error']}")
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("videos", nargs="*")
@@ -99,20 +116,27 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   for path in tqdm(files, desc="videos"):
     try:
-      results = sync_qc.detect_shifted(analyzer, path, shifts)
-    except (features.FeatureError, ValueError) as e:
-      failed.append({"file": path, "error": str(e)})
-      continue
-    rows += [{"file": path, "injected": r["injected"],
-              "detected": r["offset_frames"], "confidence": r["confidence"]} for r in results]
+      results = sync_qc.detect_shifted(analyzer, path, shifts, strict=False)
+    except (features.FeatureError, ValueError) as e:    # the file itself: every shift
+      results = [{"injected": k, "error": e} for k in shifts]
+    for r in results:
+      if "error" in r:
+        e = r["error"]
+        failed.append({"file": path, "injected": r["injected"],
+                       "kind": getattr(e, "kind", "error"),
+                       "error": getattr(e, "reason", str(e))})
+      else:
+        rows.append({"file": path, "injected": r["injected"],
+                     "detected": r["offset_frames"], "confidence": r["confidence"]})
   seconds = time.perf_counter() - t0
-  for f in failed:
-    print(f"skipped {f['file']}: {f['error']}")
+  print_refusals(failed, shifts)
   if not rows:
     sys.exit("no video could be read")
   s = summarize(rows)
-  print(f"{len(files) - len(failed)} videos read, {len(failed)} skipped; {s['detections']} "
-        f"detections in {seconds:.1f} s")
+  answered = {r["file"] for r in rows}
+  print(f"{len(answered)} of {len(files)} videos answer; {s['detections']} of "
+        f"{len(files) * len(shifts)} (video, shift) detections, {len(failed)} refused; "
+        f"{seconds:.1f} s")
   print(f"exact: {100 * s['exact']:.1f}%   within +-1: {100 * s['within_1']:.1f}%   "
         f"mean error {s['mean_error']:+.2f} frames   median |error| {s['median_abs_error']:.1f}")
   if "relative_exact" in s:
@@ -121,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
   groups = sorted({pathlib.Path(r["file"]).parent.name for r in rows})
   if len(groups) > 1:
     for g in groups:
-      gs = summarize([r for r in rows if pathlib.Path(r["file"]).parent.name == g])
-      print(f"  {g}: {gs['detections'] // len(shifts)} videos, exact {100 * gs['exact']:.1f}%, "
+      g_rows = [r for r in rows if pathlib.Path(r["file"]).parent.name == g]
+      gs = summarize(g_rows)
+      print(f"  {g}: {len({r['file'] for r in g_rows})} videos, {gs['detections']} detections, "
+            f"exact {100 * gs['exact']:.1f}%, "
             f"within +-1 {100 * gs['within_1']:.1f}%")
   by_shift = {k: summarize([r for r in rows if r["injected"] == k]) for k in shifts}
   print("injected: " + " ".join(f"{k:+d}" .rjust(5) for k in shifts))

@@ -89,3 +89,19 @@ def test_default_detector_finds_a_shift_on_a_person_it_never_saw(real_clips_dir)
   detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
   assert abs(found[0]) <= 1, detail
   assert found[-5] - found[0] == -5 and found[4] - found[0] == 4, detail
+
+
+# Clips the analysis refused before (issue 37), each for another reason: a face-following
+# crop whose moving background read as cuts, speech loud throughout (no quiet floor), a
+# 1.40 s clip whose every shift left less than 35 frames of overlap, a 1.16 s word clip.
+ONCE_REFUSED = ["lrs2_crop/00009.mp4", "vox2_crop/681100216.mp4", "lrs2_crop/00002.mp4",
+                "raw/lrw_word_sample1.mp4"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ONCE_REFUSED)
+def test_default_detector_answers_clips_once_refused(real_clips_dir, name):
+  analyzer = sync_qc.Analyzer(detector=offsets.load_detector(FACES, chunk=128))
+  results = sync_qc.detect_shifted(analyzer, str(real_clips_dir / name), [-5, 0, 4])
+  found = {r["injected"]: r["offset_frames"] for r in results}
+  assert found[-5] - found[0] == -5 and found[4] - found[0] == 4, found

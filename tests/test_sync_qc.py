@@ -124,6 +124,106 @@ def test_shot_detector_flags_a_cut_only():
   assert [det.is_cut(f) for f in (a, a, a, b, b)] == [False, False, False, True, False]
 
 
+def test_short_clips_need_the_search_not_a_training_clip():
+  """A 1.2 s word clip (29 frames) is long enough: from 24 frames on, every offset of the
+  +-15 search keeps 5 scored lip windows; training clips need 35 frames."""
+  o = sync_qc.QCOptions()
+  assert o.min_frames == 24 < features.MIN_FRAMES
+  assert sync_qc.QCOptions(max_offset_frames=7).min_frames == 16
+  positions = o.min_frames - windows.WINDOW_FRAMES + 1
+  assert positions - o.max_offset_frames == o.min_offset_windows
+
+
+def test_shot_detector_ignores_steady_motion_of_a_face_following_crop():
+  """A busy background sliding ~26 grey levels a frame (an LRS2 crop following a head) is
+  not a cut at every frame; a change far above the usual one still is."""
+  import cv2
+  det = tracking.ShotDetector()
+  rng = np.random.default_rng(1)
+  tex = cv2.resize(rng.integers(0, 255, (12, 24, 3), dtype=np.uint8), (480, 240),
+                   interpolation=cv2.INTER_NEAREST)
+  moving = [np.ascontiguousarray(np.roll(tex, 9 * t, axis=1)[:, :160]) for t in range(20)]
+  cuts = [det.is_cut(f) for f in moving]
+  assert not any(cuts[2:]), cuts          # frame 1 has no history: the threshold alone
+  other = np.full_like(moving[0], 255)
+  other[::4] = 0
+  assert det.is_cut(other)
+
+
+def _speech_fraction(audio, options=None, shape=True):
+  """The analysis's speech fraction of ``audio`` (16 kHz), over all of it: a lane hears it
+  as ``Evidence`` does; ``shape=False``: the level (floor) rule alone."""
+  o = options or sync_qc.QCOptions()
+  lane = sync_qc._Lane(0, 3, 3, int(round(o.hop_s * windows.FPS)))
+  lane.hear(np.asarray(audio, np.float32))
+  lane.hear_end(None)
+  rule = o if shape else sync_qc.QCOptions(vad_shape_centroid_bins=np.inf)
+  return lane.speech_fraction(sorted(lane.speech), lane.speech_threshold(o), rule)
+
+
+def _pink(n, rng):
+  x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.arange(n // 2 + 1) + 1), n)
+  return x / x.std()
+
+
+def test_speech_that_is_loud_throughout_is_still_speech():
+  """Synthetic speech over a steady bed 3 dB below it: no quiet floor, so the level rule
+  alone finds (almost) no speech; its syllabic shape does."""
+  from data_prep.synthetic.clip import render_clip
+  from data_prep.synthetic.speakers import make_speaker
+  o = sync_qc.QCOptions()
+  rng = np.random.default_rng(0)
+  for speaker in range(3):
+    _, audio = render_clip(make_speaker(0, speaker), 4.0, 7)
+    loud = audio + _pink(audio.size, rng) * audio.std() * 10 ** (-3 / 20)
+    assert _speech_fraction(loud, shape=False) < o.min_speech
+    assert _speech_fraction(loud) >= 0.5
+    assert _speech_fraction(audio) >= 0.5
+
+
+def test_noise_tones_music_and_silence_are_not_speech():
+  """Loud sound that is not speech: steady noise, held chords and silence are refused; for
+  sound the level rule already takes for speech (a tremolo, plucked notes, drum hits,
+  which dip 10 dB or more), the shape rule adds nothing."""
+  o = sync_qc.QCOptions()
+  sr, rng = windows.SAMPLE_RATE, np.random.default_rng(1)
+  t = np.arange(4 * sr) / sr
+  notes = [262, 330, 392, 523, 440, 349, 294, 392]
+
+  def harmonic(f0, tt, k=5):
+    return sum(np.sin(2 * np.pi * f0 * j * tt) / j for j in range(1, k + 1))
+
+  half = [slice(i * sr // 2, (i + 1) * sr // 2) for i in range(8)]
+  chords, plucked, drums = np.zeros_like(t), np.zeros_like(t), np.zeros_like(t)
+  for i, sl in enumerate(half):
+    tt = t[sl] - t[sl][0]
+    chords[sl] = sum(harmonic(f, t[sl], 4) for f in (notes[i], 1.26 * notes[i], 1.5 * notes[i]))
+    plucked[sl] = harmonic(notes[i], tt) * np.exp(-3 * tt)
+  for i in range(16):
+    s = i * sr // 4
+    drums[s:s + 2000] += rng.standard_normal(2000) * np.exp(-np.arange(2000) / 300)
+  refused = {"white noise": 0.1 * rng.standard_normal(t.size),
+             "pink noise": 0.1 * _pink(t.size, rng),
+             "chords": 0.05 * chords, "silence": np.zeros_like(t)}
+  for name, x in refused.items():
+    assert _speech_fraction(x) < o.min_speech, name
+  level_rule = {"tremolo": 0.1 * harmonic(220, t) * (0.55 + 0.45 * np.sin(8 * np.pi * t)),
+                "plucked": 0.1 * plucked, "drums": 0.2 * drums}
+  for name, x in level_rule.items():
+    assert _speech_fraction(x) == _speech_fraction(x, shape=False), name
+
+
+def test_loud_real_clip_is_speech(real_clips_dir):
+  """vox2_crop/681100216: speech over a loud bed, 8 dB between its 10th and 90th percentile
+  levels: the level rule found speech in 1% of it."""
+  path = real_clips_dir / "vox2_crop" / "681100216.mp4"
+  if not path.exists():
+    pytest.skip(f"{path} not present")
+  audio = np.concatenate([ch.audio for ch in media.Reader(str(path)).chunks()])
+  assert _speech_fraction(audio, shape=False) < 0.05
+  assert _speech_fraction(audio) > 0.8
+
+
 def test_analyzer_measures_an_offset_in_ms_and_detect_cli_writes_reports(synthetic_mp4,
                                                                          tmp_path, capsys):
   """The shipped model on a synthetic clip whose audio is 80 ms late."""

@@ -13,7 +13,8 @@ Per segment (``window_s`` long, every ``hop_s``):
   ``min_face`` of the segment's positions. Confidence = the mean similarity at the chosen
   offset minus the median over all offsets (as ``protocol.detect_offset``).
 * **Whole frames**: the most frequent best offset of the segment's positions (the standard
-  protocol's per-frame vote, ``vote_frames``) says where to look; the reported
+  protocol's per-frame vote, ``vote_frames``; each frame's votes pooled with its two
+  neighbours') says where to look; the reported
   ``offset_frames`` is the whole frame nearest the sub-frame estimate below.
 * **Sub-frame**: the audio window of video frame ``t`` starts at mel frame ``round(3.2 t)``,
   so audio windows ``s`` mel frames later sit ``12.5 s + 12.5 (round(3.2 t) - 3.2 t)`` ms
@@ -22,7 +23,8 @@ Per segment (``window_s`` long, every ``hop_s``):
   one frame of the whole-frame answer); its vertex is the offset in ms. The uncertainty is
   the jackknife standard error over the segment's blocks.
 * **Unmeasurable**, never guessed: less than ``min_speech`` of the segment's audio is
-  speech (an energy voice-activity decision) or no face is tracked in ``min_face`` of it.
+  speech (a voice-activity decision on level and, where the sound is loud throughout, its
+  shape: ``speech_shape``) or no face is tracked in ``min_face`` of it.
 
 Per file: the global offset (median of the measurable segments, with a standard error
 from independent segments), the drift (Theil-Sen slope of offset against time, in ms per
@@ -49,6 +51,7 @@ import numpy as np
 
 from modeformer_jax import features, media, windows
 from modeformer_jax.features import FeatureError
+from modeformer_jax.input_spec import MEL_CONFIG
 from modeformer_jax.qc import stream, tolerances, tracking
 
 FPS = windows.FPS
@@ -64,10 +67,25 @@ class QCOptions:
   window_s: float = 5.0          # segment length
   hop_s: float = 1.0             # segment step (window_s must be a multiple of it)
   max_offset_frames: int = 15    # search range, +-frames
+  # The shortest video (and stretch of it with sound) analysed: every offset of the search
+  # is then scored by at least this many lip windows (``min_frames``). Training clips need
+  # the whole search around one window (``features.MIN_FRAMES``, 35 frames); a detection
+  # pools every window, so a 1.2 s word clip (29 frames, LRW) is measurable.
+  min_offset_windows: int = 5
   min_speech: float = 0.2        # fraction of a segment's audio that must be speech
   min_face: float = 0.5          # fraction of a segment's windows with the chosen face
   vad_db: float = -45.0          # speech: 12.5 ms RMS above this (dBFS) ...
-  vad_above_floor_db: float = 10.0   # ... and this far above the file's noise floor
+  vad_above_floor_db: float = 10.0   # ... and this far above the file's noise floor,
+  # ... or, in a block whose sound has speech's shape (``speech_shape``; for sound that is
+  # loud throughout, with no quiet floor to stand above), above ``vad_db`` alone. Shape:
+  # this share of the level's modulation at syllable rates (2-8 Hz), a level that dips
+  # this many dB between syllables, and a spectral centroid that moves this many mel bins
+  # (vowels against fricatives). On the real clips speech blocks measure 0.25-0.95,
+  # 9-50 dB and 5-25 bins; steady noise, held or plucked tones, chords and drum hits
+  # (tests/test_sync_qc.py) at most 2.1 bins, or under 2 dB.
+  vad_shape_modulation: float = 0.5
+  vad_shape_depth_db: float = 6.0
+  vad_shape_centroid_bins: float = 5.0
   fit_ms: float = 20.0           # half-width of the parabola fit around the peak
   max_faces: int = 4             # faces tracked at once
   # Face landmarks on every n-th frame (the tracker fills the frames between, smoothed as
@@ -91,11 +109,47 @@ class QCOptions:
   # frame of the truth, ``reliability.json`` beside the model) is lower are "uncertain".
   min_reliability: float = 0.5
 
+  @property
+  def min_frames(self) -> int:
+    """Frames of video with sound needed: the last ``min_offset_windows`` of the
+    5-frame windows still have audio ``max_offset_frames`` later (or earlier)."""
+    return windows.WINDOW_FRAMES - 1 + self.max_offset_frames + self.min_offset_windows
+
   def check(self) -> None:
     k = self.window_s / self.hop_s
     if self.hop_s * FPS != int(self.hop_s * FPS) or abs(k - round(k)) > 1e-9 or k < 1:
       raise ValueError(f"window_s={self.window_s} must be a whole multiple of hop_s="
                        f"{self.hop_s}, and hop_s a whole number of frames")
+
+
+def speech_shape(mel: np.ndarray) -> np.ndarray:
+  """What tells speech from other sound in a stretch of log-mel frames ``[80, n]`` (about a
+  second; ``features.log_mel`` scaling), when its level cannot (sound loud throughout):
+  ``[modulation share, depth dB, centroid spread]``.
+
+  * modulation share: of the level's modulation power above 0.5 Hz, the share at syllable
+    rates, 2-8 Hz (steady noise and held chords have little);
+  * depth: the level's 90th minus 10th percentile, dB (the dips between syllables);
+  * centroid spread: the standard deviation, in mel bins, of the spectral centroid over
+    the frames within 20 dB of the loudest (vowels, fricatives and nasals sit at different
+    heights; a tone, a tremolo, a plucked note or a drum hit keeps its spectrum's shape).
+  """
+  c = MEL_CONFIG
+  if mel.shape[1] < 8:
+    return np.zeros(3)
+  top, min_db = c["max_abs_value"], c["min_level_db"]
+  amp_db = (np.asarray(mel, np.float64) + top) * -min_db / (2 * top) + min_db
+  power = 10.0 ** (amp_db / 10)                # the mel is of magnitudes: 20 log10
+  level = 10 * np.log10(power.mean(axis=0))
+  env = level - level.mean()
+  spec = np.abs(np.fft.rfft(env * np.hanning(env.size))) ** 2
+  hz = np.fft.rfftfreq(env.size, MEL_MS / 1000)
+  mod = spec[hz > 0.5].sum()
+  share = spec[(hz >= 2) & (hz <= 8)].sum() / mod if mod > 0 else 0.0
+  depth = np.percentile(level, 90) - np.percentile(level, 10)
+  loud = level >= level.max() - 20
+  centroid = (power * np.arange(mel.shape[0])[:, None]).sum(axis=0) / power.sum(axis=0)
+  return np.array([share, depth, centroid[loud].std()])
 
 
 class _Blocks:
@@ -143,6 +197,9 @@ class _Lane:
     self.a_buf, self.a_base = np.zeros((0, 0), np.float32), 0        # unit audio embeddings
     self.blocks = _Blocks(n_fine, n_whole)
     self.speech: dict[int, np.ndarray] = {}      # block -> histogram of 12.5 ms levels (dB)
+    self.shape: dict[int, np.ndarray] = {}       # block -> speech_shape of its mel
+    self.shape_buf = np.zeros((80, 0), np.float32)   # mel frames of the unfinished block
+    self.shape_base = 0                          # mel frame of shape_buf[:, 0]
     self.rms_hist = np.zeros(120)                # hop levels in dB, -120..0, whole source
     self.vad_tail = np.zeros(0, np.float32)
     self.vad_count = 0                           # 200-sample hops measured so far
@@ -167,6 +224,20 @@ class _Lane:
       y = x
     self.raw += x.size
     return y
+
+  def hear(self, audio: np.ndarray) -> None:
+    """Source samples in: shifted, levels (``vad``), mel and its speech shape."""
+    x = self.push(audio)
+    self.vad(x)
+    m = self.mel_stream.push(x)
+    self.mel_buf = np.concatenate([self.mel_buf, m], axis=1)
+    self.shape_push(m)
+
+  def hear_end(self, num_frames: int | None) -> None:
+    """The source ended (``num_frames`` of video): the last mel frames and shape."""
+    m = self.mel_stream.finish(num_frames)
+    self.mel_buf = np.concatenate([self.mel_buf, m], axis=1)
+    self.shape_push(m, final=True)
 
   def valid_windows(self, video_samples: int | None) -> tuple[int, float]:
     """Audio windows ``[lo, hi)`` (by first mel frame) that read real sound only.
@@ -198,10 +269,56 @@ class _Lane:
       self.vad_count += n
     self.vad_tail = x[n * 200:]
 
+  def block_of_mel(self, m: int) -> int:
+    """The block holding mel frame ``m`` (centred on sample ``200 m``, as ``vad``'s hops)."""
+    return m * 200 // (640 * self.hop_f)
+
+  def shape_push(self, mel: np.ndarray, final: bool = False) -> None:
+    """Mel frames in (the lane's, in order); ``speech_shape`` of each block they complete,
+    and with ``final`` of the last, partial one."""
+    buf = np.concatenate([self.shape_buf, mel], axis=1)
+    while buf.shape[1]:
+      b = self.block_of_mel(self.shape_base)
+      end = -(-(b + 1) * 640 * self.hop_f // 200)      # first mel frame of block b + 1
+      n = end - self.shape_base
+      if buf.shape[1] < n and not final:
+        break
+      self.shape[b] = speech_shape(buf[:, :n])
+      buf, self.shape_base = buf[:, n:], self.shape_base + min(n, buf.shape[1])
+    self.shape_buf = buf
+
+  def speech_threshold(self, o: QCOptions) -> float:
+    """The floor rule's level: above ``vad_db`` and ``vad_above_floor_db`` above the noise
+    floor (the 10th percentile level of the real sound)."""
+    cum = np.cumsum(self.rms_hist[::-1])          # from the quietest bin up
+    floor = -float(119 - np.searchsorted(cum, 0.1 * cum[-1])) if cum[-1] else -120.0
+    return max(o.vad_db, floor + o.vad_above_floor_db)
+
+  def speech_fraction(self, blocks: Sequence[int], thr: float, o: QCOptions) -> float:
+    """Share of the 12.5 ms hops of ``blocks`` that are speech: above ``thr`` (the floor
+    rule, ``Evidence.speech_threshold``), or above ``o.vad_db`` in a block whose sound has
+    speech's shape (``QCOptions.vad_shape_*``)."""
+    total = speech = 0
+    for b in blocks:
+      h = self.speech.get(b)
+      if h is None:
+        continue
+      f = self.shape.get(b)
+      shaped = f is not None and (f[0] >= o.vad_shape_modulation
+                                  and f[1] >= o.vad_shape_depth_db
+                                  and f[2] >= o.vad_shape_centroid_bins)
+      t = min(thr, o.vad_db) if shaped else thr
+      # Bin i holds levels in (-i - 1, -i] dB: speech where -i > t.
+      total += int(h.sum())
+      speech += int(h[:max(0, math.ceil(-t))].sum())
+    return speech / total if total else 0.0
+
   def forget(self, before_block: int) -> None:
     self.blocks.forget(before_block)
     for b in [b for b in self.speech if b < before_block]:
       del self.speech[b]
+    for b in [b for b in self.shape if b < before_block]:
+      del self.shape[b]
 
 
 class Evidence:
@@ -360,10 +477,7 @@ class Evidence:
       if ch.audio.size and lane.raw == 0:
         lane.lead = int(ch.audio_lead)
       with self._timed("mel"):
-        x = lane.push(ch.audio)
-        lane.vad(x)
-        m = lane.mel_stream.push(x)
-        lane.mel_buf = np.concatenate([lane.mel_buf, m], axis=1)
+        lane.hear(ch.audio)
     held = ch.held if ch.held is not None else np.zeros(len(ch.frames), bool)
     for i, frame in enumerate(ch.frames):
       t = ch.start + i
@@ -418,8 +532,7 @@ class Evidence:
         tr.ended = True
       self._cut_lips(self.num_frames, final=True)
       for lane in self.lanes:
-        m = lane.mel_stream.finish(self.num_frames)
-        lane.mel_buf = np.concatenate([lane.mel_buf, m], axis=1)
+        lane.hear_end(self.num_frames)
         self._embed_audio(lane, final=True)
       self._score(final=True)
     finally:
@@ -462,12 +575,8 @@ class Evidence:
 
   # --- reading it ----------------------------------------------------------------------------
   def speech_threshold(self, lane: _Lane) -> float:
-    """Speech: above ``vad_db`` and ``vad_above_floor_db`` above the noise floor (the 10th
-    percentile level of the real sound)."""
-    o = self.options
-    cum = np.cumsum(lane.rms_hist[::-1])          # from the quietest bin up
-    floor = -float(119 - np.searchsorted(cum, 0.1 * cum[-1])) if cum[-1] else -120.0
-    return max(o.vad_db, floor + o.vad_above_floor_db)
+    """``lane.speech_threshold`` under this analysis's options."""
+    return lane.speech_threshold(self.options)
 
   def overlap_s(self, lane: _Lane) -> float:
     """Seconds of video that have real sound (after ``finish``)."""
@@ -483,10 +592,7 @@ class Evidence:
     n_total = max(0, self.num_frames - windows.WINDOW_FRAMES + 1)
     n_blocks = max(1, math.ceil(n_total / self.hop_f))
     bl = range(first_block, min(first_block + num_blocks, n_blocks))
-    # Bin i holds levels in (-i - 1, -i] dB: speech where -i > thr.
-    hist = sum((lane.speech[b] for b in bl if b in lane.speech), np.zeros(120, np.int64))
-    speech_frac = (float(hist[:max(0, math.ceil(-thr))].sum() / hist.sum())
-                   if hist.sum() else 0.0)
+    speech_frac = lane.speech_fraction(bl, thr, o)
     n_pos = sum(max(0, min(self.hop_f, n_total - b * self.hop_f)) for b in bl)
     tracks = sorted({tr for tr, b in lane.blocks.data if b in bl})
     best = None
@@ -571,9 +677,14 @@ class Analyzer:
     return self.analyze_shifts(path, [audio_shift_frames], progress)[0]
 
   def analyze_shifts(self, path: str | pathlib.Path, shifts: Sequence[int],
-                     progress: bool | None = None) -> list[dict[str, Any]]:
+                     progress: bool | None = None, strict: bool = True
+                     ) -> list[dict[str, Any]]:
     """``analyze`` with the audio delayed by each of ``shifts`` frames, in one pass over the
-    pictures (decoded, tracked and embedded once). Each result gains ``injected``."""
+    pictures (decoded, tracked and embedded once). Each result gains ``injected``.
+
+    ``strict=False``: a shift that cannot be summarised (too little overlap left) gives
+    ``{"injected": k, "error": FeatureError}`` instead of raising, so one shift does not
+    cost the others; errors of the file itself still raise."""
     progress = self.progress if progress is None else progress
     path = str(path)
     t_start = time.perf_counter()
@@ -611,9 +722,10 @@ class Analyzer:
           media.TRUNCATION_SLACK_S, media.TRUNCATION_SLACK_FRAC * declared) < declared:
         raise FeatureError(path, "corrupt", f"truncated: decoded {reader.duration:.2f} s of "
                            f"video, the stream declares {declared:.2f} s")
-      if ev.num_frames < features.MIN_FRAMES:
+      if ev.num_frames < self.options.min_frames:
         raise FeatureError(path, "too_short", f"{ev.num_frames} frames at {FPS} fps, need "
-                           f"at least {features.MIN_FRAMES}")
+                           f"at least {self.options.min_frames} (the +-"
+                           f"{self.options.max_offset_frames} frame search)")
       _named(path, ev.finish)
     finally:
       ev.close()
@@ -622,7 +734,13 @@ class Analyzer:
     seen = ev.lips.summaries()
     out = []
     for lane in ev.lanes:
-      result = self.summarise(ev, lane, path, reader, seen)
+      try:
+        result = self.summarise(ev, lane, path, reader, seen)
+      except FeatureError as e:
+        if strict:
+          raise
+        out.append({"injected": lane.shift, "error": e})
+        continue
       wall = time.perf_counter() - t_start
       result["timing"] = {"wall_s": round(wall, 2),
                           "realtime_factor": round(ev.num_frames / FPS / wall, 2) if wall else None,
@@ -644,11 +762,11 @@ class Analyzer:
     audio_s = max(0, (lane.end or 0) - lane.start) / windows.SAMPLE_RATE
     video_s = num_frames / FPS
     overlap = ev.overlap_s(lane)
-    if overlap * FPS < features.MIN_FRAMES:
+    if overlap * FPS < o.min_frames:
       raise FeatureError(path, "too_short", f"audio and video overlap for {overlap:.2f} s "
                          f"(video {video_s:.2f} s, sound from {lane.start / 16000:.2f} s to "
                          f"{(lane.end or 0) / 16000:.2f} s); need "
-                         f"{features.MIN_FRAMES / FPS:.2f} s ({features.MIN_FRAMES} frames)")
+                         f"{o.min_frames / FPS:.2f} s ({o.min_frames} frames)")
     thr = ev.speech_threshold(lane)
     n_blocks = max(1, math.ceil((num_frames - windows.WINDOW_FRAMES + 1) / ev.hop_f))
     n_segments = max(1, n_blocks - ev.win_blocks + 1)
@@ -862,7 +980,13 @@ def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int,
     whole = np.array([sums[np.arange(5), whole_idx[:, k]].sum() /
                       cnt[np.arange(5), whole_idx[:, k]].sum() for k in range(2 * maxk + 1)])
   key = np.where(np.isfinite(whole), whole, -np.inf)
-  peaks = np.flatnonzero(hist == hist.max())
+  # Each frame's votes pooled with its neighbours': a peak near a half frame splits its
+  # positions' votes between two frames (see offset_frames below), and on few positions
+  # (a 1 s clip: 25) one frame of a second peak of periodic lips tied with each half and
+  # won on mean similarity (lrw_word_sample4: +9 for +2). The sub-frame search already
+  # reaches one frame either side of the pick.
+  votes = np.convolve(hist, np.ones(3), "same")
+  peaks = np.flatnonzero(votes == votes.max())
   offs = np.arange(-maxk, maxk + 1)
   pick = peaks[np.lexsort((np.abs(offs[peaks]), -key[peaks]))[0]]
   k = int(offs[pick])
@@ -996,10 +1120,22 @@ def detect_file(analyzer: Analyzer, path: str | pathlib.Path,
 
 
 def detect_shifted(analyzer: Analyzer, path: str | pathlib.Path,
-                   shifts: Sequence[int]) -> list[dict]:
+                   shifts: Sequence[int], strict: bool = True) -> list[dict]:
   """``[detect_file(analyzer, path, k) for k in shifts]`` in one pass over the pictures;
-  each answer gains ``injected``. A shift with no answer raises like ``detect_file``."""
-  return [plain_answer(r, str(path)) for r in analyzer.analyze_shifts(path, shifts)]
+  each answer gains ``injected``. A shift with no answer raises like ``detect_file``, or
+  with ``strict=False`` gives ``{"injected": k, "error": FeatureError}`` in its place
+  (errors of the file itself, such as an unreadable stream, still raise)."""
+  out = []
+  for r in analyzer.analyze_shifts(path, shifts, strict=strict):
+    try:
+      if "error" in r:
+        raise r["error"]
+      out.append(plain_answer(r, str(path)))
+    except FeatureError as e:
+      if strict:
+        raise
+      out.append({"injected": r.get("injected", 0), "error": e})
+  return out
 
 
 def describe_plain(r: dict) -> str:

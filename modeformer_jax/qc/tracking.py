@@ -8,7 +8,8 @@ face, frame by frame, in bounded memory:
   the pipeline clips use too. Each face gives the geometry the landmark crop uses: mouth
   centre, inter-ocular distance (IOD), roll.
 * ``ShotDetector``: a cut is a large change of a small grey thumbnail between consecutive
-  frames. A cut ends every track (the face tracker restarts too).
+  frames, far above the changes just before it. A cut ends every track (the face tracker
+  restarts too).
 * ``Tracker``: links faces frame to frame (mouth within ``link_iod`` IODs of the track's
   last position); a track ends after ``max_gap`` frames without its face or at a cut.
   ``crops_for(lo, hi, frames)`` returns each track's lip crops for frames ``lo .. hi - 1``,
@@ -22,6 +23,7 @@ face: the frame where the mouth and IOD sit where they sit in the training data
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import cv2
@@ -73,11 +75,18 @@ class FaceObserver:
 
 class ShotDetector:
   """Flags a cut when the mean absolute change of a 64x36 grey thumbnail exceeds
-  ``threshold`` grey levels (a talking head changes by 1-5; a cut by 30 or more)."""
+  ``threshold`` grey levels (a talking head changes by 1-5; a cut by 30 or more) and
+  ``ratio`` times the median change of the last ``history`` frames.
 
-  def __init__(self, threshold: float = 25.0):
-    self.threshold = threshold
+  The ratio is for pictures that move all the time: a face-following crop (LRS2) slides a
+  busy background by 15-30 grey levels a frame, which the absolute threshold alone took for
+  cuts every few frames, each ending the face track (``lrs2_crop/00009``). A cut is a
+  change far above the ones around it."""
+
+  def __init__(self, threshold: float = 25.0, ratio: float = 2.0, history: int = 12):
+    self.threshold, self.ratio = threshold, ratio
     self._prev: np.ndarray | None = None
+    self._changes: collections.deque[float] = collections.deque(maxlen=history)
 
   def is_cut(self, frame: np.ndarray) -> bool:
     # Every step-th pixel first (still 4x the thumbnail each way): the thumbnail averages
@@ -87,7 +96,12 @@ class ShotDetector:
     small = np.ascontiguousarray(frame[::step, ::step])
     g = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (64, 36),
                    interpolation=cv2.INTER_AREA).astype(np.float32)
-    cut = self._prev is not None and float(np.abs(g - self._prev).mean()) > self.threshold
+    cut = False
+    if self._prev is not None:
+      change = float(np.abs(g - self._prev).mean())
+      usual = float(np.median(self._changes)) if self._changes else 0.0
+      cut = change > self.threshold and change > self.ratio * usual
+      self._changes.append(change)
     self._prev = g
     return cut
 
