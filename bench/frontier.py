@@ -249,14 +249,22 @@ def _is_tpu(target: str) -> bool:
   return target != "cpu" and aot.target(target).platform == "tpu"
 
 
+def _budget(target: str) -> int:
+  """A TPU kind's HBM per chip as libtpu reports it (for a kind with no full compile)."""
+  from modeformer_jax import aot
+  return int(aot.CHIPS[aot.target(target).chip].memory)
+
+
 def borrowed_fit(target: str, rows: list[dict[str, Any]], remat: bool) -> np.ndarray | None:
   """A TPU kind compiled at one batch size: FIT_DONOR's per-video slopes through this
   kind's own (32, N_H = 2) compile. Only a search's starting point: the memory checks
   decide the limit."""
   donor = fit(_cached(FIT_DONOR, remat))
   own = [r for r in rows if r["N_H"] == 2]
-  if donor is None or not own:
+  if donor is None:
     return None
+  if not own:      # no full compile of this kind: the donor's fit as it is (a start only)
+    return donor
   r = own[0]
   c0 = r["peak"] - donor[1] * r["per_device"] - donor[2] * r["per_device"] * (1 + r["N_H"])
   return np.array([c0, donor[1], donor[2]])
@@ -314,7 +322,7 @@ def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat
     if coef is None:
       out[h] = {"status": "fit failed (fewer than 3 compiled points)"}
       continue
-    budget = rows[0]["budget"]
+    budget = rows[0]["budget"] if rows else _budget(target)
     v = predict(coef, h, budget)
     res = {"predicted": v, "fit": [float(c) for c in coef],
            "fit_from": target if fit(rows) is not None else f"{FIT_DONOR}'s slopes"}
@@ -474,10 +482,12 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
     need = []
     for h in (2, 11):
       f = res["frontier"].get(str(h)) or res["frontier"].get(h) or {}
-      v = f.get("largest") or f.get("largest_compiled_fit") or f.get("predicted")
+      # From a confirmed limit, else from the fit (labelled): never from a lower bound.
+      v = f.get("largest") if f.get("status") == "confirmed" else f.get("predicted")
       n = slices_for(kind, v) if v else None
-      need.append(f"{n} ({target.split('-')[0]}-{n if kind in ('v5e', 'v6e', 'h100', 'h200') else 2 * n})"
-                  if n else "-")
+      name = f"{kind}-{n if kind in ('v5e', 'v6e', 'h100', 'h200') else 2 * n}" if n else ""
+      need.append(("-" if not n else f"{n} ({name})" if f.get("status") == "confirmed"
+                   else f"{n} ({name}; fit)"))
     lines.append(f"| {res['device_kind']} ({target}) | {res['budget'] / 2**30:.2f} GiB | "
                  + " | ".join(cells) + " | " + " | ".join(need) + " |")
   table = "\n".join(lines)
@@ -518,8 +528,9 @@ def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print
                          "fit": "peak = fixed + t1*v + t2*v*(1+N_H), v = videos per chip; fixed = arguments + "
                                 "outputs - aliased + code, read off the compiles",
                          "targets": {}, "cpu_errors": []}
+  from modeformer_jax import aot
   for t in kinds:
-    if not sweep and not _cached(t):
+    if not sweep and not list(CACHE.glob(f"{t}_s2_*.json")):
       continue
     res = frontier(t, NUM_HARD, confirm if sweep else (), False, log=log) if sweep else None
     if res is None:   # report only: predictions from what is cached, confirmations read back
@@ -531,15 +542,17 @@ def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print
       for h in NUM_HARD:
         if coef is None:
           continue
-        v = predict(coef, h, rows[0]["budget"])
+        v = predict(coef, h, rows[0]["budget"] if rows else _budget(t))
         r = {"predicted": v, "fit": [float(c) for c in coef], "status": "predicted"}
         r.update(confirmed(t, h))
         res[h] = r
     rows = _cached(t)
-    if not rows:
+    if not rows and not any(v.get("status") == "confirmed" for v in res.values()):
       continue
-    out["targets"][t] = {"device_kind": rows[0]["device_kind"], "budget": rows[0]["budget"],
-                         "chips": rows[0]["chips"], "frontier": {str(h): v for h, v in res.items()},
+    chip = aot.CHIPS[aot.target(t).chip]
+    out["targets"][t] = {"device_kind": rows[0]["device_kind"] if rows else chip.kind,
+                         "budget": rows[0]["budget"] if rows else _budget(t),
+                         "chips": _chips(t), "frontier": {str(h): v for h, v in res.items()},
                          "compiles": len(list(CACHE.glob(f"{t}_*.json")))}
   return out
 
@@ -556,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   help="only compile TARGET,STAGE,B,N_H[,REMAT[,MICROBATCH]] (B global; "
                        "repeatable), e.g. h200-1,2,2000,2 for bench/accelerator.py's one-GPU "
                        "comparison, v5e-1,2,2000,25,0,40 for the cached step")
+  ap.add_argument("--check", action="store_true",
+                  help="with --point on a TPU target: libtpu's memory check only (stop at "
+                       "code generation), not a full compile")
   ap.add_argument("--import_plan", action="append", default=[],
                   help="add the stage-2 rows of a `plan --json` file (paper, bf16, one "
                        "target) to the cache, as fit points")
@@ -584,7 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--point {p}: B={b} does not divide by {t}'s {n} chips")
       remat = bool(rest and rest[0] in ("1", "on"))
       mb = int(rest[1]) if len(rest) > 1 else 0
-      print(_brief(compile_point(t, int(st), int(b) // n, int(h), remat, microbatch=mb)))
+      check = args.check and _is_tpu(t)
+      print(_brief(compile_point(t, int(st), int(b) // n, int(h), remat, microbatch=mb,
+                                 check_only=check)))
     return 0
   kinds = [k for k in args.kinds.split(",") if k]
   confirm = [int(h) for h in args.confirm.split(",") if h]
@@ -593,8 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.cpu_errors or args.report:
     for t, res in results["targets"].items():
       for h, f in res["frontier"].items():
-        if f.get("status") != "confirmed":
-          continue
+        if f.get("status") != "confirmed" or f.get("by") == "libtpu memory checks":
+          continue    # a memory check has no peak to compare with
         key = _key(t, 2, f["largest"], int(h), False, res["chips"])
         row = json.loads((CACHE / f"{key}.json").read_text())
         have = (CACHE / f"{_key('cpu', 2, f['largest'], int(h), False, res['chips'])}.json")
