@@ -2,6 +2,11 @@
 
   python -m bench.plain_vs_qc ../shared/data/real_clips --work /tmp/pvq --out bench/plain_vs_qc.json
   python -m bench.plain_vs_qc /tmp/formats /tmp/formats_hd --work /tmp/pvq_fmt
+  python -m bench.plain_vs_qc --vfr /tmp/vfr --work /tmp/pvq_vfr     # the hard VFR cases
+
+``--vfr DIR`` adds the hard variable-rate suites (``formats.VFR_SUITES``: drops, bursts,
+jittered and whole-ms timestamps, 29.97 to 25 fps conversions, audio 2 frames late, on the
+synthetic speaker and on real faces at 1080p and 720p), written into ``DIR`` once.
 
 Each input is a video or a folder (searched recursively for video files). Both commands run
 once over all files (``detect FILES --json``, which writes a PNG per file, and ``detect --qc
@@ -21,6 +26,9 @@ import time
 
 from bench.common import machine
 from modeformer_jax import cli
+from modeformer_jax.qc import sync_qc
+
+REAL_CLIPS = pathlib.Path(__file__).resolve().parents[1] / "../shared/data/real_clips"
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".mxf", ".avi", ".webm", ".ts", ".m4v", ".mpg"}
 
@@ -57,14 +65,12 @@ def compare(plain: dict | None, qc: dict | None, path: pathlib.Path) -> dict:
   if "error" in qc:
     row["qc"] = {"error": _reason(qc["error"], path)}
   elif g.get("offset_ms") is None:
-    row["qc"] = {"error": f"no measurable offset: {g.get('reason') or 'no face'}"}
+    row["qc"] = {"error": sync_qc.refusal(qc)}
   else:
     row["qc"] = {"frames": g.get("offset_frames"), "ms": g["offset_ms"]}
   a, b = row["plain"], row["qc"]
   if "error" in a or "error" in b:
-    # The same refusal: plain words its "no measurable offset" with the segment length.
-    row["same"] = "error" in a and "error" in b and (
-        a["error"] == b["error"] or a["error"].startswith(b["error"]))
+    row["same"] = "error" in a and "error" in b and a["error"] == b["error"]
   else:
     row["same"] = (a["frames"] == b["frames"] and abs(a["ms"] - b["ms"]) <= 20.0)
   return row
@@ -72,12 +78,19 @@ def compare(plain: dict | None, qc: dict | None, path: pathlib.Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   p = cli.parser(__name__, __doc__.split("\n\n")[0])
-  p.add_argument("inputs", nargs="+", help="videos or folders")
+  p.add_argument("inputs", nargs="*", help="videos or folders")
+  p.add_argument("--vfr", default=None, metavar="DIR", help="also the hard variable-rate "
+                 "suites, written into DIR once (the real faces only where ../shared/data is)")
   p.add_argument("--work", required=True, help="scratch folder for both runs' outputs")
   p.add_argument("--checkpoint", default=None)
   p.add_argument("--out", default=None, help="JSON of every row and figure")
   a = p.parse_args(argv)
-  files = videos(a.inputs)
+  inputs = list(a.inputs)
+  if a.vfr:
+    from data_prep.synthetic import formats
+    suites = formats.write_vfr_suites(a.vfr, REAL_CLIPS if REAL_CLIPS.is_dir() else None)
+    inputs += [str(pathlib.Path(a.vfr) / name) for name in suites]
+  files = videos(inputs)
   if not files:
     raise SystemExit("no video files found")
   work = pathlib.Path(a.work)

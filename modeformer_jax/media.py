@@ -73,7 +73,7 @@ SPEECH_SPREAD_MARGIN_DB = 10.0  # channels this far below the most speech-like a
 ONLY_CHANNEL = "the only channel"   # the choice's reason for a file with one mono track
 
 ERROR_KINDS = ("corrupt", "no_video", "no_audio", "audio_short", "too_short", "no_face",
-               "no_speech")
+               "no_speech", "conflict")
 
 
 class FeatureError(ValueError):

@@ -21,6 +21,7 @@ from modeformer_jax.qc import sync_qc
 
 SHIFT = 3                               # frames of extra audio delay in every variant
 KINDS = list(formats.KINDS)
+REAL_CLIPS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,9 @@ def suite(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def plain(suite, tmp_path_factory) -> dict[str, dict]:
   """Plain ``detect --json`` (the CLI, whole file) with the shipped model, per file."""
-  import contextlib
-  import io
   names = list(suite)
-  buf = io.StringIO()
-  with contextlib.redirect_stdout(buf):
-    detect.main([suite[n] for n in names] + ["--json", "--out",
-                                             str(tmp_path_factory.mktemp("plain"))])
-  return dict(zip(names, json.loads(buf.getvalue())))
+  return dict(zip(names, _plain_json([suite[n] for n in names],
+                                     tmp_path_factory.mktemp("plain"))))
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +44,16 @@ def qc(suite) -> dict[str, dict]:
   """``detect --qc`` (streamed, sub-frame ms) with the shipped model, per file."""
   analyzer = sync_qc.Analyzer()
   return {name: analyzer.analyze(path) for name, path in suite.items()}
+
+
+def _plain_json(paths: list[str], out: pathlib.Path) -> list[dict]:
+  """Plain ``detect --json`` (the CLI) on ``paths``: its answers, in order."""
+  import contextlib
+  import io
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    detect.main(paths + ["--json", "--out", str(out)])
+  return json.loads(buf.getvalue())
 
 
 def _lag(ref: np.ndarray, x: np.ndarray, max_lag: int = 800) -> int:
@@ -154,3 +160,26 @@ def test_fix_keeps_rotation_and_every_audio_track(suite, tmp_path):
     dec = features.decode(fixed)
     assert np.abs(dec.frames.astype(np.float32) - base.frames).mean() < 4, kind
     assert abs(_lag(base.audio, dec.audio)) <= 1, kind      # back in sync, to a sample
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite_name", list(formats.VFR_SUITES))
+def test_hard_vfr_cases_get_one_answer_from_plain_and_qc(suite_name, tmp_path):
+  """Drops, bursts, jittered and whole-ms timestamps, 29.97 to 25 fps conversions (audio 2
+  frames late) on the synthetic speaker and on real faces at 1080p and 720p: plain
+  ``detect`` and ``--qc`` give one answer per file, and it is the base file's plus 2."""
+  source = formats.VFR_SUITES[suite_name][0]
+  if source is not None and not (REAL_CLIPS / source).is_file():
+    pytest.skip(f"{REAL_CLIPS / source} not present")
+  manifest = formats.write_vfr_suites(tmp_path, REAL_CLIPS, [suite_name])[suite_name]
+  names = list(manifest["files"])
+  paths = [str(tmp_path / suite_name / manifest["files"][n]["file"]) for n in names]
+  plain = dict(zip(names, _plain_json(paths, tmp_path / "plain")))
+  analyzer = sync_qc.Analyzer()
+  base = plain["base"]["offset_frames"]
+  for name, path in zip(names, paths):
+    r, g = plain[name], analyzer.analyze(path)["global"]
+    assert (r["offset_frames"], r["offset_ms"]) == (g["offset_frames"], g["offset_ms"]), name
+    assert r["reliable"], (name, r)
+    want = base + manifest["files"][name]["shift_frames"]
+    assert r["offset_frames"] == want, (name, r["offset_frames"], want)

@@ -25,6 +25,73 @@ def synthetic_mp4(tmp_path_factory):
   return _write(tmp_path_factory.mktemp("qc") / "p2.mp4", frames, audio)
 
 
+def _evidence(blocks: dict[int, tuple[float, int]]):
+  """A stand-in ``Evidence`` and ``_Lane`` whose block ``b`` (track 0) holds a similarity
+  curve peaking at ``blocks[b][0]`` ms, its positions voting for that whole frame
+  (``blocks[b][1]`` of them)."""
+  from types import SimpleNamespace
+  o = sync_qc.QCOptions()
+  maxk = o.max_offset_frames
+  max_s = windows.mel_start(maxk)
+  whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + max_s
+                         for k in range(-maxk, maxk + 1)] for p in range(5)])
+  store = sync_qc._Blocks(2 * max_s + 1, 2 * maxk + 1)
+  ms = sync_qc.MEL_MS * (np.arange(2 * max_s + 1) - max_s)
+  for b, (peak, votes) in blocks.items():
+    for phase in range(5):
+      curve = np.exp(-((ms + sync_qc._PHASE_MS[phase] - peak) / 60.0) ** 2)
+      for _ in range(votes if phase == 0 else 0):
+        store.add(0, b, phase, curve, int(round(peak / 40)) + maxk)
+      store.add(0, b, phase, curve, None)
+  ev = SimpleNamespace(whole_idx=whole_idx, max_s=max_s, options=o)
+  return ev, SimpleNamespace(blocks=store)
+
+
+def _segment(b: int, frames: int, reason: str | None = None) -> dict:
+  return {"blocks": [b, b + 1], "track": 0, "offset_frames": frames, "confidence": 0.1,
+          "measurable": reason is None, "reason": reason}
+
+
+def test_one_offset_where_most_measurable_segments_agree():
+  """The issue's file: most measurable segments read +2, uncertain stretches vote in bulk
+  for the edge of the search. The answer is +2, not the edge, and not 'uncertain'."""
+  ev, lane = _evidence({0: (80, 20), 1: (85, 20), 2: (110, 20), 3: (-560, 20),
+                        4: (-600, 400), 5: (-600, 400)})
+  segs = [_segment(0, 2), _segment(1, 2), _segment(2, 3), _segment(3, -14),
+          _segment(4, -15, "uncertain"), _segment(5, -15, "uncertain")]
+  g = sync_qc._whole(ev, lane, segs)
+  assert g["reason"] is None and g["offset_frames"] == 2, g
+  assert 75 <= g["offset_ms"] <= 105, g
+  result = {"global": g, "path": "x.mp4", "options": {"window_s": 5.0}, "duration_s": 6.0,
+            "crop": {}}
+  assert sync_qc.plain_answer(result)["offset_frames"] == 2
+
+
+def test_conflicting_segments_give_no_offset_and_say_why():
+  ev, lane = _evidence({0: (80, 20), 1: (80, 20), 2: (-560, 20), 3: (-560, 20)})
+  segs = [_segment(0, 2), _segment(1, 2), _segment(2, -14), _segment(3, -14),
+          _segment(4, 0, "no speech")]
+  g = sync_qc._whole(ev, lane, segs)
+  assert g["offset_ms"] is None and g["reason"] == "conflicting evidence", g
+  result = {"global": g | {"measurable_segments": 4, "num_segments": 5}, "path": "x.mp4",
+            "name": "x.mp4", "options": {"window_s": 5.0}}
+  with pytest.raises(media.FeatureError) as e:
+    sync_qc.plain_answer(result)
+  # Plain detect and --qc refuse in the same words.
+  assert e.value.kind == "conflict"
+  said = sync_qc.refusal(result)
+  assert said in str(e.value) and said in sync_qc.describe(result)
+  assert "+2 (2 of 4)" in said and "-14 (2 of 4)" in said
+
+
+def test_without_measurable_segments_the_pooled_answer_is_uncertain():
+  ev, lane = _evidence({0: (80, 5), 1: (80, 5)})
+  g = sync_qc._whole(ev, lane, [_segment(0, 2, "uncertain"), _segment(1, 2, "uncertain")])
+  assert g["offset_frames"] == 2 and g["reason"] == "uncertain" and g["why"], g
+  g = sync_qc._whole(ev, lane, [_segment(0, 0, "no face"), _segment(1, 0, "no face")])
+  assert g["offset_ms"] is None and g["reason"] == "no face"
+
+
 def test_tolerance_signs_follow_the_standards():
   # Positive = audio late (lags). EBU R37 allows 40 ms of lead (audio early) and 60 of lag.
   ebu = tolerances.STANDARDS["EBU R37"]

@@ -186,16 +186,23 @@ def write_vfr(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0,
     rng = np.random.default_rng(seed)
     keep = np.ones(len(frames), bool)
     keep[1:-1] = rng.random(len(frames) - 2) > 0.3
-  tb = 90000
-  pts = np.flatnonzero(keep) * (tb // FPS)
-  with av.open(path, "w", format="mp4") as c:
+  _write_timed(path, frames[keep], np.flatnonzero(keep) / FPS, audio)
+
+
+def _write_timed(path: str, frames: np.ndarray, times_s: np.ndarray, audio: np.ndarray,
+                 fmt: str = "mp4", clock: int = 90000) -> None:
+  """h264 pictures shown at ``times_s`` (rounded to a ``clock`` Hz time base, as the
+  container stores them) with stereo 48 kHz audio (AAC; Opus in Matroska)."""
+  pts = np.round(np.asarray(times_s) * clock).astype(np.int64)
+  with av.open(path, "w", format=fmt) as c:
     vs = _h264(c, frames.shape[2], frames.shape[1])
-    vs.codec_context.time_base = fractions.Fraction(1, tb)
-    vs.time_base = fractions.Fraction(1, tb)
-    ast = c.add_stream("aac", rate=BROADCAST_RATE, layout="stereo")
-    _mux_video(c, vs, frames[keep], pts)
+    vs.codec_context.time_base = fractions.Fraction(1, clock)
+    vs.time_base = fractions.Fraction(1, clock)
+    codec, sample_fmt = ("libopus", "flt") if fmt == "matroska" else ("aac", "fltp")
+    ast = c.add_stream(codec, rate=BROADCAST_RATE, layout="stereo")
+    _mux_video(c, vs, frames, pts)
     a = _resample(audio, BROADCAST_RATE)
-    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "fltp")
+    _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", sample_fmt)
 
 
 def write_mxf_interlaced(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0
@@ -210,12 +217,21 @@ def write_mxf_interlaced(path: str, frames: np.ndarray, audio: np.ndarray, seed:
     _mux_tracks(c, streams, _mono_tracks(audio, seed, voice_tracks=(0, 1)))
 
 
+NTSC_RATE = fractions.Fraction(30000, 1001)
+
+
+def _captured_2997(n: int) -> np.ndarray:
+  """Which of ``n`` rendered 25 fps frames a 29.97 fps camera catches: per 29.97 fps frame,
+  the rendered frame nearest in time (within half a 25 fps frame)."""
+  m = int(n / FPS * NTSC_RATE)
+  return np.minimum(np.round(np.arange(m) / float(NTSC_RATE) * FPS).astype(int), n - 1)
+
+
 def write_prores_2997(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
   """ProRes 422 MOV at 30000/1001 fps: each frame is the rendered 25 fps frame nearest in time
   (as a camera at 29.97 fps would have caught it, within half a 25 fps frame)."""
-  rate = fractions.Fraction(30000, 1001)
-  n = int(len(frames) / FPS * rate)
-  src = np.minimum(np.round(np.arange(n) / float(rate) * FPS).astype(int), len(frames) - 1)
+  rate = NTSC_RATE
+  src = _captured_2997(len(frames))
   with av.open(path, "w", format="mov") as c:
     vs = _video_stream(c, "prores_ks", rate, frames.shape[2], frames.shape[1], "yuv422p10le",
                        {"profile": "2"})
@@ -258,6 +274,67 @@ def write_video_short(path: str, frames: np.ndarray, audio: np.ndarray, seed: in
     _mux_audio(c, ast, np.stack([a, a]), BROADCAST_RATE, "stereo", "fltp")
 
 
+# --- Hard variable-rate cases (bench.plain_vs_qc --vfr): how real VFR files look. Each
+# keeps the true time of every picture it shows; what differs is which pictures survive and
+# how exactly their timestamps are stored.
+
+def write_vfr7_jitter(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """Every 7th frame dropped and each timestamp off by up to +-8 ms (a phone stamping
+  pictures when its encoder gets them, not when the sensor took them)."""
+  keep = np.flatnonzero(np.arange(len(frames)) % 7 != 6)
+  jitter = np.random.default_rng(seed).uniform(-0.008, 0.008, keep.size)
+  jitter[0] = 0.0
+  _write_timed(path, frames[keep], keep / FPS + jitter, audio)
+
+
+def write_vfr_bursts(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0) -> None:
+  """Runs of 1 to 4 frames dropped together, about a quarter of all (an encoder that
+  falls behind for a moment, then catches up)."""
+  rng = np.random.default_rng(seed)
+  keep = np.ones(len(frames), bool)
+  i = 3
+  while i < len(frames) - 1:
+    run = int(rng.integers(1, 5))
+    keep[i:min(i + run, len(frames) - 1)] = False
+    i += run + int(rng.integers(4, 12))
+  _write_timed(path, frames[keep], np.flatnonzero(keep) / FPS, audio)
+
+
+def write_mkv_2997_drops(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0
+                         ) -> None:
+  """A 29.97 fps capture with every 7th frame dropped, in Matroska (Opus audio), whose
+  timestamps are whole milliseconds: frames 33 and 34 ms apart, gaps of 67."""
+  src = _captured_2997(len(frames))
+  keep = np.flatnonzero(np.arange(src.size) % 7 != 6)
+  _write_timed(path, frames[src[keep]], keep / float(NTSC_RATE), audio, fmt="matroska",
+               clock=1000)
+
+
+def write_conv_2997_25(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0
+                       ) -> None:
+  """A 29.97 fps capture converted to 25 fps by taking the nearest picture (a standards
+  converter without motion compensation): pictures repeat and go missing in a beating
+  pattern, at a constant 25 fps."""
+  src = _captured_2997(len(frames))
+  n = int(src.size / float(NTSC_RATE) * FPS)
+  near = np.minimum(np.round(np.arange(n) / FPS * float(NTSC_RATE)).astype(int), src.size - 1)
+  _write_timed(path, frames[src[near]], np.arange(n) / FPS, audio)
+
+
+def write_conv_2997_25_vfr(path: str, frames: np.ndarray, audio: np.ndarray, seed: int = 0
+                           ) -> None:
+  """The 29.97 to 25 fps conversion of a capture that had already dropped every 7th frame
+  (timestamps kept): the converter repeats the picture before each gap."""
+  src = _captured_2997(len(frames))
+  kept = np.flatnonzero(np.arange(src.size) % 7 != 6)
+  n = int(src.size / float(NTSC_RATE) * FPS)
+  t = np.arange(n) / FPS * float(NTSC_RATE)
+  # The newest kept 29.97 picture at or before each 25 fps instant (nearest when it exists).
+  near = np.minimum(np.round(t).astype(int), src.size - 1)
+  last = kept[np.maximum(np.searchsorted(kept, near, side="right") - 1, 0)]
+  _write_timed(path, frames[src[last]], np.arange(n) / FPS, audio)
+
+
 KINDS: dict[str, Kind] = {
     "rotate90": Kind(".mp4", "display rotation (-90 degrees, a portrait phone video)",
                      write_rotate90),
@@ -279,6 +356,20 @@ KINDS: dict[str, Kind] = {
     "audio_trimmed": Kind(".mkv", "anamorphic MKV, Opus audio ending 0.3 s before the video",
                           write_audio_trimmed),
     "video_short": Kind(".mp4", "the video ends 0.5 s before the audio", write_video_short),
+}
+# The hard variable-rate suite (``write_suite(kinds=list(VFR_KINDS))``), apart from
+# ``KINDS`` so the format suites stay as they were measured.
+VFR_KINDS: dict[str, Kind] = {
+    "vfr7_jitter": Kind(".mp4", "every 7th frame dropped, timestamps off by up to +-8 ms",
+                        write_vfr7_jitter),
+    "vfr_bursts": Kind(".mp4", "runs of 1-4 frames dropped together (~25%), timestamps kept",
+                       write_vfr_bursts),
+    "mkv_2997_drops": Kind(".mkv", "29.97 fps capture, every 7th frame dropped, whole-ms "
+                           "Matroska timestamps, Opus", write_mkv_2997_drops),
+    "conv_2997_25": Kind(".mp4", "29.97 fps capture converted to 25 fps by nearest picture",
+                         write_conv_2997_25),
+    "conv_2997_25_vfr": Kind(".mp4", "29.97 fps capture with every 7th frame dropped, "
+                             "converted to 25 fps", write_conv_2997_25_vfr),
 }
 
 
@@ -313,10 +404,11 @@ def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None 
   """
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
+  known = KINDS | VFR_KINDS
   kinds = list(KINDS) if kinds is None else kinds
-  unknown = sorted(set(kinds) - set(KINDS))
+  unknown = sorted(set(kinds) - set(known))
   if unknown:
-    raise ValueError(f"unknown kinds {unknown}; choose from {sorted(KINDS)}")
+    raise ValueError(f"unknown kinds {unknown}; choose from {sorted(known)}")
   if source is not None:
     frames, audio, shifted = _from_source(source, size, shift)
   else:
@@ -328,7 +420,7 @@ def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None 
   write_mp4(out / "base.mp4", frames, audio)   # the synthetic set's own h264 + AAC writer
   files = {"base": {"file": "base.mp4", "shift_frames": 0, "exercises": "the reference"}}
   for name in kinds:
-    kind = KINDS[name]
+    kind = known[name]
     fname = name + kind.suffix
     kind.write(str(out / fname), frames, shifted, seed)
     files[name] = {"file": fname, "shift_frames": int(shift), "exercises": kind.exercises}
@@ -338,11 +430,44 @@ def write_suite(out: str | os.PathLike, shift: int = 3, kinds: list[str] | None 
   return manifest
 
 
+# The hard variable-rate suites: VFR_KINDS with the audio VFR_SHIFT frames late, on the
+# synthetic speaker and on two real talking heads (``real_clips/hdtf``, 512x512) fitted into
+# 1080p and 720p canvases: folder -> (source under real_clips or None, canvas W x H).
+VFR_SHIFT = 2
+VFR_SUITES: dict[str, tuple[str | None, tuple[int, int] | None]] = {
+    "vfr_synthetic": (None, None),
+    "vfr_hdtf_1080p": ("hdtf/WDA_KatieHill_000.mp4", (1920, 1080)),
+    "vfr_hdtf_720p": ("hdtf/WDA_AlexandriaOcasioCortez_000.mp4", (1280, 720)),
+}
+
+
+def write_vfr_suites(out: str | os.PathLike, real_clips: str | os.PathLike | None,
+                     names: list[str] | None = None) -> dict[str, dict]:
+  """``VFR_SUITES`` (or those ``names``) under ``out``, each written once (a folder with its
+  ``formats.json`` is kept); the real-face suites only where ``real_clips`` holds their
+  source. Returns each suite's manifest by folder name."""
+  out = pathlib.Path(out)
+  done = {}
+  for name in names or list(VFR_SUITES):
+    source, size = VFR_SUITES[name]
+    folder = out / name
+    if source is not None:
+      if real_clips is None or not (pathlib.Path(real_clips) / source).is_file():
+        continue
+      source = str(pathlib.Path(real_clips) / source)
+    if (folder / "formats.json").is_file():
+      done[name] = json.loads((folder / "formats.json").read_text())
+    else:
+      done[name] = write_suite(folder, VFR_SHIFT, list(VFR_KINDS), source=source, size=size)
+  return done
+
+
 def main(argv: list[str] | None = None) -> None:
   p = cli.parser(__name__, __doc__)
   p.add_argument("--out", required=True)
   p.add_argument("--shift", type=int, default=3, help="extra audio delay of every kind, frames")
-  p.add_argument("--kinds", default=",".join(KINDS))
+  p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, of KINDS or the "
+                 f"hard variable-rate ones: {','.join(VFR_KINDS)}")
   p.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic clip")
   p.add_argument("--source", default=None, help="a real video to use instead of a synthetic "
                  "speaker")

@@ -26,8 +26,10 @@ Per segment (``window_s`` long, every ``hop_s``):
   speech (a voice-activity decision on level and, where the sound is loud throughout, its
   shape: ``speech_shape``) or no face is tracked in ``min_face`` of it.
 
-Per file: the global offset (median of the measurable segments, with a standard error
-from independent segments), the drift (Theil-Sen slope of offset against time, in ms per
+Per file: the global offset, which is also plain ``detect``'s answer (``_whole``): the
+whole frame most measurable segments read (within one frame; without such a majority the
+evidence conflicts and there is no offset), in ms from their blocks pooled, with a
+jackknife standard error; the drift (Theil-Sen slope of offset against time, in ms per
 minute, with its confidence interval from non-overlapping segments) and a verdict against
 each broadcast tolerance (``tolerances``). Positive offsets mean the audio is late.
 """
@@ -893,17 +895,40 @@ def _named(path: str, fn, *args) -> None:
 
 
 def _whole(ev: Evidence, lane: _Lane, segs: list[dict]) -> dict:
-  """The whole-file answer: the evidence of every block pooled, each block read on the face
-  that speaks in the segment centred nearest it (among segments with a face and speech), so
-  the plain answer and the timeline rest on the same windows."""
-  eligible = [s for s in segs if s["reason"] in (None, "uncertain")]
+  """The file's one offset: plain ``detect``'s answer and ``--qc``'s global offset.
+
+  The measurable segments vote with their whole frames (``_vote``, the rule each segment's
+  own positions vote by). The winner must hold a strict majority of them within one frame,
+  else the evidence conflicts and the file gets no offset (reason "conflicting evidence",
+  ``why`` tallies the readings). The ms is then fitted on the agreeing segments' blocks
+  pooled (each read on the face that speaks in the segment centred nearest it), its whole
+  frame within one of the vote. With no measurable segment the blocks of the "uncertain"
+  ones are pooled and the answer keeps reason "uncertain"."""
+  good = [s for s in segs if s["measurable"]]
   empty = {"offset_ms": None, "uncertainty_ms": None, "offset_frames": None,
            "confidence": None, "track": None, "vote_fraction": None, "vote_frames": None}
-  if not eligible:
+  maxk = (ev.whole_idx.shape[1] - 1) // 2
+  around = None
+  if good:
+    hist, key = np.zeros(2 * maxk + 1), np.zeros(2 * maxk + 1)
+    for s in good:
+      hist[s["offset_frames"] + maxk] += 1
+      key[s["offset_frames"] + maxk] += s["confidence"]
+    around = _vote(hist, key) - maxk
+    pooled = [s for s in good if abs(s["offset_frames"] - around) <= 1]
+    if 2 * len(pooled) <= len(good):
+      # No reading holds most of what was measured: any one offset would be a guess.
+      read = collections.Counter(s["offset_frames"] for s in good)
+      tally = ", ".join(f"{k:+d} ({n} of {len(good)})" for k, n in read.most_common())
+      return empty | {"reason": "conflicting evidence",
+                      "why": f"the measurable segments read {tally} frames"}
+  else:
+    pooled = [s for s in segs if s["reason"] == "uncertain"]
+  if not pooled:
     reasons = [s["reason"] for s in segs]
     return empty | {"reason": max(set(reasons), key=reasons.count) if reasons else "no face"}
   owner: dict[int, tuple[float, int]] = {}
-  for s in eligible:
+  for s in pooled:
     b0, b1 = s["blocks"]
     centre = (b0 + b1 - 1) / 2
     for b in range(b0, b1):
@@ -912,12 +937,16 @@ def _whole(ev: Evidence, lane: _Lane, segs: list[dict]) -> dict:
         owner[b] = (d, s["track"])
   parts = [lane.blocks.data[(tr, b)] for b, (_, tr) in sorted(owner.items())
            if (tr, b) in lane.blocks.data]
-  est = _estimate(parts, ev.whole_idx, ev.max_s, ev.options.fit_ms, curves=True)
+  est = _estimate(parts, ev.whole_idx, ev.max_s, ev.options.fit_ms, curves=True, around=around)
   if est is None:
     return empty | {"reason": "no face"}
   tracks = [tr for _, tr in owner.values()]
   est["track"] = max(set(tracks), key=tracks.count)
-  est["reason"] = "uncertain" if est["at_search_edge"] else None
+  est["reason"] = None if good else "uncertain"
+  if not good:
+    est["why"] = (f"the best match is at the edge of the +-{maxk} frame search"
+                  if est["at_search_edge"] else
+                  f"no {ev.options.window_s:g} s stretch was measured reliably")
   est["num_positions"] = int(sum(p["n"][0] for p in parts))
   return est
 
@@ -964,10 +993,28 @@ def subframe_peak(ms: np.ndarray, curve: np.ndarray, centre_ms: float, search_ms
   return float(top + np.clip(-b / (2 * a), -fit_ms, fit_ms))
 
 
-def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int,
-              fit_ms: float, curves: bool = False) -> dict | None:
+def _vote(hist: np.ndarray, key: np.ndarray, around: int | None = None) -> int:
+  """The whole frame (an index of ``hist``) a vote picks: the most votes with each frame's
+  pooled with its two neighbours', ties to the larger ``key``, then to the middle index
+  (offset 0). ``around``: only the frames within one of that index can win."""
+  # Each frame's votes pooled with its neighbours': a peak near a half frame splits its
+  # positions' votes between two frames (see offset_frames in _estimate), and on few
+  # positions (a 1 s clip: 25) one frame of a second peak of periodic lips tied with each
+  # half and won on mean similarity (lrw_word_sample4: +9 for +2). The sub-frame search
+  # already reaches one frame either side of the pick.
+  votes = np.convolve(hist, np.ones(3), "same")
+  idx = np.arange(hist.size)
+  if around is not None:
+    votes = np.where(np.abs(idx - around) <= 1, votes, -np.inf)
+  peaks = np.flatnonzero(votes == votes.max())
+  return int(peaks[np.lexsort((np.abs(idx[peaks] - hist.size // 2), -key[peaks]))[0]])
+
+
+def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int, fit_ms: float,
+              curves: bool = False, around: int | None = None) -> dict | None:
   """An offset from blocks' sums (whole frames, ms, jackknife uncertainty); ``curves`` adds
-  the vote histogram and mean similarity per whole frame (the plain answer's plot)."""
+  the vote histogram and mean similarity per whole frame (the plain answer's plot);
+  ``around``: the whole frame is picked within one frame of this offset (``_vote``)."""
   if not parts:
     return None
   sums = sum(p["sum"] for p in parts)
@@ -980,16 +1027,9 @@ def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int,
     whole = np.array([sums[np.arange(5), whole_idx[:, k]].sum() /
                       cnt[np.arange(5), whole_idx[:, k]].sum() for k in range(2 * maxk + 1)])
   key = np.where(np.isfinite(whole), whole, -np.inf)
-  # Each frame's votes pooled with its neighbours': a peak near a half frame splits its
-  # positions' votes between two frames (see offset_frames below), and on few positions
-  # (a 1 s clip: 25) one frame of a second peak of periodic lips tied with each half and
-  # won on mean similarity (lrw_word_sample4: +9 for +2). The sub-frame search already
-  # reaches one frame either side of the pick.
-  votes = np.convolve(hist, np.ones(3), "same")
-  peaks = np.flatnonzero(votes == votes.max())
+  pick = _vote(hist, key, None if around is None else around + maxk)
+  k = int(pick - maxk)
   offs = np.arange(-maxk, maxk + 1)
-  pick = peaks[np.lexsort((np.abs(offs[peaks]), -key[peaks]))[0]]
-  k = int(offs[pick])
   conf = float(whole[pick] - np.nanmedian(whole))
 
   def ms_of(s, c):
@@ -1072,14 +1112,16 @@ def describe(entry: dict) -> str:
   g, d = entry.get("global") or {}, entry.get("drift") or {}
   n = f"{g.get('measurable_segments', 0)} of {g.get('num_segments', 0)} segments measurable"
   if g.get("offset_ms") is None:
-    return f"{entry['name']}: no measurable offset: {g.get('reason') or 'no face'} ({n})"
+    return f"{entry['name']}: {refusal(entry)} ({n})"
   ms = g["offset_ms"]
   side = "audio late" if ms > 0 else ("audio early" if ms < 0 else "in sync")
   ebu = (entry.get("tolerances") or {}).get("EBU R37", {}).get("verdict", "unknown")
   audio = f"; audio: {entry['audio_note']}" if entry.get("audio_note") else ""
   unc = "" if g.get("uncertainty_ms") is None else f" +- {g['uncertainty_ms']:.1f}"
+  unsure = f"; uncertain: {g['why']}" if g.get("reason") == "uncertain" else ""
   return (f"{entry['name']}: offset {ms:+.1f} ms{unc} ({side}), "
-          f"{n}; drift: {d.get('text', 'unknown')}; EBU R37 {ebu}{audio}{_streams_note(entry)}")
+          f"{n}{unsure}; drift: {d.get('text', 'unknown')}; EBU R37 {ebu}{audio}"
+          f"{_streams_note(entry)}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1087,7 +1129,19 @@ def describe(entry: dict) -> str:
 # ------------------------------------------------------------------------------------------
 
 # Why a file has no whole-file answer -> the FeatureError kind plain ``detect`` reports.
-_REFUSALS = {"no face": "no_face", "no speech": "no_speech", "no audio": "no_audio"}
+_REFUSALS = {"no face": "no_face", "no speech": "no_speech", "no audio": "no_audio",
+             "conflicting evidence": "conflict"}
+
+
+def refusal(result: dict) -> str:
+  """Why ``analyze``'s result has no offset, in the words plain ``detect`` and ``--qc``
+  both print."""
+  g = result["global"]
+  reason = g.get("reason") or "no face"
+  if g.get("why"):
+    return f"no measurable offset: {reason}: {g['why']}"
+  return f"no measurable offset: {reason} in any {result['options']['window_s']:g} s stretch"
+
 
 
 def plain_answer(result: dict, name: str | None = None) -> dict:
@@ -1096,13 +1150,11 @@ def plain_answer(result: dict, name: str | None = None) -> dict:
   ``FeatureError`` when the file has no measurable offset (no face, no speech, no audio)."""
   g = result["global"]
   if g.get("offset_ms") is None:
-    reason = g.get("reason") or "no face"
-    raise FeatureError(result["path"], _REFUSALS.get(reason, "no_face"),
-                       f"no measurable offset: {reason} in any "
-                       f"{result['options']['window_s']:g} s stretch")
+    raise FeatureError(result["path"], _REFUSALS.get(g.get("reason") or "no face", "no_face"),
+                       refusal(result))
   keep = ("offset_frames", "offset_ms", "uncertainty_ms", "vote_frames", "confidence",
           "vote_fraction", "histogram", "mean_curve", "offsets", "track", "num_positions",
-          "reason")
+          "reason", "why")
   out = {k: g[k] for k in keep if k in g}
   out |= {"name": name or result["path"], "num_frames": int(round(result["duration_s"] * FPS)),
           "crop": result["crop"], "audio_source": result.get("audio_source", ""),
@@ -1143,8 +1195,7 @@ def describe_plain(r: dict) -> str:
   k = r["offset_frames"]
   side = "audio late" if k > 0 else ("audio early" if k < 0 else "in sync")
   audio = f"; audio: {r['audio_note']}" if r.get("audio_note") else ""
-  unsure = ("; uncertain: the best match is at the edge of the +-15 frame search"
-            if not r.get("reliable", True) else "")
+  unsure = f"; uncertain: {r.get('why')}" if not r.get("reliable", True) else ""
   return (f"{r['name']}: offset {k:+d} frames ({r['offset_ms']:+.0f} ms, {side}), "
           f"confidence {r['confidence']:.3f}, {r['vote_fraction']:.0%} of frames agree"
           f"{unsure}{audio}{_streams_note(r)}")
