@@ -263,13 +263,14 @@ class FaceLandmarker:
     img = frame if scale == 1.0 else cv2.resize(
         frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     img = np.ascontiguousarray(img)
-    lips = list(LIP_POINTS)
     faces = []
     res = self._mesh.process(img)
     for lm in res.multi_face_landmarks or []:
-      pts = np.array([(p.x * w, p.y * h) for p in lm.landmark])
-      faces.append(_geometry(pts[list(RIGHT_EYE)].mean(axis=0),
-                             pts[list(LEFT_EYE)].mean(axis=0), pts[lips].mean(axis=0), 1))
+      # Only the 44 points used of the 468: each is read from a protobuf in Python.
+      marks = lm.landmark
+      def mean(idx):
+        return np.array([(marks[i].x * w, marks[i].y * h) for i in idx]).mean(axis=0)
+      faces.append(_geometry(mean(RIGHT_EYE), mean(LEFT_EYE), mean(LIP_POINTS), 1))
     if not faces:
       for model in (0, 1):
         res = self._detector(model).process(img)
