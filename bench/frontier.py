@@ -516,7 +516,8 @@ def report(results: dict[str, Any], path_plot: pathlib.Path = PLOT) -> str:
     ax.set_xlabel("hard negatives N_H"), ax.set_ylabel("largest videos per chip (B per chip)")
     ax.set_yscale("log"), ax.set_xticks(list(NUM_HARD))
     ax.set_title("Stage 2, paper model, bf16: compiled by each target's compiler\n"
-                 "(filled: confirmed by compiles either side; open: fit)", fontsize=9)
+                 "(filled: bracketed, GPUs by full compiles, TPUs by libtpu's memory checks;"
+                 " open: fit or scaled)", fontsize=8)
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
     path_plot.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,15 @@ def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
   step relies on GSPMD propagation outside its ``shard_map``.
   """
   devices = list(devices if devices is not None else jax.devices())
+  slices = {getattr(d, "slice_index", 0) for d in devices}
+  if len(slices) > 1:
+    # Multi-slice TPU (devices over DCN): the physical-mesh ordering jax.make_mesh uses
+    # covers one slice only; a hybrid mesh orders chips within each slice (ICI), then
+    # slices (DCN), so the data axis's collectives stay on ICI as long as they can.
+    from jax.experimental import mesh_utils
+    per_slice = len(devices) // len(slices)
+    arr = mesh_utils.create_hybrid_device_mesh((per_slice,), (len(slices),), devices)
+    return Mesh(arr.reshape(-1), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
   return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)
 

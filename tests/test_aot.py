@@ -204,3 +204,18 @@ def test_save_compiled_round_trip_and_mismatch(tmp_path):
   assert train.returncode == 2, train.stderr[-3000:]
   assert "num_hard: compiled for 2, this run has 3" in train.stderr
   assert "Traceback" not in train.stderr
+
+
+@needs_tpu
+def test_two_slice_mesh_orders_chips_within_each_slice():
+  """A multi-slice device list (v5e-4 x 2 slices) makes the data mesh: slice 0's chips first,
+  then slice 1's (jax.make_mesh's physical ordering covers one slice only and refused it)."""
+  code = (
+      "from modeformer_jax import aot, mesh\n"
+      "devs = aot.devices(aot.target('v5e-4'), num_slices=2)\n"
+      "m = mesh.make_mesh(devs)\n"
+      "print(m.shape[mesh.AXIS], [d.slice_index for d in m.devices.reshape(-1)])\n")
+  res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.strip().splitlines()[-1] == "8 [0, 0, 0, 0, 1, 1, 1, 1]", res.stdout
