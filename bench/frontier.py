@@ -270,6 +270,20 @@ def borrowed_fit(target: str, rows: list[dict[str, Any]], remat: bool) -> np.nda
   return np.array([c0, donor[1], donor[2]])
 
 
+def kind_fit(target: str, rows: list[dict[str, Any]],
+             remat: bool) -> tuple[np.ndarray | None, str]:
+  """The fit a kind's searches start from, and whose it is: its own compiles', or (a TPU
+  kind compiled at one batch size) FIT_DONOR's slopes."""
+  coef = fit(rows)
+  if coef is not None:
+    return coef, target
+  if _is_tpu(target):
+    coef = borrowed_fit(target, rows, remat)
+    if coef is not None:
+      return coef, f"{FIT_DONOR}'s slopes"
+  return None, ""
+
+
 def scaled_guess(target: str, num_hard: int, coef: np.ndarray, budget: int) -> int | None:
   """A TPU search's start from a limit already bracketed: this kind's at another N_H
   (scaled by the fit's per-video cost), else FIT_DONOR's (also scaled by the memory left
@@ -306,26 +320,21 @@ def predict(coef: np.ndarray, num_hard: int, budget: int) -> int:
 def frontier(target: str, num_hard: Sequence[int], confirm: Sequence[int], remat: bool,
              log=print) -> dict[int, dict[str, Any]]:
   """Fit, predict and confirm the largest per-chip batch per N_H for one target."""
-  # Fit points: small per-chip batches, because a TPU compile's time grows with the batch
-  # (~9 CPU-minutes at 32 per chip, ~25 at 500 on these 2 cores). The extrapolation's error
-  # is measured where a large point exists (v5p-8 at 500 per chip) and every prediction
-  # that is confirmed has compiles on both sides of it.
+  # Fit points: small per-chip batches, because a compile's time grows with the batch. The
+  # fit only starts each search; a confirmed limit has a compile or check on either side.
   tpu = _is_tpu(target)
   for v, h in (TPU_FIT_POINTS if tpu else FIT_POINTS):
     compile_point(target, 2, v, h, remat, log=log)
   out: dict[int, dict[str, Any]] = {}
   for h in num_hard:
     rows = _cached(target, remat)
-    coef = fit(rows)
-    if coef is None and tpu:
-      coef = borrowed_fit(target, rows, remat)
+    coef, fit_from = kind_fit(target, rows, remat)
     if coef is None:
       out[h] = {"status": "fit failed (fewer than 3 compiled points)"}
       continue
     budget = rows[0]["budget"] if rows else _budget(target)
     v = predict(coef, h, budget)
-    res = {"predicted": v, "fit": [float(c) for c in coef],
-           "fit_from": target if fit(rows) is not None else f"{FIT_DONOR}'s slopes"}
+    res = {"predicted": v, "fit": [float(c) for c in coef], "fit_from": fit_from}
     if h in confirm and v >= GRAIN and tpu:
       guess = scaled_guess(target, h, coef, budget) or v
       res["search_start"] = guess
@@ -541,9 +550,7 @@ def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print
     if res is None:   # report only: predictions from what is cached, confirmations read back
       res = {}
       rows = _cached(t)
-      coef = fit(rows)
-      if coef is None and _is_tpu(t):
-        coef = borrowed_fit(t, rows, False)
+      coef, _ = kind_fit(t, rows, False)
       for h in NUM_HARD:
         if coef is None:
           continue
