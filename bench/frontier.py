@@ -68,9 +68,10 @@ SLICES = {"v5e": (1, 4, 8, 16, 32, 64, 128, 256), "v5p": (4, 8, 16, 32, 64, 128,
 
 
 def _key(target: str, stage: int, per_chip: int, num_hard: int, remat: bool,
-         chips: int, microbatch: int = 0) -> str:
+         chips: int, microbatch: int = 0, host_inputs: bool = False) -> str:
+  # '_m40': the cached step with the batch on the chip; '_m40h': lips and mel in host memory.
   return (f"{target}_s{stage}_v{per_chip}_h{num_hard}_r{int(remat)}_n{chips}"
-          + (f"_m{microbatch}" if microbatch else ""))
+          + (f"_m{microbatch}{'h' if host_inputs else ''}" if microbatch else ""))
 
 
 def _chips(target: str) -> int:
@@ -80,13 +81,17 @@ def _chips(target: str) -> int:
 
 def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: bool = False,
                   chips: int | None = None, log=print, microbatch: int = 0,
-                  check_only: bool = False) -> dict[str, Any]:
+                  check_only: bool = False, host_inputs: bool = False) -> dict[str, Any]:
   """One compile through the planner CLI (cached): its row, or {'error': ...}.
-  ``microbatch`` > 0 compiles the cached two-pass step. ``check_only`` (TPU targets): stop
+  ``microbatch`` > 0 compiles the cached two-pass step (its batch in host memory with
+  ``host_inputs``). ``check_only`` (TPU targets): stop
   once libtpu's buffer assignment has accepted or refused the program (see
   :func:`_memory_check`); a full compile of the same point, cached, is used instead."""
   chips = chips or _chips(target)
-  key = _key(target, stage, per_chip, num_hard, remat, chips, microbatch)
+  # The GPU compiler's deviceless devices describe no host memory (plan falls back to the
+  # batch on the chip), so a GPU point is the on-chip form whatever was asked.
+  host_inputs = bool(microbatch) and host_inputs and (target == "cpu" or _is_tpu(target))
+  key = _key(target, stage, per_chip, num_hard, remat, chips, microbatch, host_inputs)
   full = CACHE / f"{key}.json"
   if check_only:
     if full.exists():
@@ -105,7 +110,7 @@ def compile_point(target: str, stage: int, per_chip: int, num_hard: int, remat: 
     if target == "cpu":
       cmd += ["--devices", str(chips)]
     if microbatch:
-      cmd += [f"--config.microbatch={microbatch}"]
+      cmd += [f"--config.microbatch={microbatch}", f"--config.host_inputs={host_inputs}"]
     t0 = time.time()
     log(f"  compiling {key}{' (memory check only)' if check_only else ''} ...")
     if check_only:
@@ -201,7 +206,10 @@ def _brief(r: dict[str, Any]) -> str:
   if r.get("over_compiler"):
     return f"over (compiler refused) in {r['wall_s']} s"
   mark = "fits" if r["peak"] <= r["budget"] else "over"
-  return f"peak {r['peak'] / 2**30:.2f} GiB of {r['budget'] / 2**30:.2f}: {mark} ({r['wall_s']} s)"
+  host = (f", batch in host memory {r['host_argument'] / 2**30:.2f} GiB"
+          if r.get("host_argument") else "")
+  return (f"peak {r['peak'] / 2**30:.2f} GiB of {r['budget'] / 2**30:.2f}{host}: {mark} "
+          f"({r['wall_s']} s)")
 
 
 def fits(r: dict[str, Any]) -> bool | None:
@@ -585,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--cpu_errors", action="store_true",
                   help="also compile the XLA:CPU estimate at each confirmed point")
   ap.add_argument("--point", action="append", default=[],
-                  help="only compile TARGET,STAGE,B,N_H[,REMAT[,MICROBATCH]] (B global; "
+                  help="only compile TARGET,STAGE,B,N_H[,REMAT[,MICROBATCH[,host]]] (B global; "
+                       "',host': the cached step's batch in host memory; "
                        "repeatable), e.g. h200-1,2,2000,2 for bench/accelerator.py's one-GPU "
                        "comparison, v5e-1,2,2000,25,0,40 for the cached step")
   ap.add_argument("--check", action="store_true",
@@ -619,9 +628,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--point {p}: B={b} does not divide by {t}'s {n} chips")
       remat = bool(rest and rest[0] in ("1", "on"))
       mb = int(rest[1]) if len(rest) > 1 else 0
+      host = len(rest) > 2 and rest[2] == "host"
       check = args.check and _is_tpu(t)
       print(_brief(compile_point(t, int(st), int(b) // n, int(h), remat, microbatch=mb,
-                                 check_only=check)))
+                                 check_only=check, host_inputs=host)))
     return 0
   kinds = [k for k in args.kinds.split(",") if k]
   confirm = [int(h) for h in args.confirm.split(",") if h]

@@ -24,4 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.remat = a.remat
   # The planner compiles the cached two-pass step for --config.microbatch=N (0: one pass).
   config.microbatch = 0
+  # --config.host_inputs=True: lips and mel stay in host memory and move to the chip a
+  # chunk at a time (config_utils.training_config says why it is off by default).
+  config.host_inputs = False
   return config

@@ -351,7 +351,9 @@ def analyse(compiled: Any, lowered: Any, chip: Chip | None,
   code = int(getattr(st, "generated_code_size_in_bytes", 0) or 0)
   mem = {"argument": int(st.argument_size_in_bytes), "output": int(st.output_size_in_bytes),
          "alias": int(st.alias_size_in_bytes), "temp": int(st.temp_size_in_bytes),
-         "code": code}
+         "code": code,
+         # Arguments in the host memory beside the chip (the cached step's host_inputs).
+         "host_argument": int(getattr(st, "host_argument_size_in_bytes", 0) or 0)}
   on_device_code = code if chip is not None and chip.platform == "tpu" else 0
   mem["peak"] = (mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
                  + on_device_code)

@@ -205,6 +205,12 @@ def training_config(*, variant: str, data_dir: str, batch_size: int, num_hard: i
   # time; the same gradient in memory that hardly grows with B, for one extra forward pass.
   # 0 = the one-pass step. BatchNorm statistics become per chunk (the models use GroupNorm).
   c.microbatch = 0
+  # With the cached step only: the batch's lips and mel stay in pinned host memory and each
+  # chunk is copied to the chip when it is embedded, so chip memory holds no whole batch
+  # (at B = 2000, N_H = 25 that batch is 0.4 GB). Off by default: libtpu then adds
+  # temporaries that cancel most of the saving (docs/training.md, the cached step). The
+  # one-pass step ignores it: it holds every activation on the chip anyway.
+  c.host_inputs = False
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = data_dir               # output of `python -m data_prep.prepare`

@@ -45,9 +45,28 @@ def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
                        devices=devices)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over :data:`AXIS`."""
-  return NamedSharding(mesh, P(AXIS))
+def batch_sharding(mesh: Mesh, memory_kind: str | None = None) -> NamedSharding:
+  """Leading (batch) dimension split over :data:`AXIS` (in ``memory_kind``, default HBM)."""
+  return NamedSharding(mesh, P(AXIS), memory_kind=memory_kind)
+
+
+# The batch's bulk: the lips and mel windows. With ``host_inputs`` they stay in the host
+# memory beside each chip and the cached step copies one chunk at a time to the chip.
+HOST_INPUT_KEYS = ("video", "audio")
+# Lips in host memory are float32 holding the pixel values 0..255 (exact); the chip casts
+# each chunk back to uint8. Host memory is plentiful and uint8 there cost chip memory:
+# libtpu tiles uint8 in host memory unlike on the chip and re-laid out the WHOLE host batch
+# through the chip for every chunk; bfloat16 made XLA:CPU upcast the whole batch at once.
+HOST_VIDEO_DTYPE = np.float32
+
+
+def batch_shardings(mesh: Mesh, host_inputs: bool = False) -> dict[str, NamedSharding]:
+  """Per-key shardings of a batch: all on :data:`AXIS`; lips and mel in pinned host memory
+  with ``host_inputs`` (the cached step's form, whose chip memory then holds no whole batch)."""
+  dev = batch_sharding(mesh)
+  host = batch_sharding(mesh, "pinned_host") if host_inputs else dev
+  return {k: host if k in HOST_INPUT_KEYS else dev
+          for k in ("video", "audio", "clip", "video_time", "audio_time")}
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -66,14 +85,22 @@ def check_batch_size(batch_size: int, mesh: Mesh, process_count: int | None = No
     raise ValueError(f"global batch_size {batch_size} must divide by the {pc} processes")
 
 
-def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
+              host_inputs: bool = False) -> dict[str, jax.Array]:
   """This process's rows of a batch -> global arrays sharded on :data:`AXIS`.
 
   Every process passes its own ``B / process_count`` rows; where they land in the global
   batch follows the mesh's device order, which the loss does not depend on.
+  ``host_inputs``: lips and mel go to pinned host memory (:func:`batch_shardings`).
   """
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  shardings = batch_shardings(mesh, host_inputs)
+
+  def local(k: str, v: Any) -> np.ndarray:
+    v = np.asarray(v)
+    return v.astype(HOST_VIDEO_DTYPE) if host_inputs and k == "video" else v
+
+  return {k: jax.make_array_from_process_local_data(shardings.get(k, shardings["clip"]),
+                                                    local(k, v))
           for k, v in batch.items()}
 
 

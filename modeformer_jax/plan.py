@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sys
 import threading
@@ -162,7 +163,15 @@ class Planner:
       # As train.py builds it: the cosine schedule's length is part of the program.
       self.optim_cfg["total_steps"] = int(config.get("total_steps"))
     self.tx, _ = train_step.make_optimizer(self.optim_cfg)
-    self.microbatch = int(config.get("microbatch", 0) or 0)
+    opts = train_step.step_options(config)
+    self.microbatch, self.host_inputs = opts["microbatch"], opts["host_inputs"]
+    self.host_note = ""
+    if self.host_inputs and mesh_lib.batch_sharding(mesh, "pinned_host").memory_kind is None:
+      # JAX drops the memory kind on devices that describe no memories: the GPU compiler's
+      # deviceless devices do (a real GPU has pinned host memory; libtpu's describe it).
+      self.host_inputs = False
+      self.host_note = ("these devices describe no host memory, so the batch is compiled "
+                        "on the chip: its bytes are counted in the peak (an upper bound)")
     self.cache: dict[tuple[int, int, bool], dict[str, Any]] = {}
 
   def model(self, remat: bool) -> Any:
@@ -179,7 +188,8 @@ class Planner:
     """The plain-dict settings the step is traced with (a saved executable's signature)."""
     # Not the 3D-convolution form: it changes the program, not what the step computes.
     return {"model": self.model_config(remat), "loss": self.loss_cfg,
-            "optim": self.optim_cfg, "microbatch": self.microbatch}
+            "optim": self.optim_cfg, "microbatch": self.microbatch,
+            "host_inputs": self.host_inputs}
 
   def lower(self, batch_size: int, num_hard: int, remat: bool) -> Any:
     """The step lowered for abstract inputs of the global batch on this mesh."""
@@ -191,9 +201,10 @@ class Planner:
                            jax.random.key(0))
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
-    batch = ts.abstract_batch(batch_size, num_hard, self.mesh, model.config.video_channels)
+    batch = ts.abstract_batch(batch_size, num_hard, self.mesh, model.config.video_channels,
+                              host_inputs=self.host_inputs)
     step = ts.make_train_step(model, self.tx, self.mesh, self.loss_cfg,
-                              microbatch=self.microbatch)
+                              microbatch=self.microbatch, host_inputs=self.host_inputs)
     with conv3d_form(self.conv3d):
       return step.lower(state, batch, rng)
 
@@ -215,6 +226,15 @@ class Planner:
       residuals = residual_bytes(self.model(remat), rows, 1 + num_hard)
     compiled = lowered.compile(self.compiler_options)
     figures = aot.analyse(compiled, lowered, self.chip)
+    if self.host_inputs and self.mesh.devices.flat[0].platform == "cpu":
+      # XLA:CPU has one memory and counts pinned-host arguments with the rest; an
+      # accelerator's compiler reports them apart (host_argument), so take them out here.
+      host = sum(math.prod(x.shape) * x.dtype.itemsize
+                 for k, x in self.ts.abstract_batch(batch_size, num_hard,
+                                                    host_inputs=True).items()
+                 if k in self.mesh_lib.HOST_INPUT_KEYS) // self.n
+      figures.update(argument=figures["argument"] - host, peak=figures["peak"] - host,
+                     host_argument=host)
     out = {"B": batch_size, "N_H": num_hard, "remat": remat,
            "stage": 2 if self.loss_cfg.get("easy_negatives", True) else 1,
            "per_device": batch_size // self.n, "microbatch": self.microbatch, **figures,
@@ -344,7 +364,10 @@ def _row(r: dict[str, Any], budget: int | None = None) -> str:
     return head + f"out of memory: the compiler refused it{stated}{mark}"
   return head + (f"peak GiB {_gib(r['peak'])} "
                  f"(temp {_gib(r['temp'])}, args {_gib(r['argument'])}; jax residuals "
-                 f"{_gib(r['residuals'])})  compile {r['compile_s']:5.1f}s{mark}")
+                 f"{_gib(r['residuals'])}"
+                 + (f"; batch in host memory {_gib(r['host_argument']).strip()}"
+                    if r.get("host_argument") else "")
+                 + f")  compile {r['compile_s']:5.1f}s{mark}")
 
 
 def describe(r: dict[str, Any], budget: int, chips: int) -> str:
@@ -566,7 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dtype={model_desc.get('dtype')} on {where}; budget {_gib(budget).strip()} GiB per "
         f"device ({budget_from}); stages {','.join(map(str, stages))}"
         + (f"; cached two-pass step, microbatch {planners[stages[0]].microbatch} entries per "
-           "device" if planners[stages[0]].microbatch else ""))
+           "device" if planners[stages[0]].microbatch else "")
+        + ("; lips and mel in host memory" if planners[stages[0]].host_inputs else ""))
+  if planners[stages[0]].host_note:
+    print(f"host_inputs: {planners[stages[0]].host_note}")
   if tgt is not None:
     comp = "the TPU compiler (libtpu)" if tgt.platform == "tpu" else (
         "the GPU compiler (XLA:GPU, sm_90; flags " + " ".join(aot.GPU_XLA_FLAGS) + ")")

@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = _init_from(config, state, rep)
   if step_fn is None:
     step_fn = train_step.make_train_step(model, tx, mesh, config.loss,
-                                         microbatch=int(config.get("microbatch", 0)))
+                                         **train_step.step_options(config))
   else:
     log.info("train step: the executable compiled ahead of time in %s", compiled)
   start = int(jax.device_get(state["step"]))
@@ -211,7 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checked = start            # every loss up to this step is known to be finite
   t_last, n_last = time.perf_counter(), start
   for step in range(start + 1, config.total_steps + 1):
-    batch = mesh_lib.to_global(next(data_it), mesh)
+    batch = mesh_lib.to_global(next(data_it), mesh,
+                               train_step.step_options(config)["host_inputs"])
     state, metrics = step_fn(state, batch, rng)
     sums, n_summed = (metrics if sums is None else add(sums, metrics)), n_summed + 1
     if bar is not None:

@@ -37,6 +37,14 @@ BATCH_KEYS = ("video", "audio", "clip", "video_time", "audio_time")
 
 
 # ------------------------------------------------------------------ optimizer
+def step_options(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The step's form from a training config: ``microbatch`` (0 = one pass) and
+  ``host_inputs`` (only with the cached step; see ``config_utils.training_config``)."""
+  microbatch = int(config.get("microbatch", 0) or 0)
+  return {"microbatch": microbatch,
+          "host_inputs": bool(config.get("host_inputs", False)) and microbatch > 0}
+
+
 def make_schedule(optim_cfg: Mapping[str, Any]) -> optax.Schedule:
   """Learning rate per step: linear warmup from 0, then constant or cosine decay to 0."""
   lr = float(optim_cfg.get("lr", 1e-4))
@@ -116,7 +124,7 @@ def _check_batch(batch: Mapping[str, Any], n_dev: int) -> tuple[int, int]:
 # ------------------------------------------------------------------ loss and gradient
 def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
                  train: bool = True, with_logits: bool = False,
-                 microbatch: int = 0) -> Callable:
+                 microbatch: int = 0, host_inputs: bool = False) -> Callable:
   """Unjitted ``(params, batch_stats, batch, rng) -> (grads, metrics, batch_stats[, logits])``.
 
   ``rng`` is the step's key; each device folds in its mesh index, so devices draw different
@@ -137,6 +145,10 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
   forward pass. Dropout keys are per chunk (so masks differ from the one-pass step's, but
   both passes draw the same ones); BatchNorm statistics are per chunk (running averages:
   the mean of the chunks' updates).
+
+  ``host_inputs`` (cached form only): the batch's lips and mel arrive in pinned host memory
+  (``mesh.batch_shardings``) and each chunk is copied to the chip when it is embedded, in
+  both passes, so chip memory holds no whole batch, only chunks and embeddings.
   """
   easy = bool(loss_cfg.get("easy_negatives", True))
   tol = int(loss_cfg.get("tolerance", 1))
@@ -144,6 +156,9 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
   microbatch = int(microbatch or 0)
   if microbatch < 0:
     raise ValueError(f"microbatch must be >= 0 (0 = the one-pass step), got {microbatch}")
+  if host_inputs and not microbatch:
+    raise ValueError("host_inputs needs the cached step (microbatch > 0): the one-pass step "
+                     "holds the whole batch's activations on the chip anyway")
 
   def body(params, batch_stats, video, audio, clip, vtime, atime, rng):
     b, a = audio.shape[:2]
@@ -175,8 +190,9 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
     def embed_audio(pa, x, key):
       return model.apply_audio(pa, x, train=train, rng=key, batch_stats=stats.get("audio"))
 
-    mel = audio.reshape(b * a, *audio.shape[2:])
     if not microbatch:
+      mel = audio.reshape(b * a, *audio.shape[2:])
+
       def local_loss(p):
         v, vs = embed_video(p["video"], video, rv)
         au, as_ = embed_audio(p["audio"], mel, ra)
@@ -187,7 +203,7 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
       grads, (terms, new_stats) = jax.grad(local_loss, has_aux=True)(params)
     else:
       grads, terms, new_stats = cached_grads(params, embed_video, embed_audio, loss_from,
-                                             video, mel, b, a, rv, ra)
+                                             video, audio, b, a, rv, ra)
       if batch_stats is None:
         new_stats = None
     logits = terms.pop("logits")
@@ -200,37 +216,52 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
     out = (grads, metrics, new_stats)
     return out + (logits,) if with_logits else out
 
-  def cached_grads(params, embed_video, embed_audio, loss_from, video, mel, b, a, rv, ra):
+  def cached_grads(params, embed_video, embed_audio, loss_from, video, audio, b, a, rv, ra):
     if b % microbatch:
       raise ValueError(f"the per-device batch {b} does not divide by microbatch "
                        f"{microbatch}; choose a divisor of batch_size / devices")
     nc = b // microbatch
-    vx = video.reshape(nc, microbatch, *video.shape[1:])
-    ax = mel.reshape(nc, microbatch * a, *mel.shape[1:])
+    chunks = jnp.arange(nc)
+    # A chunk is sliced from the arguments by index (not a reshaped copy), and copied to the
+    # chip only then when the batch lives in host memory.
+    to_chip = ((lambda x: jax.device_put(x, jax.memory.Space.Device)) if host_inputs
+               else (lambda x: x))
+
+    def video_chunk(i):
+      x = to_chip(jax.lax.dynamic_slice_in_dim(video, i * microbatch, microbatch))
+      return x.astype(jnp.uint8) if host_inputs else x   # mesh.HOST_VIDEO_DTYPE says why
+
+    def audio_chunk(i):
+      x = to_chip(jax.lax.dynamic_slice_in_dim(audio, i * microbatch, microbatch))
+      return x.reshape(microbatch * a, *x.shape[2:])
+
     kv, ka = jax.random.split(rv, nc), jax.random.split(ra, nc)
     # Pass 1: embeddings only; nothing is differentiated, so no activation is kept.
-    v, vs = jax.lax.map(lambda xk: embed_video(params["video"], *xk), (vx, kv))
-    au, as_ = jax.lax.map(lambda xk: embed_audio(params["audio"], *xk), (ax, ka))
+    v, vs = jax.lax.map(lambda ik: embed_video(params["video"], video_chunk(ik[0]), ik[1]),
+                        (chunks, kv))
+    au, as_ = jax.lax.map(lambda ik: embed_audio(params["audio"], audio_chunk(ik[0]), ik[1]),
+                          (chunks, ka))
     v, au = v.reshape(b, -1), au.reshape(b, a, -1)
     rest = {k: x for k, x in params.items() if k not in ("video", "audio")}
     (gv, ga, grest), terms = jax.grad(lambda v_, a_, r_: loss_from(r_, v_, a_),
                                       argnums=(0, 1, 2), has_aux=True)(v, au, rest)
 
     # Pass 2: each chunk again, same keys, its embedding gradient through its vjp.
-    def pull_back(embed, p, xs, keys, g):
+    def pull_back(embed, p, chunk, keys, g):
       def one(total, inp):
-        x, key, gi = inp
+        i, key, gi = inp
+        x = chunk(i)
         _, vjp = jax.vjp(lambda q: embed(q, x, key)[0], p)
         return jax.tree.map(jnp.add, total, vjp(gi)[0]), None
       # A rolled loop: the program holds one chunk's activations by construction. (On
       # XLA:CPU a convolution's gradient inside a loop runs off its fast path, ~50x
       # slower; unrolling the loop there kept every chunk's activations alive instead.)
-      return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, p), (xs, keys, g))[0]
+      return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, p), (chunks, keys, g))[0]
 
     grads = dict(grest,
-                 video=pull_back(embed_video, params["video"], vx, kv,
+                 video=pull_back(embed_video, params["video"], video_chunk, kv,
                                  gv.reshape(nc, microbatch, -1)),
-                 audio=pull_back(embed_audio, params["audio"], ax, ka,
+                 audio=pull_back(embed_audio, params["audio"], audio_chunk, ka,
                                  ga.reshape(nc, microbatch * a, -1)))
     mean = lambda t: jax.tree.map(lambda x: jnp.mean(x, axis=0), t)  # noqa: E731
     new_stats = {"video": mean(vs), "audio": mean(as_)}
@@ -252,7 +283,7 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
 
 def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: Mesh,
                     loss_cfg: Mapping[str, Any], *, donate: bool = True,
-                    microbatch: int = 0) -> Callable:
+                    microbatch: int = 0, host_inputs: bool = False) -> Callable:
   """Jitted ``step(state, batch, rng) -> (state, metrics)``; the input state is donated.
 
   ``batch`` holds global arrays sharded on ``'data'`` (``mesh.to_global`` on every process)
@@ -261,10 +292,12 @@ def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: M
   so a resumed run draws the masks an uninterrupted one would.
   Metrics: ``loss``, ``pos_sim``, ``neg_sim``, ``accuracy``, ``negatives_per_video``,
   ``grad_norm`` (before clipping), ``tau``. ``microbatch`` > 0: the cached two-pass
-  gradient (``make_grad_fn``).
+  gradient (``make_grad_fn``); with ``host_inputs`` it takes lips and mel in pinned host
+  memory (place batches with ``mesh.to_global(..., host_inputs=True)``).
   """
-  grad_fn = make_grad_fn(model, mesh, loss_cfg, microbatch=microbatch)
-  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+  grad_fn = make_grad_fn(model, mesh, loss_cfg, microbatch=microbatch,
+                         host_inputs=host_inputs)
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_shardings(mesh, host_inputs)
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
@@ -284,15 +317,19 @@ def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: M
 
 
 def abstract_batch(batch_size: int, num_hard: int, mesh: Mesh | None = None,
-                   video_channels: int = 3) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of a global batch (sharded on ``'data'`` when a mesh is given), for lowering."""
+                   video_channels: int = 3,
+                   host_inputs: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a global batch (sharded on ``'data'`` when a mesh is given, lips and mel in
+  host memory with ``host_inputs``), for lowering."""
   a = 1 + num_hard
-  sh = {"sharding": mesh_lib.batch_sharding(mesh)} if mesh is not None else {}
-  spec = {"video": ((batch_size, 5, 48, 96, video_channels), jnp.uint8),
+  shardings = mesh_lib.batch_shardings(mesh, host_inputs) if mesh is not None else None
+  spec = {"video": ((batch_size, 5, 48, 96, video_channels),
+                    mesh_lib.HOST_VIDEO_DTYPE if host_inputs else jnp.uint8),
           "audio": ((batch_size, a, NUM_MEL, MEL_WINDOW), jnp.float32),
           "clip": ((batch_size,), jnp.int32), "video_time": ((batch_size,), jnp.int32),
           "audio_time": ((batch_size, a), jnp.int32)}
-  return {k: jax.ShapeDtypeStruct(s, d, **sh) for k, (s, d) in spec.items()}
+  return {k: jax.ShapeDtypeStruct(s, d, sharding=shardings[k] if shardings else None)
+          for k, (s, d) in spec.items()}
 
 
 def random_batch(batch_size: int, num_hard: int, *, seed: int = 0, num_clips: int | None = None,

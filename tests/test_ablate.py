@@ -70,10 +70,12 @@ def test_memory_budget_picks_the_batch_with_the_planner(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_fixed_batch_grid_with_the_cached_step(mock_prepared_dir, tmp_path):
   """--batch_size with --config.microbatch: the paper's grid (one B for every N_H) trained
-  with the cached two-pass step, each run's config saying so."""
+  with the cached two-pass step, each run's config saying so; the batches go through
+  train.py's loop in host memory (--config.host_inputs)."""
   out = tmp_path / "grid"
   ablate.main(["--config", "configs/synthetic.py:variant=micro,runlocal=True,steps=2",
-               "--config.microbatch=1", "--data_dir", str(mock_prepared_dir),
+               "--config.microbatch=1", "--config.host_inputs=True",
+               "--data_dir", str(mock_prepared_dir),
                "--num_hard", "1,3", "--batch_size", "16", "--eval_split", "test",
                "--max_clips", "2", "--out", str(out)])
   rows = json.loads((out / "results.json").read_text())
@@ -82,7 +84,7 @@ def test_fixed_batch_grid_with_the_cached_step(mock_prepared_dir, tmp_path):
     assert r["steps"] == 2
     assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in r["accuracy"].values())
     saved = json.loads((out / f"nh{nh}" / "config.json").read_text())
-    assert saved["microbatch"] == 1 and saved["batch_size"] == 16
+    assert saved["microbatch"] == 1 and saved["batch_size"] == 16 and saved["host_inputs"]
   with pytest.raises(ValueError, match="does not divide by 8 devices"):
     ablate.main(["--config", "configs/synthetic.py:variant=micro,runlocal=True,steps=1",
                  "--num_hard", "1", "--batch_size", "12", "--out", str(tmp_path / "bad")])

@@ -180,11 +180,22 @@ def test_cached_step_equals_one_pass(params, easy):
   for mb in (0, 2):   # per device 4 entries: 0 = one pass, 2 = two chunks of 2
     fn = jax.jit(ts.make_grad_fn(model, mesh4, cfg, microbatch=mb, with_logits=True))
     out[mb] = fn(p, None, batch, jax.random.key(1))
-  (g0, m0, _, l0), (g2, m2, _, l2) = out[0], out[2]
-  np.testing.assert_allclose(float(m2["loss"]), float(m0["loss"]), rtol=1e-5)
-  np.testing.assert_array_equal(np.isfinite(np.asarray(l2)), np.isfinite(np.asarray(l0)))
-  assert_trees_close(g2, g0)
-  assert float(np.abs(g0["log_tau"])) > 0 and set(g2) == set(g0)
+  # The same with lips and mel in pinned host memory, copied to the chip chunk by chunk.
+  placed = mesh_lib.to_global(batch, mesh4, host_inputs=True)
+  assert placed["video"].sharding.memory_kind == "pinned_host"
+  np.testing.assert_array_equal(np.asarray(placed["video"]).astype(np.uint8), batch["video"])
+  assert placed["clip"].sharding.memory_kind != "pinned_host"
+  fn = jax.jit(ts.make_grad_fn(model, mesh4, cfg, microbatch=2, with_logits=True,
+                               host_inputs=True))
+  out["host"] = fn(p, None, placed, jax.random.key(1))
+  (g0, m0, _, l0) = out[0]
+  for key in (2, "host"):
+    g2, m2, _, l2 = out[key]
+    np.testing.assert_allclose(float(m2["loss"]), float(m0["loss"]), rtol=1e-5)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(l2)), np.isfinite(np.asarray(l0)))
+    assert_trees_close(g2, g0)
+    assert set(g2) == set(g0)
+  assert float(np.abs(g0["log_tau"])) > 0
 
 
 @pytest.mark.slow
@@ -217,6 +228,11 @@ def test_cached_step_dropout_masks_and_errors(params):
   assert abs(float(one_pass[1]["loss"]) - float(loss)) > 1e-4   # other masks: other loss
   with pytest.raises(ValueError, match="does not divide by microbatch 3"):
     jax.jit(ts.make_grad_fn(model, mesh1, LOSS, microbatch=3))(params, None, batch, rng)
+
+
+def test_host_inputs_need_the_cached_step():
+  with pytest.raises(ValueError, match="host_inputs needs the cached step"):
+    ts.make_grad_fn(micro(), mesh_lib.make_mesh(jax.devices()[:1]), LOSS, host_inputs=True)
 
 
 @pytest.mark.slow
@@ -458,3 +474,25 @@ def test_plan_cli_compiles_micro(tmp_path):
   assert "per-device=     8" in rows[0] and "per-device=    32" in rows[1]
   assert peaks[1] > peaks[0] > 0
   assert "2 x cpu" in res.stdout
+
+
+@pytest.mark.slow
+def test_cached_step_peak_does_not_grow_with_the_batch():
+  """The issue's growth test, compiled by XLA:CPU for one device (micro model, N_H = 2):
+  B = 64 -> 512, the one-pass step's peak grows ~8x; the cached step's (batch in host
+  memory) < 1.5x, and its host bytes are exactly the batch's lips and mel."""
+  mesh1 = mesh_lib.make_mesh(jax.devices()[:1])
+  cfg = {"model": config_utils.model_config("micro"), "loss": LOSS}
+  one_pass = plan.Planner(cfg, mesh1)
+  cached = plan.Planner(dict(cfg, microbatch=16, host_inputs=True), mesh1)
+  on_chip = plan.Planner(dict(cfg, microbatch=16, host_inputs=False), mesh1)
+  growth = {}
+  for name, pl in (("one", one_pass), ("cached", cached), ("on_chip", on_chip)):
+    small, big = (pl.measure(b, 2, False) for b in (64, 512))
+    growth[name] = big["peak"] / small["peak"]
+    if name == "cached":
+      batch = ts.random_batch(512, 2)
+      # Lips in host memory are float32 (mesh.HOST_VIDEO_DTYPE): 4x the uint8 bytes.
+      assert big["host_argument"] == 4 * batch["video"].nbytes + batch["audio"].nbytes
+  assert growth["one"] > 6 and growth["cached"] < 1.5, growth
+  assert growth["on_chip"] > growth["cached"]   # the batch itself, held on the chip
