@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from bench.common import machine
-from modeformer_jax import cli, crops, features
+from modeformer_jax import cli, crops, errors, features
 from modeformer_jax.input_spec import CropSpec
 
 MISPLACED = 0.12
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
       indices, cand = crops.detect_faces(frames)
       haar_found = float(np.mean([len(c) > 0 for c in cand]))
       haar_centre = crops.haar_crop_centre(track)
-    except crops.NoFaceError:
+    except errors.NoFaceError:
       haar_found, haar_centre = 0.0, np.full((len(frames), 2), np.nan)
     t_haar = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def _draw(frames: np.ndarray, rel: str, path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
   try:
     haar = crops.lip_crop(frames, CropSpec("haar"))
-  except crops.NoFaceError:
+  except errors.NoFaceError:
     haar = np.zeros((len(frames), 48, 96, 3), np.uint8)
   lm = crops.lip_crop(frames, CropSpec("landmarks"))
   picks = np.linspace(0, len(frames) - 1, 5).astype(int)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bench.common import machine
 from modeformer_jax import (
   cli,
+  errors,
   features,
   offsets,
   records,
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
   for path in tqdm(files, desc="videos"):
     try:
       results = sync_qc.detect_shifted(analyzer, path, shifts, strict=False)
-    except (features.FeatureError, ValueError) as e:    # the file itself: every shift
+    except (errors.FeatureError, ValueError) as e:    # the file itself: every shift
       results = [{"injected": k, "error": e} for k in shifts]
     for r in results:
       if "error" in r:

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import cli, crops, features
+from modeformer_jax import cli, crops, errors, features
 
 _UPPER_INNER, _LOWER_INNER = 13, 14
 MEL_HOP_S = features.MEL_CONFIG["hop_length"] / features.SAMPLE_RATE
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
   for path in tqdm(args.videos, desc="clips", unit="clip"):
     try:
       row = measure(path)
-    except (features.FeatureError, ValueError) as e:
+    except (errors.FeatureError, ValueError) as e:
       failed.append({"file": path, "error": str(e)})
       continue
     row["model_frames"] = detected.get(pathlib.Path(path).resolve())

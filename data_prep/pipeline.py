@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from modeformer_jax import features, input_spec, records
+from modeformer_jax import errors, features, input_spec, records
 from data_prep import layouts
 
 CLIPS_PER_SHARD = 256          # 'auto' sharding target: ~100-200 MB of jpeg records
 PLAN = "prepare_plan.json"
-SKIP_KINDS = features.ERROR_KINDS + ("missing", "error")
+SKIP_KINDS = errors.ERROR_KINDS + ("missing", "error")
 # The features layout (crop window / face detection) each dataset layout uses by default.
 FEATURE_LAYOUTS = {"lrs2": "lrs2", "lrs3": "lrs3", "vox2": "vox2", "folder": "crop",
                    "raw": "raw"}
@@ -60,7 +60,7 @@ def process_item(job: dict) -> dict:
                               job["source"], lip_codec=job["lip_codec"])
     return {"ok": True, "record": rec, "num_frames": int(clip.num_frames),
             "seconds": clip.num_frames / features.FPS}
-  except features.FeatureError as e:
+  except errors.FeatureError as e:
     return {"ok": False, "kind": e.kind, "reason": e.reason}
   except Exception as e:  # noqa: BLE001 -- one odd file must not end a day-long run
     return {"ok": False, "kind": "error", "reason": f"{type(e).__name__}: {e}"}

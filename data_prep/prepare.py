@@ -53,7 +53,7 @@ Executors
   ``--task_index`` scheme (hand-launched processes over a shared folder).
 
 Bad input
-  A file that yields no clip (``features.FeatureError`` kinds: corrupt, no_video, no_audio,
+  A file that yields no clip (``errors.FeatureError`` kinds: corrupt, no_video, no_audio,
   audio_short, too_short, no_face), a listed file that is ``missing``, or any other
   exception in its extraction (kind ``error``) is skipped and recorded with its path and
   reason; the counts in ``report.json`` add up to the number of inputs. A worker process

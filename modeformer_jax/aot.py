@@ -29,6 +29,8 @@ import re
 import sys
 from typing import Any, Mapping
 
+from modeformer_jax.errors import CompiledMismatch, CompilerMissing
+
 # The versions the target compilers must have: the same XLA as jax. Written here for the
 # error messages; the Makefile's `aot` target and setup.py's `aot` extra install them.
 JAX_VERSION = "0.10.2"
@@ -168,10 +170,6 @@ def gpu_compiler_dir() -> pathlib.Path:
   """Where ``make aot`` puts the GPU compiler: $MODEFORMER_AOT_CUDA or <venv>/aot-cuda."""
   return pathlib.Path(os.environ.get("MODEFORMER_AOT_CUDA")
                       or pathlib.Path(sys.prefix) / "aot-cuda")
-
-
-class CompilerMissing(RuntimeError):
-  """The target's compiler is not installed (``make aot`` installs both)."""
 
 
 def _backends_started() -> bool:
@@ -444,10 +442,6 @@ def save_compiled(path: str | os.PathLike, compiled: Any, sig: Mapping[str, Any]
   with open(tmp, "wb") as f:
     f.write(_MAGIC + header.encode() + b"\n" + bytes(payload))
   tmp.replace(p)
-
-
-class CompiledMismatch(ValueError):
-  """A saved executable was made for another target, shape or config."""
 
 
 def read_compiled(path: str | os.PathLike) -> dict[str, Any]:

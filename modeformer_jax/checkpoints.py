@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from modeformer_jax.errors import CheckpointMismatchError
 from modeformer_jax.models import ModEFormer, ModelConfig
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ ITEMS = ("state", "data", "meta")
 VAL_METRIC = "val_acc5"
 MODEL_FILE_SUFFIX = ".msgpack"
 MODEL_FILE_FORMAT = "modeformer_jax.model_file"
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint was written by a different model config."""
 
 
 def make_manager(workdir: str | os.PathLike, keep: int = 3,

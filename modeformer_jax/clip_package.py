@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from modeformer_jax.errors import PackageError
+
 FORMAT = "modeformer_jax.clip_package"
 VERSION = 1
 INDEX = "package.json"
@@ -48,10 +50,6 @@ LIPS_MAX_MEAN_ABS = 4.0
 # The decoded mean of a clip's frames may differ by this much between two OpenCV builds
 # (YUV -> BGR rounding); a dropped or reordered frame moves it more in most clips.
 LIPS_MEAN_TOLERANCE = 0.5
-
-
-class PackageError(ValueError):
-  """A package that is incomplete, of another format, or that decodes differently."""
 
 
 @dataclasses.dataclass

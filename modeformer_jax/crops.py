@@ -33,11 +33,8 @@ import cv2
 import numpy as np
 
 from modeformer_jax import native_log
+from modeformer_jax.errors import NoFaceError
 from modeformer_jax.input_spec import LIP_SIZE, CropSpec
-
-
-class NoFaceError(ValueError):
-  """No usable face in enough frames (``features`` turns it into a ``no_face`` error)."""
 
 
 _DETECT_EVERY = 3           # run the detector on every k-th frame, interpolate the rest

@@ -38,6 +38,7 @@ import sys
 from modeformer_jax import (
   cli,
   embedding,
+  errors,
   features,
   input_spec,
   offsets,
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
   for path in args.videos:
     try:
       r = sync_qc.detect_file(analyzer, path)
-    except (features.FeatureError, ValueError) as e:
+    except (errors.FeatureError, ValueError) as e:
       failed += 1
       results.append({"name": str(path), "error": str(e)})
       if not args.json:

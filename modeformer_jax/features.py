@@ -50,13 +50,12 @@ import functools
 import numpy as np
 
 from modeformer_jax import crops, windows
+from modeformer_jax.errors import FeatureError, NoFaceError
 from modeformer_jax.input_spec import MEL_CONFIG, SAMPLE_RATE, CropSpec
 
 # The decoding contract lives in ``media``; these names are part of this module's API too.
 from modeformer_jax.media import (  # noqa: F401
-  ERROR_KINDS,
   Decoded,
-  FeatureError,
   decode,
   frame_indices_for_timestamps,
   num_output_frames,
@@ -205,7 +204,7 @@ def extract_clip(path: str, crop: CropSpec, min_frames: int = MIN_FRAMES,
   audio = shift_audio(dec.audio, audio_shift_frames) if audio_shift_frames else dec.audio
   try:
     lips = crops.lip_crop(dec.frames, crop)
-  except crops.NoFaceError as e:
+  except NoFaceError as e:
     raise FeatureError(dec.path, "no_face", str(e)) from e
   mel = log_mel(audio, n)
   return Clip(lips=lips, mel=mel, num_frames=n, fps=float(FPS),

@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 import soxr
 
+from modeformer_jax.errors import FeatureError
 from modeformer_jax.input_spec import SAMPLE_RATE
 from modeformer_jax.windows import FPS
 
@@ -71,26 +72,6 @@ SPEECH_SPREAD_DB = 12.0       # band-energy spread from which a channel sounds l
 SPEECH_SPREAD_MARGIN_DB = 10.0  # channels this far below the most speech-like are left out
 
 ONLY_CHANNEL = "the only channel"   # the choice's reason for a file with one mono track
-
-ERROR_KINDS = ("corrupt", "no_video", "no_audio", "audio_short", "too_short", "no_face",
-               "no_speech", "conflict")
-
-
-class FeatureError(ValueError):
-  """A file that cannot yield a clip: ``path``, ``kind`` (see ``ERROR_KINDS``), ``reason``."""
-
-  def __init__(self, path: str, kind: str, reason: str):
-    if kind not in ERROR_KINDS:
-      raise ValueError(f"unknown FeatureError kind {kind!r}; expected one of {ERROR_KINDS}")
-    super().__init__(f"{path}: {reason}")
-    self.path = str(path)
-    self.kind = kind
-    self.reason = reason
-
-  def __reduce__(self):
-    # Keeps the exception intact when it crosses a multiprocessing boundary.
-    return (FeatureError, (self.path, self.kind, self.reason))
-
 
 # ----------------------------------------------------------------------------------------
 # Time bookkeeping.

@@ -58,7 +58,7 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from modeformer_jax import cli, media, windows
-from modeformer_jax.features import FeatureError
+from modeformer_jax.errors import FeatureError
 from modeformer_jax.qc import sync_qc, tolerances
 
 FPS = windows.FPS

@@ -49,6 +49,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from absl import flags
 
+from modeformer_jax import errors
+
 MAX_BATCH = 1 << 20          # the search's default ceiling on the global batch
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
           "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -521,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     native_log.silence()
     try:
       aot.prepare({tgt.platform})   # before JAX starts a backend
-    except aot.CompilerMissing as e:
+    except errors.CompilerMissing as e:
       raise SystemExit(f"plan: {e}") from None
     if tgt.platform == "tpu":
       import os

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modeformer_jax import windows
+from modeformer_jax.errors import ClipTooShortError
 
 Array = jax.Array
 
@@ -72,10 +73,6 @@ RULES: tuple[str, ...] = ("vocalist", "available")
 DEFAULT_RULE: Rule = "vocalist"   # the literature's rule (module docstring)
 
 _EPS = 1e-6
-
-
-class ClipTooShortError(ValueError):
-  """A clip has fewer window positions than the evaluation needs."""
 
 
 # ----------------------------------------------------------------------------------------

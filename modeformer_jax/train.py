@@ -36,15 +36,13 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from modeformer_jax import aot, checkpoints, config_utils, embedding, input_pipeline, train_step
+from modeformer_jax import aot, checkpoints, config_utils, embedding, errors, input_pipeline
+from modeformer_jax import train_step
 from modeformer_jax import mesh as mesh_lib
+from modeformer_jax.errors import NonFiniteLossError
 from modeformer_jax.models import ModEFormer
 
 log = logging.getLogger("modeformer_jax.train")
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
 class MetricWriter:
@@ -124,7 +122,7 @@ def _init_from(config: ml_collections.ConfigDict, state: dict, rep: Any) -> dict
 def compiled_step(path: str, config: ml_collections.ConfigDict, mesh: Any) -> Any:
   """The train step saved by ``plan --save_compiled``, if it was made for this run.
 
-  Refuses (``aot.CompiledMismatch``, naming each difference) another device kind or count,
+  Refuses (``errors.CompiledMismatch``, naming each difference) another device kind or count,
   another global batch or N_H, or other model/loss/optimizer settings, before any step.
   """
   from modeformer_jax import aot, plan
@@ -298,8 +296,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     out = train_and_evaluate(fv.config, fv.workdir, progress=not fv.no_progress,
                              compiled=fv.compiled)
-  except (aot.CompiledMismatch, FileNotFoundError, ValueError) as e:
-    if fv.compiled and (isinstance(e, aot.CompiledMismatch) or fv.compiled in str(e)):
+  except (errors.CompiledMismatch, FileNotFoundError, ValueError) as e:
+    if fv.compiled and (isinstance(e, errors.CompiledMismatch) or fv.compiled in str(e)):
       print(f"train: {e}", file=sys.stderr)
       raise SystemExit(2) from None
     raise

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from modeformer_jax import aot
+from modeformer_jax import aot, errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAVE_TPU = importlib.util.find_spec("libtpu") is not None
@@ -106,7 +106,7 @@ def test_saved_executable_refused_for_another_signature(tmp_path):
   saved = {"platform": "tpu", "device_kind": "TPU v5", "devices": 4, "processes": 1,
            "batch_size": 2000, "num_hard": 2, "config_sha256": "a"}
   here = dict(saved, platform="cpu", device_kind="cpu", devices=2, config_sha256="b")
-  with pytest.raises(aot.CompiledMismatch) as e:
+  with pytest.raises(errors.CompiledMismatch) as e:
     aot.check_signature("step.pkl", saved, here, {"model": {"dtype": "bfloat16"}},
                         {"model": {"dtype": "float32"}})
   msg = str(e.value)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from modeformer_jax import crops, features
+from modeformer_jax import crops, errors, features
 from modeformer_jax.input_spec import LOWER_HALF_BOX, CropSpec, crop_for_layout
 
 
@@ -41,7 +41,7 @@ def test_crop_spec_validation():
 
 @pytest.mark.parametrize("method", ["haar", "landmarks"])
 def test_detectors_reject_faceless_frames(method):
-  with pytest.raises(crops.NoFaceError, match="face found in"):
+  with pytest.raises(errors.NoFaceError, match="face found in"):
     crops.lip_crop(_noise_frames(30), CropSpec(method))
 
 
@@ -67,7 +67,7 @@ def test_no_face_is_a_feature_error_naming_the_file(tmp_path):
         c.mux(p)
     for p in a.encode():
       c.mux(p)
-  with pytest.raises(features.FeatureError) as info:
+  with pytest.raises(errors.FeatureError) as info:
     features.extract_clip(str(path), CropSpec("landmarks"))
   assert info.value.kind == "no_face" and str(path) in str(info.value)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from data_prep import device_package
+from modeformer_jax import errors
 from modeformer_jax import checkpoints, clip_package, config_utils, input_pipeline, records
 from modeformer_jax import train_device
 
@@ -83,7 +84,7 @@ def test_decode_check_catches_another_decoder(package, tmp_path):
   index = clip_package.read_index(path)
   index["clips"][5]["lips_mean"] += 1.0
   (path / clip_package.INDEX).write_text(json.dumps(index))
-  with pytest.raises(clip_package.PackageError, match="decode differently"):
+  with pytest.raises(errors.PackageError, match="decode differently"):
     clip_package.load(path)
   assert device_package.check(path, package[1])["failures"]
 
@@ -109,7 +110,7 @@ def test_model_file_round_trip(micro_model, tmp_path):
                     for t in (params, p2))):
     np.testing.assert_array_equal(a, b)
   wide = dict(model.config.to_dict(), width=16)
-  with pytest.raises(checkpoints.CheckpointMismatchError):
+  with pytest.raises(errors.CheckpointMismatchError):
     checkpoints.load_model(path, model_config=wide)
 
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from modeformer_jax import errors
 from modeformer_jax import checkpoints, detect, embedding, features, input_spec, models, offsets
 from modeformer_jax import eval as eval_lib
 from modeformer_jax.qc import sync_qc
@@ -29,7 +30,7 @@ def test_exported_model_round_trip(exported, micro_model):
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert meta["trained_on"] == "nothing"
-  with pytest.raises(checkpoints.CheckpointMismatchError, match="width"):
+  with pytest.raises(errors.CheckpointMismatchError, match="width"):
     checkpoints.load_model(exported, model_config=dict(models.MODEL_VARIANTS["micro"], width=16))
 
 

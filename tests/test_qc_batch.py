@@ -18,7 +18,7 @@ import types
 
 import pytest
 
-from modeformer_jax.features import FeatureError
+from modeformer_jax.errors import FeatureError
 from modeformer_jax.qc import qc_batch
 
 

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from modeformer_jax import detect, features, media, windows
+from modeformer_jax import detect, errors, features, media, windows
 from modeformer_jax.qc import stream, sync_qc, tolerances, tracking
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -75,7 +75,7 @@ def test_conflicting_segments_give_no_offset_and_say_why():
   assert g["offset_ms"] is None and g["reason"] == "conflicting evidence", g
   result = {"global": g | {"measurable_segments": 4, "num_segments": 5}, "path": "x.mp4",
             "name": "x.mp4", "options": {"window_s": 5.0}}
-  with pytest.raises(media.FeatureError) as e:
+  with pytest.raises(errors.FeatureError) as e:
     sync_qc.plain_answer(result)
   # Plain detect and --qc refuse in the same words.
   assert e.value.kind == "conflict"

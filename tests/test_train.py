@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import checkpoints, input_spec, train
+from modeformer_jax import checkpoints, errors, input_spec, train
 from modeformer_jax import mesh as mesh_lib
 from modeformer_jax import config_utils
 
@@ -107,7 +107,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good(mock_prepared_dir, tmp_path):
   c = _config(mock_prepared_dir, steps=8)
   c.optim.lr = float("nan")  # NaN updates: step 5 makes NaN params, step 6 a NaN loss
   # Losses are checked at log steps (every 2), so the error names the window 5-6.
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(errors.NonFiniteLossError,
                      match=r"steps 5-6; stopping\. The last good checkpoint is .*checkpoints/4"):
     train.train_and_evaluate(c, str(tmp_path), progress=False)
   after, meta = _params(tmp_path)
@@ -121,12 +121,12 @@ def test_checkpoint_from_other_model_or_input_is_a_clear_error(mock_prepared_dir
   train.train_and_evaluate(_config(mock_prepared_dir, steps=2), str(tmp_path), progress=False)
   c = _config(mock_prepared_dir, steps=4)
   c.model.width = 64
-  with pytest.raises(checkpoints.CheckpointMismatchError, match="width"):
+  with pytest.raises(errors.CheckpointMismatchError, match="width"):
     train.train_and_evaluate(c, str(tmp_path), progress=False)
   # Resuming on data prepared with other features (here: another frame rate).
   spec = dict(input_spec.read_dataset_spec(mock_prepared_dir), fps=30)
   monkeypatch.setattr(input_spec, "read_dataset_spec", lambda d: spec)
-  with pytest.raises(checkpoints.CheckpointMismatchError, match="trained on input"):
+  with pytest.raises(errors.CheckpointMismatchError, match="trained on input"):
     train.train_and_evaluate(_config(mock_prepared_dir, steps=4), str(tmp_path), progress=False)
 
 

@@ -12,7 +12,7 @@ with ``analyze(path) -> dict``, e.g. ``sync_qc.Analyzer``) and writes to ``out_d
   reports/        one HTML report per analysed file, and ``index.html`` linking them
                   (``modeformer_jax.qc.report``; ``report=False`` skips both).
 
-One bad file never ends the batch: a ``features.FeatureError`` becomes an error entry with
+One bad file never ends the batch: an ``errors.FeatureError`` becomes an error entry with
 its kind, any other exception one of kind ``"internal"``, and a worker process that dies
 (a crashing decoder) is found by re-running the files it may have held one at a time.
 
@@ -38,6 +38,8 @@ import traceback
 import urllib.parse
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Sequence
+
+from modeformer_jax.errors import FeatureError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".mpg", ".mpeg", ".webm",
                               ".m4v", ".ts", ".mxf"})
@@ -258,9 +260,6 @@ def _analyze_entry(analyzer: Any, path_str: str) -> dict:
       raise TypeError(f"analyze returned {type(result).__name__}, expected dict")
     entry = _jsonable(result)
   except Exception as e:  # noqa: BLE001 -- one odd file must not end a long batch
-    # Imported here, not at the top: features pulls in PyAV and OpenCV, which a parent
-    # that only schedules work never needs.
-    from modeformer_jax.features import FeatureError
     if isinstance(e, FeatureError):
       return _error_entry(path, e.kind, e.reason)
     return _error_entry(path, INTERNAL_KIND, f"{type(e).__name__}: {e}")

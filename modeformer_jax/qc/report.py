@@ -77,11 +77,6 @@ def _fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
   return (f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}").replace("-", _MINUS)
 
 
-def _pct(x: Any) -> str:
-  v = _num(x)
-  return _DASH if v is None else f"{100 * v:.0f}%"
-
-
 def _clock(t: Any) -> str:
   """Seconds as m:ss (h:mm:ss past an hour)."""
   v = _num(t)

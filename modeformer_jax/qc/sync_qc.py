@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 
 from modeformer_jax import features, media, windows
-from modeformer_jax.features import FeatureError
+from modeformer_jax.errors import FeatureError
 from modeformer_jax.input_spec import MEL_CONFIG
 from modeformer_jax.qc import stream, tolerances, tracking
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from modeformer_jax import crops
-from modeformer_jax.features import FeatureError
+from modeformer_jax.errors import FeatureError, NoFaceError
 from modeformer_jax.input_spec import LIP_SIZE, CropSpec
 
 # Mouth x, mouth y and IOD as fractions of a face-cropped frame's side, by FaceMesh
@@ -289,7 +289,7 @@ class FrameLips:
       return {}
     try:
       cr = crops.lip_crop(np.stack(frames), self.crop)
-    except crops.NoFaceError as e:
+    except NoFaceError as e:
       raise FeatureError("", "no_face", str(e)) from e
     if self._thumbnail is None:
       self._thumbnail = cr[len(cr) // 2]
