@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import jax
 from absl import flags
 
-from modeformer_jax import config_utils, plan, plots, protocol, train
+from modeformer_jax import config_utils, jsonio, plan, plots, train
 from modeformer_jax import eval as eval_lib
 from modeformer_jax import mesh as mesh_lib
 
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   table = plots.format_table({r["name"]: r["accuracy"] for r in rows})
   print("\n" + table)
   (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps(protocol.jsonable(rows), indent=1))
+  (out / "results.json").write_text(json.dumps(jsonio.jsonable(rows), indent=1))
   sweep = {r["num_hard"]: r["accuracy"] for r in rows if r["name"].startswith("ModEFormer N_H")}
   plots.plot_ablation(sweep, out / "accuracy_vs_num_hard.png")
   print(f"results in {out}")

@@ -41,6 +41,7 @@ from modeformer_jax import (
   errors,
   features,
   input_spec,
+  jsonio,
   offsets,
   plots,
   protocol,
@@ -82,7 +83,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   results = qc_batch.load_results(args.out)
   entries = [results[k] for k in (qc_batch.input_key(p) for p in inputs) if k in results]
   if args.json:
-    print(json.dumps(protocol.jsonable(entries), indent=1))
+    print(json.dumps(jsonio.jsonable(entries), indent=1))
   else:
     for e in entries:
       print(sync_qc.describe(e))
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f"{args.prepared}: {hist['num_clips']} clips, mean offset "
             f"{hist['mean_offset']:+.2f} frames; histogram in {hist['plot']}")
   if args.json:
-    print(json.dumps(protocol.jsonable(results), indent=1))
+    print(json.dumps(jsonio.jsonable(results), indent=1))
   return 1 if failed else 0
 
 

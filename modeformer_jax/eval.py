@@ -32,6 +32,7 @@ from modeformer_jax import (
   config_utils,
   embedding,
   input_spec,
+  jsonio,
   plots,
   protocol,
   records,
@@ -76,7 +77,7 @@ def run_eval(checkpoint: str, data_dir: str, split: str = "test", *, audio_shift
                 clips_per_s=result["num_clips"] / max(seconds, 1e-9), name=name)
   out_dir = pathlib.Path(out or pathlib.Path(checkpoint) / f"eval_{split}")
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "results.json").write_text(json.dumps(protocol.jsonable(result), indent=1))
+  (out_dir / "results.json").write_text(json.dumps(jsonio.jsonable(result), indent=1))
   table = plots.format_table({name: result["accuracy"]})
   (out_dir / "table.md").write_text(table + "\n")
   plots.plot_accuracy_by_length({name: result["accuracy"]}, out_dir / "accuracy_by_length.png")

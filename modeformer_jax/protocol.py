@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import jax
@@ -438,18 +437,3 @@ def dataset_histogram(results: Sequence[Mapping[str, Any]],
   mean = float((counts * offsets).sum() / len(results)) if results else float("nan")
   return {"offsets": offsets, "counts": counts, "frame_counts": frame_counts,
           "num_clips": len(results), "mean_offset": mean}
-
-
-def jsonable(obj: Any) -> Any:
-  """Converts results to JSON-safe values: arrays to lists, NaN/inf to None, keys to str."""
-  if isinstance(obj, Mapping):
-    return {str(k): jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [jsonable(v) for v in obj]
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return jsonable(np.asarray(obj).tolist())
-  if isinstance(obj, np.generic):
-    obj = obj.item()
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj

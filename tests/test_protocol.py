@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modeformer_jax import mesh as mesh_lib
-from modeformer_jax import plots
+from modeformer_jax import jsonio, plots
 from modeformer_jax import protocol as se
 
 M = se.MAX_OFFSET
@@ -560,7 +560,7 @@ def test_dataset_histogram_and_json():
   np.testing.assert_array_equal(h["counts"], np.bincount(np.array(offsets) + M, minlength=C))
   assert h["frame_counts"].sum() == 100 and h["num_clips"] == 5
   assert h["mean_offset"] == pytest.approx(np.mean(offsets))
-  text = json.dumps(se.jsonable({"hist": h, "res": results[0],
+  text = json.dumps(jsonio.jsonable({"hist": h, "res": results[0],
                                  "eval": se.evaluate_scores([np.zeros((0, C))])}))
   assert "NaN" not in text and json.loads(text)["hist"]["counts"][M + 1] == 3
 
@@ -580,7 +580,7 @@ def test_plots_write_pngs(tmp_path):
   curve = -0.1 * np.abs(np.arange(-M, M + 1) - 3)
   scores = np.where(_availability(8), curve[None] + np.zeros((8, 1)), -np.inf)
   det = se.detect_offset(scores)
-  det_json = json.loads(json.dumps(se.jsonable(det)))   # NaN curve ends -> None -> NaN
+  det_json = json.loads(json.dumps(jsonio.jsonable(det)))   # NaN curve ends -> None -> NaN
   det_json["mean_curve"] = [np.nan if x is None else x for x in det_json["mean_curve"]]
   paths = [
       plots.plot_accuracy_by_length(accs, tmp_path / "acc.png"),

@@ -40,6 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Sequence
 
 from modeformer_jax.errors import FeatureError
+from modeformer_jax.jsonio import jsonable
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".mpg", ".mpeg", ".webm",
                               ".m4v", ".ts", ".mxf"})
@@ -230,23 +231,6 @@ def _is_error(entry: dict | None) -> bool:
 # Analysing one file (runs in the workers, or in-process).
 # ----------------------------------------------------------------------------------------
 
-def _jsonable(obj: Any) -> Any:
-  """``obj`` as plain JSON types: numpy values unwrapped, NaN / inf as None."""
-  if obj is None or isinstance(obj, (bool, int, str)):
-    return obj
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  if isinstance(obj, dict):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, os.PathLike):
-    return os.fspath(obj)
-  if hasattr(obj, "tolist"):  # numpy scalars and arrays, without importing numpy here
-    return _jsonable(obj.tolist())
-  raise TypeError(f"result is not JSON-serialisable: {type(obj).__name__} value {obj!r:.80}")
-
-
 def _error_entry(path: pathlib.Path, kind: str, reason: str) -> dict:
   return {"name": path.name, "path": input_key(path), "error": reason, "kind": kind}
 
@@ -258,7 +242,7 @@ def _analyze_entry(analyzer: Any, path_str: str) -> dict:
     result = analyzer.analyze(path_str)
     if not isinstance(result, dict):
       raise TypeError(f"analyze returned {type(result).__name__}, expected dict")
-    entry = _jsonable(result)
+    entry = jsonable(result)
   except Exception as e:  # noqa: BLE001 -- one odd file must not end a long batch
     if isinstance(e, FeatureError):
       return _error_entry(path, e.kind, e.reason)
