@@ -353,6 +353,25 @@ def evaluate_scores(score_matrices: Iterable[Any], lengths: Sequence[int] = CLIP
 # ----------------------------------------------------------------------------------------
 # Offset detection.
 # ----------------------------------------------------------------------------------------
+def vote(hist: np.ndarray, key: np.ndarray, *, pool: bool = False,
+         around: int | None = None) -> int:
+  """The per-frame vote: the index of ``hist`` (votes per offset, offset 0 in the middle)
+  with the most votes; ties to the larger ``key`` (the mean similarity), then to the
+  smallest offset. The one vote rule of the protocol and of the analysis.
+
+  ``pool``: each offset's votes pooled with its two neighbours' first (the analysis: a
+  peak near a half frame splits its positions' votes between two frames). ``around``: only
+  indices within one of it can win.
+  """
+  votes = np.convolve(hist, np.ones(3), "same") if pool else hist
+  idx = np.arange(hist.size)
+  if around is not None:
+    votes = np.where(np.abs(idx - around) <= 1, votes, -np.inf)
+  peaks = np.flatnonzero(votes == votes.max())
+  # lexsort: the last key is the primary one.
+  return int(peaks[np.lexsort((np.abs(idx[peaks] - hist.size // 2), -key[peaks]))[0]])
+
+
 def detect_offset(scores: Any, clip_length: int = NUM_FRAMES, frame_ms: float = FRAME_MS,
                   rule: Rule = DEFAULT_RULE) -> dict[str, Any]:
   """Detects a clip's audio offset from its score matrix.
@@ -391,9 +410,7 @@ def detect_offset(scores: Any, clip_length: int = NUM_FRAMES, frame_ms: float = 
     mean_curve = np.where(finite, avg, 0.0).sum(axis=0) / n_avail
   mean_curve = np.where(n_avail > 0, mean_curve, np.nan)
   curve_key = np.where(np.isnan(mean_curve), -np.inf, mean_curve)
-  peaks = np.flatnonzero(histogram == histogram.max())
-  # lexsort: last key is primary. Highest curve first, then smallest |offset|.
-  pick = peaks[np.lexsort((np.abs(offsets[peaks]), -curve_key[peaks]))[0]]
+  pick = vote(histogram, curve_key)
   median = float(np.nanmedian(mean_curve))
   offset = int(offsets[pick])
   return {

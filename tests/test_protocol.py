@@ -613,3 +613,20 @@ def test_format_table_has_every_row_and_column():
       if a is not None:
         assert f"{100 * a:.2f}" in line
   assert lines[3].count("-") == 5   # tiny: 7, 9 (None), 11, 13, 15 missing
+
+
+def test_vote_is_the_protocol_rule_and_the_pooled_analysis_rule():
+  """protocol.vote against a brute-force reference: most votes (pooled with neighbours when
+  asked), then the larger key, then the smallest |offset|; ties are made common on purpose."""
+  rng = np.random.default_rng(3)
+  for _ in range(500):
+    n = 2 * int(rng.integers(1, 8)) + 1
+    hist = rng.integers(0, 3, n)
+    key = rng.integers(0, 2, n).astype(float)
+    for pool in (False, True):
+      around = int(rng.integers(0, n)) if pool and rng.random() < 0.5 else None
+      votes = [sum(hist[j] for j in (i - 1, i, i + 1) if 0 <= j < n) if pool else hist[i]
+               for i in range(n)]
+      allowed = [i for i in range(n) if around is None or abs(i - around) <= 1]
+      want = min(allowed, key=lambda i: (-votes[i], -key[i], abs(i - n // 2)))
+      assert se.vote(hist, key, pool=pool, around=around) == want

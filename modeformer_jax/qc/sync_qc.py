@@ -51,7 +51,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from modeformer_jax import features, media, windows
+from modeformer_jax import features, media, protocol, windows
 from modeformer_jax.errors import FeatureError
 from modeformer_jax.input_spec import MEL_CONFIG
 from modeformer_jax.qc import stream, tolerances, tracking
@@ -914,7 +914,7 @@ def _whole(ev: Evidence, lane: _Lane, segs: list[dict]) -> dict:
     for s in good:
       hist[s["offset_frames"] + maxk] += 1
       key[s["offset_frames"] + maxk] += s["confidence"]
-    around = _vote(hist, key) - maxk
+    around = protocol.vote(hist, key, pool=True) - maxk
     pooled = [s for s in good if abs(s["offset_frames"] - around) <= 1]
     if 2 * len(pooled) <= len(good):
       # No reading holds most of what was measured: any one offset would be a guess.
@@ -993,23 +993,6 @@ def subframe_peak(ms: np.ndarray, curve: np.ndarray, centre_ms: float, search_ms
   return float(top + np.clip(-b / (2 * a), -fit_ms, fit_ms))
 
 
-def _vote(hist: np.ndarray, key: np.ndarray, around: int | None = None) -> int:
-  """The whole frame (an index of ``hist``) a vote picks: the most votes with each frame's
-  pooled with its two neighbours', ties to the larger ``key``, then to the middle index
-  (offset 0). ``around``: only the frames within one of that index can win."""
-  # Each frame's votes pooled with its neighbours': a peak near a half frame splits its
-  # positions' votes between two frames (see offset_frames in _estimate), and on few
-  # positions (a 1 s clip: 25) one frame of a second peak of periodic lips tied with each
-  # half and won on mean similarity (lrw_word_sample4: +9 for +2). The sub-frame search
-  # already reaches one frame either side of the pick.
-  votes = np.convolve(hist, np.ones(3), "same")
-  idx = np.arange(hist.size)
-  if around is not None:
-    votes = np.where(np.abs(idx - around) <= 1, votes, -np.inf)
-  peaks = np.flatnonzero(votes == votes.max())
-  return int(peaks[np.lexsort((np.abs(idx[peaks] - hist.size // 2), -key[peaks]))[0]])
-
-
 def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int, fit_ms: float,
               curves: bool = False, around: int | None = None) -> dict | None:
   """An offset from blocks' sums (whole frames, ms, jackknife uncertainty); ``curves`` adds
@@ -1027,7 +1010,12 @@ def _estimate(parts: list[dict], whole_idx: np.ndarray, max_s: int, fit_ms: floa
     whole = np.array([sums[np.arange(5), whole_idx[:, k]].sum() /
                       cnt[np.arange(5), whole_idx[:, k]].sum() for k in range(2 * maxk + 1)])
   key = np.where(np.isfinite(whole), whole, -np.inf)
-  pick = _vote(hist, key, None if around is None else around + maxk)
+  # Pooled: on few positions (a 1 s clip: 25) one frame of a second peak of periodic
+  # lips tied with each half of a peak split between two frames and won on mean
+  # similarity (lrw_word_sample4: +9 for +2). The sub-frame search reaches one frame
+  # either side of the pick.
+  pick = protocol.vote(hist, key, pool=True,
+                       around=None if around is None else around + maxk)
   k = int(pick - maxk)
   offs = np.arange(-maxk, maxk + 1)
   conf = float(whole[pick] - np.nanmedian(whole))
