@@ -720,7 +720,9 @@ class Reader:
   def chunks(self) -> Iterator[Chunk]:
     """Yields ``Chunk``s of ``chunk_frames`` output frames (the last may be shorter).
 
-    A file that breaks part-way raises ``FeatureError`` after the chunks decoded so far.
+    A file that breaks part-way raises ``FeatureError`` after the chunks decoded so far; so
+    does one whose audio stream gave no sample (``no_audio``) or whose video ends well
+    before its declared duration (``corrupt``, truncated), before the last chunk.
     """
     container = av.open(self.path)
     try:
@@ -745,9 +747,20 @@ class Reader:
       self.held_frames = dec.resample.held_frames
       self.unused_frames = dec.resample.unused_frames
       self.audio_samples = dec.audio_samples
+      self._check_complete()
       yield from tail
     finally:
       container.close()
+
+  def _check_complete(self) -> None:
+    """The file's integrity once decoded: some real audio, and no truncation."""
+    if self.audio_samples <= int(round(self.audio_lead_s * SAMPLE_RATE)):
+      raise FeatureError(self.path, "no_audio", "audio stream has no decodable samples")
+    declared = self.info.declared_video_s
+    if declared is not None and self.duration + max(TRUNCATION_SLACK_S,
+                                                    TRUNCATION_SLACK_FRAC * declared) < declared:
+      raise FeatureError(self.path, "corrupt", f"truncated: decoded {self.duration:.2f} s of "
+                         f"video, the stream declares {declared:.2f} s")
 
 
 # ----------------------------------------------------------------------------------------
@@ -1032,14 +1045,7 @@ def decode(path: str) -> Decoded:
   out_frames = (np.concatenate(frames) if frames else
                 np.zeros((0, info.height, info.width, 3), np.uint8))
   audio_arr = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-  if audio_arr.size <= int(round(reader.audio_lead_s * SAMPLE_RATE)):
-    raise FeatureError(reader.path, "no_audio", "audio stream has no decodable samples")
   duration = reader.duration
-  declared = info.declared_video_s
-  if declared is not None and duration + max(TRUNCATION_SLACK_S,
-                                             TRUNCATION_SLACK_FRAC * declared) < declared:
-    raise FeatureError(reader.path, "corrupt", f"truncated: decoded {duration:.2f} s of "
-                       f"video, the stream declares {declared:.2f} s")
   tail = max(0.0, duration - audio_arr.size / SAMPLE_RATE)
   missing = min(duration, reader.audio_lead_s + tail)
   return Decoded(path=reader.path, frames=out_frames, audio=np.ascontiguousarray(audio_arr),
