@@ -39,7 +39,6 @@ from modeformer_jax import (
   cli,
   embedding,
   errors,
-  features,
   input_spec,
   jsonio,
   offsets,
@@ -47,19 +46,15 @@ from modeformer_jax import (
   protocol,
   records,
 )
-from modeformer_jax.qc import qc_batch, sync_qc, tracking
+from modeformer_jax.qc import qc_batch, sync_qc
 
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sync_qc.QCOptions:
   """The analysis options, the same for plain ``detect`` and ``--qc``."""
-  options = sync_qc.QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
-                              detect_every=args.detect_every, face_frame=args.face_frame,
-                              min_fail_s=args.min_fail_s, min_reliability=args.min_reliability)
   try:
-    options.check()
+    return sync_qc.analysis_options(args, min_fail_s=args.min_fail_s)
   except ValueError as e:
     parser.error(str(e))
-  return options
 
 
 def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -123,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
   an = parser.add_argument_group("the analysis (plain detect and --qc alike)")
   qc.add_argument("--qc", action="store_true", help="offset over time, drift, faces, "
                   "tolerances and an HTML report per file")
-  an.add_argument("--window", type=float, default=5.0, help="segment length, s")
-  an.add_argument("--hop", type=float, default=1.0, help="segment step, s")
   qc.add_argument("--workers", type=int, default=1, help="files analysed in parallel")
   qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
                   "in an earlier run (finished files are always skipped)")
@@ -132,16 +125,7 @@ def main(argv: list[str] | None = None) -> int:
   qc.add_argument("--min_fail_s", type=float, default=sync_qc.QCOptions.min_fail_s,
                   help="a file fails a tolerance when its offset stays out of it this many "
                   "measured seconds in a row (docs/sync_qc.md says why 10)")
-  an.add_argument("--min_reliability", type=float, default=sync_qc.QCOptions.min_reliability,
-                  help="segments whose calibrated probability of being within one frame is "
-                  "lower are 'uncertain' (not used for verdicts)")
-  an.add_argument("--max_faces", type=int, default=4, help="faces tracked at once")
-  an.add_argument("--detect_every", type=int, default=sync_qc.QCOptions.detect_every,
-                  help="run the face landmarker on every n-th frame (faster, coarser)")
-  an.add_argument("--face_frame", default="fixed", choices=["fixed", *sorted(tracking.FACE_FRAMES)],
-                  help="box-crop models only: 'fixed' = the video is a face crop like the "
-                  "model's training frames; a dataset name = find faces in a wider picture "
-                  "and place that dataset's face crop on each")
+  sync_qc.add_analysis_flags(an)
   args = parser.parse_args(argv)
   # force: importing orbax has configured logging already.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)

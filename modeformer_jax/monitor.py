@@ -69,7 +69,10 @@ NO_LANDMARKS = 1 << 30          # detect_every for chunks whose pictures are not
 @dataclasses.dataclass
 class MonitorOptions:
   """What a monitor reports, when, and how it keeps up."""
-  window_s: float = 10.0         # the offset over the last window_s (a multiple of hop_s)
+  # The analysis (sync_qc.QCOptions, the same options as detect's): reports read the last
+  # 10 s (files' segments 5 s): alarms then follow a stable reading.
+  analysis: sync_qc.QCOptions = dataclasses.field(
+      default_factory=lambda: sync_qc.QCOptions(window_s=10.0))
   every_s: float = 2.0           # a report every every_s of stream
   tolerance: str = "ebu_r37"     # tolerances.KEYS
   hold_s: float = 10.0           # out (or back in) for this long raises (clears) an alarm
@@ -84,7 +87,6 @@ class MonitorOptions:
   open_timeout_s: float = 10.0
   give_up_s: float | None = None  # stop reopening after this long (None: never)
   format: str | None = None      # the input format (v4l2, mpegts, ...); None: FFmpeg guesses
-  detect_every: int = sync_qc.QCOptions.detect_every   # landmarks every n-th frame when keeping up
 
   def check(self) -> None:
     qc = self.qc_options()
@@ -96,7 +98,8 @@ class MonitorOptions:
       raise ValueError(f"unknown tolerance {self.tolerance!r}; one of {list(tolerances.KEYS)}")
 
   def qc_options(self) -> sync_qc.QCOptions:
-    return sync_qc.QCOptions(window_s=self.window_s, detect_every=self.detect_every)
+    """A copy of the analysis options: the monitor changes its landmark rate as it runs."""
+    return dataclasses.replace(self.analysis)
 
 
 class Alarm:
@@ -336,10 +339,10 @@ class Monitor:
       self.qc.detect_every = NO_LANDMARKS
       self.counts["frames_dropped"] += n
     elif backlog > o.sparse_backlog_s:
-      self.qc.detect_every = max(o.sparse_every, o.detect_every)
+      self.qc.detect_every = max(o.sparse_every, o.analysis.detect_every)
       self.counts["frames_sparse"] += n
     else:
-      self.qc.detect_every = o.detect_every
+      self.qc.detect_every = o.analysis.detect_every
     self.counts["frames"] += n
     hop = run.evidence.hop_f
     if pictures:
@@ -633,8 +636,8 @@ def build_parser():
   d = MonitorOptions()
   p.add_argument("source", help="udp://, rtp://, SDP file, rtsp://, rtmp://, tcp://, HLS URL, "
                  "capture device, a growing file, or - (MPEG-TS on stdin)")
-  p.add_argument("--window", type=float, default=d.window_s,
-                 help="seconds each report measures (a whole number of 1-s blocks)")
+  sync_qc.add_analysis_flags(p.add_argument_group("the analysis (as detect's)"),
+                             window_s=d.analysis.window_s)
   p.add_argument("--every", type=float, default=d.every_s, help="seconds between reports")
   p.add_argument("--tolerance", default=d.tolerance, choices=sorted(tolerances.KEYS),
                  help="the tolerance alarms are raised against")
@@ -657,18 +660,16 @@ def build_parser():
   p.add_argument("--give_up", type=float, default=None,
                  help="stop reopening a lost source after this many seconds (exit 1); "
                  "default: never")
-  p.add_argument("--detect_every", type=int, default=d.detect_every,
-                 help="face landmarks on every n-th frame when keeping up")
   return p
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  options = MonitorOptions(window_s=args.window, every_s=args.every, tolerance=args.tolerance,
-                           hold_s=args.hold, stall_s=args.stall, give_up_s=args.give_up,
-                           format=args.format, detect_every=args.detect_every)
   try:
+    options = MonitorOptions(analysis=sync_qc.analysis_options(args), every_s=args.every,
+                             tolerance=args.tolerance, hold_s=args.hold, stall_s=args.stall,
+                             give_up_s=args.give_up, format=args.format)
     options.check()
   except ValueError as e:
     parser.error(str(e))          # exit code 2

@@ -124,6 +124,38 @@ class QCOptions:
                        f"{self.hop_s}, and hop_s a whole number of frames")
 
 
+def add_analysis_flags(group: Any, window_s: float | None = None) -> None:
+  """The analysis options people set, on an argparse parser or group: one definition, so
+  ``detect`` and ``monitor`` share names, defaults and help. ``window_s``: a front end's
+  own default window (the monitor's reports read 10 s)."""
+  d = QCOptions()
+  group.add_argument("--window", type=float, default=window_s or d.window_s,
+                     help="seconds of video each offset reads (a whole number of --hop)")
+  group.add_argument("--hop", type=float, default=d.hop_s,
+                     help="seconds between segments (a whole number of frames)")
+  group.add_argument("--max_faces", type=int, default=d.max_faces, help="faces tracked at once")
+  group.add_argument("--detect_every", type=int, default=d.detect_every,
+                     help="run the face landmarker on every n-th frame (faster, coarser)")
+  group.add_argument("--min_reliability", type=float, default=d.min_reliability,
+                     help="segments whose calibrated probability of being within one frame "
+                     "is lower are 'uncertain' (not used for verdicts or alarms)")
+  group.add_argument("--face_frame", default=d.face_frame,
+                     choices=["fixed", *sorted(tracking.FACE_FRAMES)],
+                     help="box-crop models only: 'fixed' = the video is a face crop like the "
+                     "model's training frames; a dataset name = find faces in a wider "
+                     "picture and place that dataset's face crop on each")
+
+
+def analysis_options(args: Any, **fields: Any) -> QCOptions:
+  """``QCOptions`` from the flags of :func:`add_analysis_flags` (and a front end's own
+  ``fields``); raises ValueError for inconsistent ones."""
+  options = QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
+                      detect_every=args.detect_every, min_reliability=args.min_reliability,
+                      face_frame=args.face_frame, **fields)
+  options.check()
+  return options
+
+
 def speech_shape(mel: np.ndarray) -> np.ndarray:
   """What tells speech from other sound in a stretch of log-mel frames ``[80, n]`` (about a
   second; ``features.log_mel`` scaling), when its level cannot (sound loud throughout):
