@@ -222,6 +222,86 @@ def fits(r: dict[str, Any]) -> bool | None:
   return r["peak"] <= r["budget"]
 
 
+def cached_step_limit(target: str, num_hard: int, microbatch: int, start: int = PAPER_B,
+                      rel: float = 0.1, log=print) -> tuple[int | None, int | None]:
+  """The cached two-pass step's largest videos per chip, bracketed by compiles (stage 2,
+  batch on the chip): doubles from ``start`` until one is over, then bisects until the
+  bracket is within ``rel``. Returns (largest fitting, smallest over); per-chip B stays a
+  multiple of ``microbatch``. Each compile is cached like any point."""
+  def ok(v: int) -> bool:
+    f = fits(compile_point(target, 2, v, num_hard, microbatch=microbatch, log=log))
+    if f is None:
+      raise RuntimeError(f"{target} v={v} N_H={num_hard}: the compile failed")
+    return f
+  lo, hi = None, None
+  v = start
+  while hi is None:
+    if ok(v):
+      lo, v = v, v * 2
+    else:
+      hi = v
+      if lo is None:   # even the start is over: halve down
+        while lo is None and v > microbatch:
+          v = max(microbatch, (v // 2) // microbatch * microbatch)
+          if ok(v):
+            lo = v
+          else:
+            hi = v
+        break
+  while lo is not None and hi - lo > max(microbatch, rel * lo):
+    mid = (lo + hi) // 2 // microbatch * microbatch
+    if mid in (lo, hi):
+      break
+    if ok(mid):
+      lo = mid
+    else:
+      hi = mid
+  return lo, hi
+
+
+def cached_brackets(target: str, microbatch: int) -> dict[int, tuple[int, int]]:
+  """From the compile cache: per N_H, the cached step's largest fitting and smallest
+  refused videos per chip (stage 2, batch on the chip, no remat)."""
+  out: dict[int, list[int | None]] = {}
+  for p in CACHE.glob(f"{target}_s2_v*_h*_r0_n*_m{microbatch}.json"):
+    m = re.match(rf"{re.escape(target)}_s2_v(\d+)_h(\d+)_r0_n\d+_m{microbatch}$", p.stem)
+    if not m:
+      continue
+    v, h = int(m.group(1)), int(m.group(2))
+    f = fits(json.loads(p.read_text()))
+    lo, hi = out.setdefault(h, [None, None])
+    if f and (lo is None or v > lo):
+      out[h][0] = v
+    elif f is False and (hi is None or v < hi):
+      out[h][1] = v
+  return {h: (lo, hi) for h, (lo, hi) in sorted(out.items()) if lo and hi}
+
+
+def plot_cached(target: str, one_pass: str, microbatch: int, path: pathlib.Path) -> None:
+  """The cached step's largest B per chip against the one-pass step's, over N_H."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cached = cached_brackets(target, microbatch)
+  base = json.loads((REPO / "bench" / "frontier.json").read_text())["targets"][one_pass]
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  hs = sorted(cached)
+  ax.plot(hs, [cached[h][0] for h in hs], "o-", label=f"cached step (microbatch {microbatch})")
+  ones = sorted((int(h), v["largest"]) for h, v in base["frontier"].items() if v.get("largest"))
+  ax.plot([h for h, _ in ones], [v for _, v in ones], "s--", label="one-pass step")
+  ax.axhline(PAPER_B, color="grey", lw=0.8, ls=":")
+  ax.text(hs[-1], PAPER_B * 1.08, "B = 2000 (the paper)", ha="right", fontsize=8, color="grey")
+  ax.set_yscale("log")
+  ax.set_xlabel("hard negatives N_H")
+  ax.set_ylabel("largest videos per chip (fits; next compile over)")
+  ax.set_title(f"{base['device_kind']}, stage 2, paper model, bf16: compiled (XLA:GPU), not run",
+               fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def _cached(target: str, remat: bool = False) -> list[dict[str, Any]]:
   """The one-pass stage-2 compiles of ``target`` that the compiler accepted."""
   rows = []
@@ -597,6 +677,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "',host': the cached step's batch in host memory; "
                        "repeatable), e.g. h200-1,2,2000,2 for bench/accelerator.py's one-GPU "
                        "comparison, v5e-1,2,2000,25,0,40 for the cached step")
+  ap.add_argument("--cached_limit", action="append", default=[],
+                  help="TARGET,N_H,MICROBATCH: bracket the cached step's largest videos per "
+                       "chip by compiles (stage 2, paper, bf16; repeatable), e.g. "
+                       "h100-1,25,40")
   ap.add_argument("--check", action="store_true",
                   help="with --point on a TPU target: libtpu's memory check only (stop at "
                        "code generation), not a full compile")
@@ -619,6 +703,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    indent=1, default=str))
         print(f"imported {key} from {path}")
   if args.import_plan and not args.point:
+    return 0
+  if args.cached_limit:
+    for spec in args.cached_limit:
+      t, h, mb = spec.split(",")
+      lo, hi = cached_step_limit(t, int(h), int(mb))
+      print(f"cached step on {t}, N_H = {h}, microbatch {mb}: fits {lo} videos per chip, "
+            f"over at {hi}", flush=True)
+    t, _, mb = args.cached_limit[0].split(",")
+    if t == "h100-1":
+      plot_cached(t, "h100-8", int(mb), REPO / "docs" / "cached_frontier.png")
+      print("wrote docs/cached_frontier.png")
     return 0
   if args.point:
     for p in args.point:
