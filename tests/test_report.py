@@ -135,6 +135,16 @@ def test_degenerate_report(tmp_path):
   assert not [c for c in svg.iter("circle") if c.get("r") != "4"]
 
 
+def test_conflicting_evidence_says_why(tmp_path):
+  res = realistic_result()
+  res["global"].update(offset_ms=None, offset_frames=None, uncertainty_ms=None,
+                       reason="conflicting evidence",
+                       why="the measurable segments read +2 (3 of 6), -5 (3 of 6) frames")
+  text = write_file_report(res, tmp_path / "c.html").read_text(encoding="utf-8")
+  assert ("no global offset: conflicting evidence (the measurable segments read +2 (3 of 6),"
+          " -5 (3 of 6) frames)") in text
+
+
 def test_error_entry_page(tmp_path):
   err = {"name": "bad.mp4", "path": "/abs/bad.mp4", "error": "no audio stream", "kind": "no_audio"}
   text = write_file_report(err, tmp_path / "bad.html").read_text(encoding="utf-8")

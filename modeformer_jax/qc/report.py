@@ -405,6 +405,9 @@ def write_file_report(result: dict, path: PathLike) -> pathlib.Path:
            f"confidence {_fmt(g.get('confidence'), 2)}" if g.get("confidence") is not None else "",
            f"{_fmt(g.get('measurable_segments'), 0)} of {_fmt(g.get('num_segments'), 0)} "
            "segments measurable", f"track {g['track']}" if g.get("track") is not None else ""]
+  # A file without a global offset says why (e.g. "conflicting evidence" and its tally).
+  refused = (f"no global offset: {g['reason']}" + (f" ({g['why']})" if g.get("why") else "")
+             if g.get("offset_ms") is None and g.get("reason") else "")
   drift_txt = drift.get("text") or (f"{_fmt(drift['ms_per_min'], signed=True)} ms/min"
                                     if _num(drift.get("ms_per_min")) is not None else "no estimate")
   ci = [_fmt(v, signed=True) for v in _list(drift.get("ci_ms_per_min"))]
@@ -425,6 +428,7 @@ def write_file_report(result: dict, path: PathLike) -> pathlib.Path:
       f"<div class=sub>{_e(' · '.join(f for f in facts if f))}</div>",
       f"<div class=big>{_e(_offset_words(g.get('offset_ms'), g.get('uncertainty_ms')))}</div>",
       f"<div class=sub>{_e(', '.join(a for a in about if a))}</div>",
+      f"<p class=err>{_e(refused)}</p>" if refused else "",
       f"<p>drift: {_badge(drift.get('verdict'))} {_e(drift_txt)}{_e(ci_txt)}</p>",
       f"<div>{badges or '<span class=sub>no tolerance verdicts</span>'}</div>",
       "<h2>Offset over time</h2>", _offset_chart(result),

@@ -923,8 +923,8 @@ def _named(path: str, fn, *args) -> None:
 def _whole(ev: Evidence, lane: _Lane, segs: list[dict]) -> dict:
   """The file's one offset: plain ``detect``'s answer and ``--qc``'s global offset.
 
-  The measurable segments vote with their whole frames (``_vote``, the rule each segment's
-  own positions vote by). The winner must hold a strict majority of them within one frame,
+  The measurable segments vote with their whole frames (``protocol.vote``, pooled: the rule
+  each segment's own positions vote by). The winner must hold a strict majority of them within one frame,
   else the evidence conflicts and the file gets no offset (reason "conflicting evidence",
   ``why`` tallies the readings). The ms is then fitted on the agreeing segments' blocks
   pooled (each read on the face that speaks in the segment centred nearest it), its whole
