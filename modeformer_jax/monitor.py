@@ -13,8 +13,8 @@ Every --every seconds (of the stream) it reports the offset over the last --wind
 ms (**positive = audio late**), confidence, the face it follows, or "unmeasurable" with the
 reason (no face, silence, music or steady sound, no speech, uncertain, no signal), with the
 latency from the arrival of the oldest frame the report adds to the report itself. The
-analysis is sync QC's (qc.sync_qc.Evidence, fed chunk by chunk; a report is
-Evidence.segment over the window). Outputs: a line per report for a person (stdout; stderr
+analysis is sync QC's (qc.sync_qc.Evidence, fed chunk by chunk; a report is its
+latest_window). Outputs: a line per report for a person (stdout; stderr
 when --jsonl -), JSONL (--jsonl FILE or -) and Prometheus metrics (--metrics_port).
 
 Alarms: when the offset stays outside --tolerance for --hold seconds of stream, it says so
@@ -89,17 +89,13 @@ class MonitorOptions:
   format: str | None = None      # the input format (v4l2, mpegts, ...); None: FFmpeg guesses
 
   def check(self) -> None:
-    qc = self.qc_options()
+    qc = self.analysis
     qc.check()
     if abs(self.every_s / qc.hop_s - round(self.every_s / qc.hop_s)) > 1e-9 or self.every_s <= 0:
       raise ValueError(f"--every {self.every_s:g} must be a whole number of {qc.hop_s:g}-s "
                        f"blocks")
     if self.tolerance not in tolerances.KEYS:
       raise ValueError(f"unknown tolerance {self.tolerance!r}; one of {list(tolerances.KEYS)}")
-
-  def qc_options(self) -> sync_qc.QCOptions:
-    """A copy of the analysis options: the monitor changes its landmark rate as it runs."""
-    return dataclasses.replace(self.analysis)
 
 
 class Alarm:
@@ -215,7 +211,6 @@ class _Run:
   evidence: sync_qc.Evidence
   t0_s: float                                    # stream time of its frame 0
   next_due: float                                # stream seconds (in the run) of the next report
-  reported: int = 0                              # blocks before this were reported
   arrivals: collections.deque = dataclasses.field(default_factory=collections.deque)
   analysed: dict = dataclasses.field(default_factory=dict)   # block -> frames analysed
   audio: dict = dataclasses.field(default_factory=dict)      # block -> [samples]
@@ -235,9 +230,10 @@ class Monitor:
     self.options = options or MonitorOptions()
     self.options.check()
     o = self.options
-    self.qc = o.qc_options()
     det = detector or offsets.load_detector(checkpoint, chunk=o.embed_chunk)
-    self.analyzer = sync_qc.Analyzer(options=self.qc, detector=det)
+    self.analyzer = sync_qc.Analyzer(options=o.analysis, detector=det)
+    # Landmarks every n-th frame for the next chunk: sparser while the analysis is behind.
+    self._landmarks_every = o.analysis.detect_every
     self.tolerance = tolerances.STANDARDS[tolerances.KEYS[o.tolerance]]
     self.alarm = Alarm(self.tolerance, o.hold_s)
     self.sinks = list(sinks or [])
@@ -306,7 +302,7 @@ class Monitor:
     try:
       ev.push(media.Chunk(0, np.full((FPS, 160, 160, 3), 128, np.uint8),
                           np.zeros(windows.SAMPLE_RATE, np.float32)))
-      ev.flush()
+      ev.latest_window()
     finally:
       ev.close()
 
@@ -336,15 +332,15 @@ class Monitor:
       ch = self._without_pictures(ch)
       pictures = False
     if not pictures:
-      self.qc.detect_every = NO_LANDMARKS
+      self._landmarks_every = NO_LANDMARKS
       self.counts["frames_dropped"] += n
     elif backlog > o.sparse_backlog_s:
-      self.qc.detect_every = max(o.sparse_every, o.analysis.detect_every)
+      self._landmarks_every = max(o.sparse_every, o.analysis.detect_every)
       self.counts["frames_sparse"] += n
     else:
-      self.qc.detect_every = o.analysis.detect_every
+      self._landmarks_every = o.analysis.detect_every
     self.counts["frames"] += n
-    hop = run.evidence.hop_f
+    hop = run.evidence.hop_frames
     if pictures:
       for t in range(ch.start, ch.start + n):
         run.analysed[t // hop] = run.analysed.get(t // hop, 0) + 1
@@ -357,7 +353,7 @@ class Monitor:
     run.samples += ch.audio.size
     if ch.arrival is not None and n:
       run.arrivals.append((ch.start, ch.arrival))
-    run.evidence.push(ch)
+    run.evidence.push(ch, landmarks_every=self._landmarks_every)
     self._last_data = time.monotonic()
     self._stalled = False
     if run.evidence.num_frames / FPS >= run.next_due:
@@ -375,13 +371,11 @@ class Monitor:
     ev = run.evidence
     while ev.num_frames / FPS >= run.next_due:
       run.next_due += o.every_s
-    ev.flush()
-    b1 = ev.scored_until() // ev.hop_f
-    if b1 <= run.reported:
+    seg = ev.latest_window()
+    if seg is None:
       return
-    b0 = max(0, b1 - ev.win_blocks)
-    lane = ev.lanes[0]
-    seg = ev.segment(lane, b0, b1 - b0, ev.speech_threshold(lane))
+    f0, f1, hop = seg["start_frame"], seg["end_frame"], ev.hop_frames
+    b0, b1 = f0 // hop, f1 // hop
     level, spread = self._character(run, b0, b1)
     reason = seg["reason"]
     if reason == "no speech":
@@ -393,7 +387,7 @@ class Monitor:
     measurable = reason is None
     # Latency: every frame the report adds, from its arrival to now.
     now = time.monotonic()
-    upto = b1 * ev.hop_f
+    upto = f1
     worst = None
     while run.arrivals and run.arrivals[0][0] < upto:
       start, arr = run.arrivals.popleft()
@@ -403,10 +397,9 @@ class Monitor:
       worst = max(worst or 0.0, float(lat.max()))
       if k < arr.size:
         run.arrivals.appendleft((start + k, arr[k:]))
-    frames = (b1 - b0) * ev.hop_f
-    share = sum(run.analysed.get(b, 0) for b in range(b0, b1)) / max(1, frames)
-    t_s = run.t0_s + b1 * ev.hop_f / FPS
-    new_s = (b1 - max(run.reported, b0)) * ev.hop_f / FPS
+    share = sum(run.analysed.get(b, 0) for b in range(b0, b1)) / max(1, f1 - f0)
+    t_s = run.t0_s + f1 / FPS
+    new_s = seg["new_frames"] / FPS
     offset = seg["offset_ms"] if measurable else None
     if offset is None:
       self.time_unmeasurable += new_s
@@ -415,12 +408,11 @@ class Monitor:
     else:
       self.time_out += new_s
     change = self.alarm.update(t_s, offset)
-    run.reported = b1
     rc = self.reader.counts()
     report = {
         "event": "report", "time": _now(), "source": self.source, "run": run.run,
-        "t_s": round(t_s, 3), "run_t_s": round(b1 * ev.hop_f / FPS, 3), "window_s": [round(run.t0_s + b0 * ev.hop_f / FPS, 3),
-                                           round(t_s, 3)],
+        "t_s": round(t_s, 3), "run_t_s": round(f1 / FPS, 3),
+        "window_s": [round(run.t0_s + f0 / FPS, 3), round(t_s, 3)],
         "measurable": measurable, "reason": reason,
         "offset_ms": seg["offset_ms"], "offset_frames": seg["offset_frames"],
         "uncertainty_ms": seg["uncertainty_ms"], "confidence": seg["confidence"],
@@ -433,7 +425,8 @@ class Monitor:
         "latency_s": None if worst is None else round(worst, 3),
         "analysed_share": round(share, 3),
         "uncertainty_factor": round(1 / math.sqrt(share), 2) if share > 0 else None,
-        "landmarks_every": self.qc.detect_every if self.qc.detect_every < NO_LANDMARKS else None,
+        "landmarks_every": (self._landmarks_every if self._landmarks_every < NO_LANDMARKS
+                            else None),
         "frames": self.counts["frames"], "frames_dropped": self.counts["frames_dropped"],
         "held_frames": rc["held_frames"], "audio_gaps": rc["audio_gaps"],
         "corrupt_packets": self.reader.corrupt_packets, "reconnects": self.reader.reconnects,
@@ -441,7 +434,6 @@ class Monitor:
     self._emit(report)
     if change:
       self._alarm_event(change, report)
-    ev.forget(b0 - ev.win_blocks)        # blocks no later window can reach
     for d in (run.analysed, run.audio):
       for b in [b for b in d if b < b0]:
         del d[b]

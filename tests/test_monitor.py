@@ -370,3 +370,14 @@ def test_a_source_faster_than_the_analysis_loses_pictures_not_frames(changing_mp
   partial = [e for e in ev if e["event"] == "report" and e["analysed_share"] < 1]
   assert partial and all(e["uncertainty_factor"] is None or e["uncertainty_factor"] > 1
                          for e in partial)
+
+
+def test_monitor_uses_only_the_engines_public_api():
+  """The monitor reads the analysis through Evidence's public edge (push, latest_window,
+  hop_frames, num_frames, close), never its internals or sync_qc's private names."""
+  import re
+  src = (pathlib.Path(monitor.__file__)).read_text()
+  used = set(re.findall(r"\b(?:ev|evidence)\.(\w+)", src))
+  assert used <= {"push", "latest_window", "hop_frames", "num_frames", "close", "finish"}, used
+  assert not re.findall(r"\bsync_qc\._\w+", src)
+  assert "lanes" not in src and "speech_threshold" not in src and ".forget(" not in src

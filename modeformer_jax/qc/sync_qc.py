@@ -377,6 +377,7 @@ class Evidence:
                                 for k in range(-self.maxk, self.maxk + 1)] for p in range(5)])
     self.hop_f = int(round(o.hop_s * FPS))
     self.win_blocks = int(round(o.window_s / o.hop_s))
+    self._window_end = 0          # blocks before this were in a latest_window already
     self.lanes = [_Lane(k, self.n_fine, 2 * self.maxk + 1, self.hop_f) for k in shifts]
     self.lips = analyzer.lip_source()
     self.observer = (tracking.FaceObserver(o.max_faces) if self.lips.needs_faces else None)
@@ -504,9 +505,12 @@ class Evidence:
     self.lips.prune(self.cropped)
 
   # --- the stream ----------------------------------------------------------------------------
-  def push(self, ch: media.Chunk) -> None:
-    """Adds one chunk of frames and audio; analyses what became complete."""
+  def push(self, ch: media.Chunk, landmarks_every: int | None = None) -> None:
+    """Adds one chunk of frames and audio; analyses what became complete.
+    ``landmarks_every``: face landmarks on every n-th frame of this chunk (default the
+    options' ``detect_every``; a live monitor that falls behind runs them more sparsely)."""
     o = self.options
+    every = o.detect_every if landmarks_every is None else int(landmarks_every)
     for lane in self.lanes:
       if ch.audio.size and lane.raw == 0:
         lane.lead = int(ch.audio_lead)
@@ -522,7 +526,7 @@ class Evidence:
         if self.observer is not None:
           self.observer.reset()
       faces = []
-      if self.observer is not None and (t % o.detect_every == 0 or cut):
+      if self.observer is not None and (t % every == 0 or cut):
         with self._timed("face landmarks"):
           faces = self.observer.observe(frame)
       self.lips.update(t, faces, cut)
@@ -578,6 +582,33 @@ class Evidence:
       self.observer = None
 
   # --- live monitoring -----------------------------------------------------------------------
+  @property
+  def hop_frames(self) -> int:
+    """Frames per block (``hop_s`` of video): windows start and end on block boundaries."""
+    return self.hop_f
+
+  def latest_window(self) -> dict | None:
+    """The last ``window_s`` of complete blocks, analysed now (a live monitor's report).
+
+    Everything pushed is embedded and scored first (``flush``); None when no block was
+    completed since the last call. Returns ``segment``'s dict (offset, confidence,
+    reliability, track, face and speech fractions, reason) plus ``start_frame`` and
+    ``end_frame`` (of this evidence's stream) and ``new_frames`` (not in an earlier
+    window). Evidence no later window can reach is forgotten: memory stays flat.
+    """
+    self.flush()
+    b1 = self.scored_until() // self.hop_f
+    if b1 <= self._window_end:
+      return None
+    b0 = max(0, b1 - self.win_blocks)
+    lane = self.lanes[0]
+    seg = self.segment(lane, b0, b1 - b0, self.speech_threshold(lane))
+    seg |= {"start_frame": b0 * self.hop_f, "end_frame": b1 * self.hop_f,
+            "new_frames": (b1 - max(self._window_end, b0)) * self.hop_f}
+    self._window_end = b1
+    self.forget(b0 - self.win_blocks)
+    return seg
+
   def flush(self) -> None:
     """Embeds and scores every window complete now, without waiting for whole embedder
     chunks (``push`` waits: a padded chunk costs a full one). A live monitor calls it when
