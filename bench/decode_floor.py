@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--source", default=str(DEFAULT_SOURCE))
   ap.add_argument("--detect_every", type=int, default=None,
                   help="landmarks every n-th frame (default: QCOptions' default)")
+  ap.add_argument("--audio_every", type=int, default=None,
+                  help="audio windows every n-th mel frame (default: QCOptions' default)")
   ap.add_argument("--no_cold", action="store_true")
   ap.add_argument("--out", default=None, help="JSON of every figure")
   a = ap.parse_args(argv)
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
   work = pathlib.Path(a.work)
   work.mkdir(parents=True, exist_ok=True)
   print(machine())
-  kw = {} if a.detect_every is None else {"detect_every": a.detect_every}
+  kw = {k: v for k, v in (("detect_every", a.detect_every), ("audio_every", a.audio_every))
+        if v is not None}
   analyzer = sync_qc.Analyzer(options=sync_qc.QCOptions(**kw))
   rows = []
   lengths = [float(m) for m in a.minutes.split(",")]

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--json_out", default=None, help="write per-detection rows here")
   parser.add_argument("--detect_every", type=int, default=None,
                       help="face landmarks on every n-th frame (default: detect's)")
+  parser.add_argument("--audio_every", type=int, default=None,
+                      help="audio windows on every n-th mel frame (default: detect's)")
   args = parser.parse_args(argv)
   if ":" in args.shifts:
     lo, hi = (int(x) for x in args.shifts.split(":"))
@@ -106,12 +108,14 @@ def main(argv: list[str] | None = None) -> None:
 
   det = offsets.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
   meta = det.meta
-  qc = sync_qc.QCOptions() if args.detect_every is None else sync_qc.QCOptions(
-      detect_every=args.detect_every)
+  qc = sync_qc.QCOptions(**{k: v for k, v in (("detect_every", args.detect_every),
+                                               ("audio_every", args.audio_every))
+                             if v is not None})
   analyzer = sync_qc.Analyzer(options=qc, detector=det)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
-        f"face landmarks every {qc.detect_every} frame(s); "
+        f"face landmarks every {qc.detect_every} frame(s), audio windows every "
+        f"{qc.audio_every} mel frame(s); "
         f"{len(files)} videos x {len(shifts)} shifts ({shifts[0]:+d}..{shifts[-1]:+d})")
   rows, failed = [], []
   t0 = time.perf_counter()

@@ -163,6 +163,40 @@ def test_subframe_peak_recovers_a_known_peak():
   assert abs(est - 17.3) < 0.5, est
 
 
+def _audio_embeddings(audio_every: int, mel: np.ndarray, steps: list[int]) -> np.ndarray:
+  """A lane's audio embeddings after streaming ``mel`` in pieces (``steps``: frames of mel
+  available at each non-final call), then ``final``; a stand-in tower (chunk 8)."""
+  import collections
+  from types import SimpleNamespace
+  ev = object.__new__(sync_qc.Evidence)
+  ev.options = sync_qc.QCOptions(audio_every=audio_every)
+  ev.stage_s = collections.defaultdict(float)
+  ev.embedder = SimpleNamespace(chunk=8, audio=lambda w: w[:, :6, :].mean(axis=2) + 0.1)
+  lane = sync_qc._Lane(0, 1, 1, 25)
+  for upto in steps:
+    lane.mel_buf = mel[:, lane.mel_base:upto]
+    sync_qc.Evidence._embed_audio(ev, lane, final=False)
+  lane.mel_buf = mel[:, lane.mel_base:]
+  sync_qc.Evidence._embed_audio(ev, lane, final=True)
+  assert lane.a_base == 0
+  return lane.a_buf
+
+
+def test_audio_windows_every_second_mel_frame_blend_the_ones_between():
+  rng = np.random.default_rng(0)
+  mel = rng.normal(size=(80, 101)).astype(np.float32)
+  full = _audio_embeddings(1, mel, [40, 70])
+  half = _audio_embeddings(2, mel, [40, 70])
+  assert full.shape == half.shape == (101, 6)
+  # Computed on every 2nd frame (and the last), the same in streaming pieces as at once.
+  computed = list(range(0, 101, 2)) + [100]
+  np.testing.assert_allclose(half[computed], full[computed], rtol=1e-6)
+  np.testing.assert_allclose(half, _audio_embeddings(2, mel, []), rtol=1e-6)
+  for m in range(1, 100, 2):     # the ones between: their neighbours' blend, unit length
+    blend = full[m - 1] + full[m + 1]
+    np.testing.assert_allclose(half[m], blend / np.linalg.norm(blend), rtol=1e-5)
+
+
 def test_phase_offsets_are_the_window_contracts_rounding():
   for t in range(12):
     exact = 1000 * t / windows.FPS

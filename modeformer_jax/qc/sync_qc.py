@@ -2,10 +2,11 @@
 
 ``Analyzer(checkpoint).analyze(path)`` streams a file once (``stream``), follows every face
 (``tracking``), embeds each track's 5-frame lip windows and the audio window at **every mel
-frame** (12.5 ms apart), and keeps, per face track and per ``hop_s`` block of video, the
-summed similarity of each video window with the audio windows 0..+-15 frames away. Memory
-holds a few seconds of frames and embeddings and one small summary per block, so it does
-not grow with the file's length.
+frame** (12.5 ms apart; with ``QCOptions.audio_every`` n > 1 the audio model runs on every
+n-th, the ones between are blended from their neighbours), and keeps, per face track and
+per ``hop_s`` block of video, the summed similarity of each video window with the audio
+windows 0..+-15 frames away. Memory holds a few seconds of frames and embeddings and one
+small summary per block, so it does not grow with the file's length.
 
 Per segment (``window_s`` long, every ``hop_s``):
 
@@ -94,6 +95,14 @@ class QCOptions:
   # always). 2 halves the landmarks, the largest cost, at no measured loss: 22 real clips x
   # 15 injected shifts, relative exact 88.8 / 87.2 / 82.7% at 1 / 2 / 3 (bench/RESULTS.md).
   detect_every: int = 2
+  # Audio windows embedded on every n-th mel frame (12.5 ms apart at 1); a window between
+  # two computed ones gets their blend (linear, unit length), so every mel frame is still
+  # scored. 2 halves the audio model's work: on the 22 real clips x 15 injected shifts
+  # (bench.detect_shifts) relative exact 89.0% at 1 and at 2 (within +-1 95.0 / 97.2%;
+  # absolute exact 46.2 / 41.6%; 84.8% at 3), but at 2 two clips pinned by
+  # tests/test_shipped_model.py (vox2_crop/00015, raw/lrw_word_sample1) miss a shift, so
+  # the default stays 1. Scoring only the computed windows (no blend) gave 77.7%.
+  audio_every: int = 1
   # Box-crop models: "fixed" = the picture is the face crop the model was trained on (LRS2
   # or VoxCeleb2 style face-cropped video); a FACE_FRAMES name = find faces in a wider
   # picture and place such a crop on each. Landmark models ignore it.
@@ -122,6 +131,8 @@ class QCOptions:
     if self.hop_s * FPS != int(self.hop_s * FPS) or abs(k - round(k)) > 1e-9 or k < 1:
       raise ValueError(f"window_s={self.window_s} must be a whole multiple of hop_s="
                        f"{self.hop_s}, and hop_s a whole number of frames")
+    if self.audio_every < 1 or self.detect_every < 1:
+      raise ValueError("audio_every and detect_every must be at least 1")
 
 
 def add_analysis_flags(group: Any, window_s: float | None = None) -> None:
@@ -229,6 +240,7 @@ class _Lane:
     self.mel_stream = stream.MelStream()
     self.mel_buf, self.mel_base = np.zeros((80, 0), np.float32), 0   # mel frames from mel_base
     self.a_buf, self.a_base = np.zeros((0, 0), np.float32), 0        # unit audio embeddings
+    self.a_last: tuple[int, np.ndarray] | None = None  # last computed (audio_every > 1)
     self.blocks = _Blocks(n_fine, n_whole)
     self.speech: dict[int, np.ndarray] = {}      # block -> histogram of 12.5 ms levels (dB)
     self.shape: dict[int, np.ndarray] = {}       # block -> speech_shape of its mel
@@ -408,22 +420,57 @@ class Evidence:
   # --- audio -------------------------------------------------------------------------------
   def _embed_audio(self, lane: _Lane, final: bool, partial: bool = False) -> None:
     chunk = self.embedder.chunk
+    n = self.options.audio_every
     start = lane.a_base + lane.a_buf.shape[0]
     stop = lane.mel_base + lane.mel_buf.shape[1] - windows.MEL_WINDOW + 1
     if final:                                  # windows past the end read silence
       stop = lane.mel_base + lane.mel_buf.shape[1]
-    elif not partial:   # whole embedder chunks only: a padded chunk costs a full one
-      stop = start + (stop - start) // chunk * chunk
     if stop <= start:
       return
+    # The mel frames whose window is computed: every n-th (the others are blended from
+    # their neighbours, ``_between``); whole embedder chunks of them only, unless ``final``
+    # or ``partial`` (a padded chunk costs a full one). With n > 1 the last one computed
+    # ends the step (the frames after it wait for their right neighbour), and the last
+    # window of the source is always computed.
+    todo = np.arange(start + (-start) % n, stop, n)
+    if not final and not partial:
+      todo = todo[:todo.size // chunk * chunk]
+    if final and n > 1 and (todo.size == 0 or todo[-1] != stop - 1):
+      todo = np.append(todo, stop - 1)
+    if todo.size == 0:
+      return
+    stop = int(todo[-1]) + 1 if n > 1 or not final else stop
     mel = lane.mel_buf
     if final:
       mel = np.pad(mel, ((0, 0), (0, windows.MEL_WINDOW)), constant_values=features.MEL_SILENCE)
-    idx = np.arange(start, stop) - lane.mel_base
+    idx = todo - lane.mel_base
     win = mel[:, idx[:, None] + np.arange(windows.MEL_WINDOW)].transpose(1, 0, 2)
     with self._timed("audio model"):
       a = _unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
+    if n > 1:
+      a = self._between(lane, start, stop, todo, a)
     lane.a_buf = a if lane.a_buf.size == 0 else np.concatenate([lane.a_buf, a])
+
+  def _between(self, lane: _Lane, start: int, stop: int, todo: np.ndarray,
+               a: np.ndarray) -> np.ndarray:
+    """Embeddings of mel frames ``start .. stop - 1`` from those computed at ``todo`` (and
+    the lane's last computed one before): each frame between two computed ones gets their
+    linear blend, made unit length again; before the first computed window of the source,
+    NaN (never scored). ``todo[-1]`` is ``stop - 1``."""
+    known_m = np.concatenate([[lane.a_last[0]], todo]) if lane.a_last is not None else todo
+    known = np.concatenate([lane.a_last[1][None], a]) if lane.a_last is not None else a
+    lane.a_last = (int(todo[-1]), a[-1])
+    m = np.arange(start, stop)
+    right = np.searchsorted(known_m, m)             # first computed frame at or after m
+    out = np.full((m.size, a.shape[1]), np.nan, np.float32)
+    exact = known_m[np.minimum(right, known_m.size - 1)] == m
+    out[exact] = known[right[exact]]
+    mid = ~exact & (right > 0)
+    if mid.any():
+      r = right[mid]
+      w = ((m[mid] - known_m[r - 1]) / (known_m[r] - known_m[r - 1]))[:, None]
+      out[mid] = _unit((1 - w) * known[r - 1] + w * known[r])
+    return out
 
   def _score(self, final: bool) -> None:
     max_s = self.max_s

@@ -89,10 +89,10 @@ class ShotDetector:
     self._changes: collections.deque[float] = collections.deque(maxlen=history)
 
   def is_cut(self, frame: np.ndarray) -> bool:
-    # Every step-th pixel first (still 4x the thumbnail each way): the thumbnail averages
+    # Every step-th pixel first (still 2x the thumbnail each way): the thumbnail averages
     # blocks anyway, and converting a whole 720p or 1080p frame cost more than the rest.
     h, w = frame.shape[:2]
-    step = max(1, min(w // 256, h // 144))
+    step = max(1, min(w // 128, h // 72))
     small = np.ascontiguousarray(frame[::step, ::step])
     g = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (64, 36),
                    interpolation=cv2.INTER_AREA).astype(np.float32)
