@@ -147,6 +147,9 @@ def add_analysis_flags(group: Any, window_s: float | None = None) -> None:
   group.add_argument("--max_faces", type=int, default=d.max_faces, help="faces tracked at once")
   group.add_argument("--detect_every", type=int, default=d.detect_every,
                      help="run the face landmarker on every n-th frame (faster, coarser)")
+  group.add_argument("--audio_every", type=int, default=d.audio_every,
+                     help="run the audio model on every n-th mel frame, the ones between "
+                     "blended (2: faster; bench/RESULTS.md gives its accuracy cost)")
   group.add_argument("--min_reliability", type=float, default=d.min_reliability,
                      help="segments whose calibrated probability of being within one frame "
                      "is lower are 'uncertain' (not used for verdicts or alarms)")
@@ -161,7 +164,8 @@ def analysis_options(args: Any, **fields: Any) -> QCOptions:
   """``QCOptions`` from the flags of :func:`add_analysis_flags` (and a front end's own
   ``fields``); raises ValueError for inconsistent ones."""
   options = QCOptions(window_s=args.window, hop_s=args.hop, max_faces=args.max_faces,
-                      detect_every=args.detect_every, min_reliability=args.min_reliability,
+                      detect_every=args.detect_every, audio_every=args.audio_every,
+                      min_reliability=args.min_reliability,
                       face_frame=args.face_frame, **fields)
   options.check()
   return options
