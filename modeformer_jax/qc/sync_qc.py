@@ -93,7 +93,8 @@ class QCOptions:
   max_faces: int = 4             # faces tracked at once
   # Face landmarks on every n-th frame (the tracker fills the frames between, smoothed as
   # always). 2 halves the landmarks, the largest cost, at no measured loss: 22 real clips x
-  # 15 injected shifts, relative exact 88.8 / 87.2 / 82.7% at 1 / 2 / 3 (bench/RESULTS.md).
+  # 15 injected shifts, relative exact 88.8 / 87.2 / 82.7% at 1 / 2 / 3 when chosen; on
+  # today's analysis 89.0% at 2 and 85.8% at 3 (bench/RESULTS.md).
   detect_every: int = 2
   # Audio windows embedded on every n-th mel frame (12.5 ms apart at 1); a window between
   # two computed ones gets their blend (linear, unit length), so every mel frame is still
