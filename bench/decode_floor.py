@@ -20,7 +20,6 @@ analysis throughput over the decode-only throughput (the issue's target: >= 50%)
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import resource
 import shutil
@@ -119,25 +118,24 @@ def cold(path: pathlib.Path, work: pathlib.Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   from modeformer_jax import cli
+  from modeformer_jax.qc import sync_qc
   ap = cli.parser(__name__, __doc__.split("\n\n")[0])
   ap.add_argument("--work", required=True)
   ap.add_argument("--minutes", default="1,10", help="comma-separated file lengths")
   ap.add_argument("--source", default=str(DEFAULT_SOURCE))
-  ap.add_argument("--detect_every", type=int, default=None,
-                  help="landmarks every n-th frame (default: QCOptions' default)")
-  ap.add_argument("--audio_every", type=int, default=None,
-                  help="audio windows every n-th mel frame (default: QCOptions' default)")
+  sync_qc.add_analysis_flags(ap.add_argument_group("the analysis (detect's options)"))
   ap.add_argument("--no_cold", action="store_true")
   ap.add_argument("--out", default=None, help="JSON of every figure")
   a = ap.parse_args(argv)
   from bench.common import machine
-  from modeformer_jax.qc import sync_qc
   work = pathlib.Path(a.work)
   work.mkdir(parents=True, exist_ok=True)
   print(machine())
-  kw = {k: v for k, v in (("detect_every", a.detect_every), ("audio_every", a.audio_every))
-        if v is not None}
-  analyzer = sync_qc.Analyzer(options=sync_qc.QCOptions(**kw))
+  try:
+    options = sync_qc.analysis_options(a)
+  except ValueError as e:
+    ap.error(str(e))
+  analyzer = sync_qc.Analyzer(options=options)
   rows = []
   lengths = [float(m) for m in a.minutes.split(",")]
   for minutes in lengths:

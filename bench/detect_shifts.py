@@ -28,7 +28,6 @@ from bench.common import machine
 from modeformer_jax import (
   cli,
   errors,
-  features,
   offsets,
   records,
 )
@@ -90,10 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="'auto': the model's own training crop")
   parser.add_argument("--shifts", default="-7:7", help="'a:b' (inclusive) or a comma list")
   parser.add_argument("--json_out", default=None, help="write per-detection rows here")
-  parser.add_argument("--detect_every", type=int, default=None,
-                      help="face landmarks on every n-th frame (default: detect's)")
-  parser.add_argument("--audio_every", type=int, default=None,
-                      help="audio windows on every n-th mel frame (default: detect's)")
+  sync_qc.add_analysis_flags(parser.add_argument_group("the analysis (detect's options)"))
   args = parser.parse_args(argv)
   if ":" in args.shifts:
     lo, hi = (int(x) for x in args.shifts.split(":"))
@@ -108,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
 
   det = offsets.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
   meta = det.meta
-  qc = sync_qc.QCOptions(**{k: v for k, v in (("detect_every", args.detect_every),
-                                               ("audio_every", args.audio_every))
-                             if v is not None})
+  try:
+    qc = sync_qc.analysis_options(args)
+  except ValueError as e:
+    parser.error(str(e))
   analyzer = sync_qc.Analyzer(options=qc, detector=det)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "

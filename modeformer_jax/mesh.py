@@ -60,13 +60,11 @@ HOST_INPUT_KEYS = ("video", "audio")
 HOST_VIDEO_DTYPE = np.float32
 
 
-def batch_shardings(mesh: Mesh, host_inputs: bool = False) -> dict[str, NamedSharding]:
-  """Per-key shardings of a batch: all on :data:`AXIS`; lips and mel in pinned host memory
-  with ``host_inputs`` (the cached step's form, whose chip memory then holds no whole batch)."""
-  dev = batch_sharding(mesh)
-  host = batch_sharding(mesh, "pinned_host") if host_inputs else dev
-  return {k: host if k in HOST_INPUT_KEYS else dev
-          for k in ("video", "audio", "clip", "video_time", "audio_time")}
+def input_sharding(mesh: Mesh, key: str, host_inputs: bool = False) -> NamedSharding:
+  """The sharding of a batch entry ``key``: on :data:`AXIS`; lips and mel in pinned host
+  memory with ``host_inputs`` (the cached step's form, whose chip holds no whole batch)."""
+  on_host = host_inputs and key in HOST_INPUT_KEYS
+  return batch_sharding(mesh, "pinned_host" if on_host else None)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -91,15 +89,13 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
 
   Every process passes its own ``B / process_count`` rows; where they land in the global
   batch follows the mesh's device order, which the loss does not depend on.
-  ``host_inputs``: lips and mel go to pinned host memory (:func:`batch_shardings`).
+  ``host_inputs``: lips and mel go to pinned host memory (:func:`input_sharding`).
   """
-  shardings = batch_shardings(mesh, host_inputs)
-
   def local(k: str, v: Any) -> np.ndarray:
     v = np.asarray(v)
     return v.astype(HOST_VIDEO_DTYPE) if host_inputs and k == "video" else v
 
-  return {k: jax.make_array_from_process_local_data(shardings.get(k, shardings["clip"]),
+  return {k: jax.make_array_from_process_local_data(input_sharding(mesh, k, host_inputs),
                                                     local(k, v))
           for k, v in batch.items()}
 

@@ -36,10 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from modeformer_jax import aot, checkpoints, config_utils, embedding, errors, input_pipeline
-from modeformer_jax import train_step
+from modeformer_jax import checkpoints, config_utils, embedding, errors, input_pipeline, train_step
 from modeformer_jax import mesh as mesh_lib
-from modeformer_jax.errors import NonFiniteLossError
 from modeformer_jax.models import ModEFormer
 
 log = logging.getLogger("modeformer_jax.train")
@@ -142,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Metrics stay on the device between log steps (summed there); the host reads them only
   at log, validation and checkpoint steps, so steps are dispatched back to back. At each
-  of these the summed loss is checked: a NaN/inf raises :class:`NonFiniteLossError`
+  of these the summed loss is checked: a NaN/inf raises :class:`errors.NonFiniteLossError`
   naming the steps it came from, before the state is validated or saved.
   """
   from modeformer_jax import input_spec
@@ -186,9 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = jax.jit(init_fn, out_shardings=rep)(rng)
     if config.init_from:
       state = _init_from(config, state, rep)
+  step_opts = train_step.step_options(config)
   if step_fn is None:
-    step_fn = train_step.make_train_step(model, tx, mesh, config.loss,
-                                         **train_step.step_options(config))
+    step_fn = train_step.make_train_step(model, tx, mesh, config.loss, **step_opts)
   else:
     log.info("train step: the executable compiled ahead of time in %s", compiled)
   start = int(jax.device_get(state["step"]))
@@ -209,8 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checked = start            # every loss up to this step is known to be finite
   t_last, n_last = time.perf_counter(), start
   for step in range(start + 1, config.total_steps + 1):
-    batch = mesh_lib.to_global(next(data_it), mesh,
-                               train_step.step_options(config)["host_inputs"])
+    batch = mesh_lib.to_global(next(data_it), mesh, step_opts["host_inputs"])
     state, metrics = step_fn(state, batch, rng)
     sums, n_summed = (metrics if sums is None else add(sums, metrics)), n_summed + 1
     if bar is not None:
@@ -228,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       good = mngr.latest_step()
       where = (f"{workdir_p}/checkpoints/{good}" if good is not None
                else f"none (no checkpoint was written to {workdir_p})")
-      raise NonFiniteLossError(f"loss is not finite in steps {checked + 1}-{step}; "
+      raise errors.NonFiniteLossError(f"loss is not finite in steps {checked + 1}-{step}; "
                                f"stopping. The last good checkpoint is {where}")
     checked = step
     scalars: dict[str, float] = {}

@@ -147,7 +147,7 @@ def make_grad_fn(model: ModEFormer, mesh: Mesh, loss_cfg: Mapping[str, Any], *,
   the mean of the chunks' updates).
 
   ``host_inputs`` (cached form only): the batch's lips and mel arrive in pinned host memory
-  (``mesh.batch_shardings``) and each chunk is copied to the chip when it is embedded, in
+  (``mesh.input_sharding``) and each chunk is copied to the chip when it is embedded, in
   both passes, so chip memory holds no whole batch, only chunks and embeddings.
   """
   easy = bool(loss_cfg.get("easy_negatives", True))
@@ -297,7 +297,8 @@ def make_train_step(model: ModEFormer, tx: optax.GradientTransformation, mesh: M
   """
   grad_fn = make_grad_fn(model, mesh, loss_cfg, microbatch=microbatch,
                          host_inputs=host_inputs)
-  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_shardings(mesh, host_inputs)
+  rep = mesh_lib.replicated(mesh)
+  data = {k: mesh_lib.input_sharding(mesh, k, host_inputs) for k in BATCH_KEYS}
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
@@ -322,14 +323,16 @@ def abstract_batch(batch_size: int, num_hard: int, mesh: Mesh | None = None,
   """Shapes of a global batch (sharded on ``'data'`` when a mesh is given, lips and mel in
   host memory with ``host_inputs``), for lowering."""
   a = 1 + num_hard
-  shardings = mesh_lib.batch_shardings(mesh, host_inputs) if mesh is not None else None
   spec = {"video": ((batch_size, 5, 48, 96, video_channels),
                     mesh_lib.HOST_VIDEO_DTYPE if host_inputs else jnp.uint8),
           "audio": ((batch_size, a, NUM_MEL, MEL_WINDOW), jnp.float32),
           "clip": ((batch_size,), jnp.int32), "video_time": ((batch_size,), jnp.int32),
           "audio_time": ((batch_size, a), jnp.int32)}
-  return {k: jax.ShapeDtypeStruct(s, d, sharding=shardings[k] if shardings else None)
-          for k, (s, d) in spec.items()}
+
+  def sharding(k: str) -> Any:
+    return None if mesh is None else mesh_lib.input_sharding(mesh, k, host_inputs)
+
+  return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding(k)) for k, (s, d) in spec.items()}
 
 
 def random_batch(batch_size: int, num_hard: int, *, seed: int = 0, num_clips: int | None = None,

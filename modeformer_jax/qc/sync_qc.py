@@ -238,10 +238,10 @@ class _Lane:
   the reader is not evidence.
   """
 
-  def __init__(self, shift: int, n_fine: int, n_whole: int, hop_f: int):
+  def __init__(self, shift: int, n_fine: int, n_whole: int, hop_frames: int):
     self.shift = int(shift)
     self.delay = int(round(self.shift * windows.SAMPLE_RATE / FPS))
-    self.hop_f = hop_f
+    self.hop_frames = hop_frames
     self.mel_stream = stream.MelStream()
     self.mel_buf, self.mel_base = np.zeros((80, 0), np.float32), 0   # mel frames from mel_base
     self.a_buf, self.a_base = np.zeros((0, 0), np.float32), 0        # unit audio embeddings
@@ -310,7 +310,7 @@ class _Lane:
       e = x[:n * 200].reshape(n, 200)
       db = 10 * np.log10(np.mean(e * e, axis=1) + 1e-12)
       bins = np.clip((-db).astype(int), 0, 119)
-      blk = ((self.vad_count + np.arange(n)) * 200 // (640 * self.hop_f)).astype(int)
+      blk = ((self.vad_count + np.arange(n)) * 200 // (640 * self.hop_frames)).astype(int)
       for b in np.unique(blk):
         h = self.speech.setdefault(int(b), np.zeros(120, np.int32))
         np.add.at(h, bins[blk == b], 1)
@@ -322,7 +322,7 @@ class _Lane:
 
   def block_of_mel(self, m: int) -> int:
     """The block holding mel frame ``m`` (centred on sample ``200 m``, as ``vad``'s hops)."""
-    return m * 200 // (640 * self.hop_f)
+    return m * 200 // (640 * self.hop_frames)
 
   def shape_push(self, mel: np.ndarray, final: bool = False) -> None:
     """Mel frames in (the lane's, in order); ``speech_shape`` of each block they complete,
@@ -330,7 +330,7 @@ class _Lane:
     buf = np.concatenate([self.shape_buf, mel], axis=1)
     while buf.shape[1]:
       b = self.block_of_mel(self.shape_base)
-      end = -(-(b + 1) * 640 * self.hop_f // 200)      # first mel frame of block b + 1
+      end = -(-(b + 1) * 640 * self.hop_frames // 200)      # first mel frame of block b + 1
       n = end - self.shape_base
       if buf.shape[1] < n and not final:
         break
@@ -392,10 +392,11 @@ class Evidence:
     self.n_fine = 2 * self.max_s + 1
     self.whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + self.max_s
                                 for k in range(-self.maxk, self.maxk + 1)] for p in range(5)])
-    self.hop_f = int(round(o.hop_s * FPS))
+    # Frames per block (hop_s of video): segments and windows start and end on blocks.
+    self.hop_frames = int(round(o.hop_s * FPS))
     self.win_blocks = int(round(o.window_s / o.hop_s))
     self._window_end = 0          # blocks before this were in a latest_window already
-    self.lanes = [_Lane(k, self.n_fine, 2 * self.maxk + 1, self.hop_f) for k in shifts]
+    self.lanes = [_Lane(k, self.n_fine, 2 * self.maxk + 1, self.hop_frames) for k in shifts]
     self.lips = analyzer.lip_source()
     self.observer = (tracking.FaceObserver(o.max_faces) if self.lips.needs_faces else None)
     self.shots = tracking.ShotDetector()
@@ -498,7 +499,7 @@ class Evidence:
         curve[a - lo:b - lo] = lane.a_buf[a - lane.a_base:b - lane.a_base] @ v
         whole = curve[self.whole_idx[p % 5]]
         best = int(np.nanargmax(whole)) if np.isfinite(whole).any() else None
-        lane.blocks.add(tr, p // self.hop_f, p % 5, curve, best)
+        lane.blocks.add(tr, p // self.hop_frames, p % 5, curve, best)
     self.pending = keep
 
   # --- pictures ------------------------------------------------------------------------------
@@ -634,11 +635,6 @@ class Evidence:
       self.observer = None
 
   # --- live monitoring -----------------------------------------------------------------------
-  @property
-  def hop_frames(self) -> int:
-    """Frames per block (``hop_s`` of video): windows start and end on block boundaries."""
-    return self.hop_f
-
   def latest_window(self) -> dict | None:
     """The last ``window_s`` of complete blocks, analysed now (a live monitor's report).
 
@@ -649,14 +645,14 @@ class Evidence:
     window). Evidence no later window can reach is forgotten: memory stays flat.
     """
     self.flush()
-    b1 = self.scored_until() // self.hop_f
+    b1 = self.scored_until() // self.hop_frames
     if b1 <= self._window_end:
       return None
     b0 = max(0, b1 - self.win_blocks)
     lane = self.lanes[0]
     seg = self.segment(lane, b0, b1 - b0, self.speech_threshold(lane))
-    seg |= {"start_frame": b0 * self.hop_f, "end_frame": b1 * self.hop_f,
-            "new_frames": (b1 - max(self._window_end, b0)) * self.hop_f}
+    seg |= {"start_frame": b0 * self.hop_frames, "end_frame": b1 * self.hop_frames,
+            "new_frames": (b1 - max(self._window_end, b0)) * self.hop_frames}
     self._window_end = b1
     self.forget(b0 - self.win_blocks)
     return seg
@@ -674,7 +670,7 @@ class Evidence:
 
   def scored_until(self) -> int:
     """Lip windows starting before this frame are scored (or skipped): blocks before
-    ``scored_until() // hop_f`` are complete, later pushes add nothing to them."""
+    ``scored_until() // hop_frames`` are complete, later pushes add nothing to them."""
     waiting = [p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
     return max(0, min(waiting + [self.cropped - windows.WINDOW_FRAMES + 1]))
 
@@ -683,7 +679,7 @@ class Evidence:
     left behind (live monitoring: memory stays flat for hours)."""
     for lane in self.lanes:
       lane.forget(before_block)
-    self.cuts = [c for c in self.cuts if c >= before_block * self.hop_f]
+    self.cuts = [c for c in self.cuts if c >= before_block * self.hop_frames]
     if self.lips.needs_faces:
       alive = {tr.id for tr in self.lips.tracks}
       for tid in [t for t in self.tails if t not in alive]:
@@ -707,10 +703,10 @@ class Evidence:
     the positions), its offset, and why it is not measurable when it is not."""
     o = self.options
     n_total = max(0, self.num_frames - windows.WINDOW_FRAMES + 1)
-    n_blocks = max(1, math.ceil(n_total / self.hop_f))
+    n_blocks = max(1, math.ceil(n_total / self.hop_frames))
     bl = range(first_block, min(first_block + num_blocks, n_blocks))
     speech_frac = lane.speech_fraction(bl, thr, o)
-    n_pos = sum(max(0, min(self.hop_f, n_total - b * self.hop_f)) for b in bl)
+    n_pos = sum(max(0, min(self.hop_frames, n_total - b * self.hop_frames)) for b in bl)
     tracks = sorted({tr for tr, b in lane.blocks.data if b in bl})
     best = None
     for tr in tracks:
@@ -722,8 +718,8 @@ class Evidence:
       est |= {"track": tr, "face_fraction": round(face_frac, 3)}
       if face_frac >= o.min_face and (best is None or est["confidence"] > best["confidence"]):
         best = est
-    seg = {"start_s": first_block * self.hop_f / FPS,
-           "end_s": (first_block + num_blocks) * self.hop_f / FPS,
+    seg = {"start_s": first_block * self.hop_frames / FPS,
+           "end_s": (first_block + num_blocks) * self.hop_frames / FPS,
            "speech_fraction": round(speech_frac, 3)}
     t0, t1 = seg["start_s"] * windows.SAMPLE_RATE, seg["end_s"] * windows.SAMPLE_RATE
     no_audio = lane.start >= t1 or (lane.end is not None and lane.end <= t0)
@@ -879,7 +875,7 @@ class Analyzer:
                          f"{(lane.end or 0) / 16000:.2f} s); need "
                          f"{o.min_frames / FPS:.2f} s ({o.min_frames} frames)")
     thr = ev.speech_threshold(lane)
-    n_blocks = max(1, math.ceil((num_frames - windows.WINDOW_FRAMES + 1) / ev.hop_f))
+    n_blocks = max(1, math.ceil((num_frames - windows.WINDOW_FRAMES + 1) / ev.hop_frames))
     n_segments = max(1, n_blocks - ev.win_blocks + 1)
     segs = [ev.segment(lane, j, ev.win_blocks, thr) for j in range(n_segments)]
     for seg in segs:
@@ -922,8 +918,8 @@ class Analyzer:
       info_tr = seen.get(tr, {})
       mouth = info_tr.get("mouth")
       result["tracks"].append({
-          "id": tr, "start_s": min(frames) * ev.hop_f / FPS,
-          "end_s": (max(frames) + 1) * ev.hop_f / FPS,
+          "id": tr, "start_s": min(frames) * ev.hop_frames / FPS,
+          "end_s": (max(frames) + 1) * ev.hop_frames / FPS,
           "segments_won": len(won), "num_frames": n_windows + windows.WINDOW_FRAMES - 1,
           "offset_ms": float(np.median([s["offset_ms"] for s in won])) if won else None,
           "confidence": float(np.mean([s["confidence"] for s in won])) if won else None,
@@ -1007,11 +1003,11 @@ def _whole(ev: Evidence, lane: _Lane, segs: list[dict]) -> dict:
   """The file's one offset: plain ``detect``'s answer and ``--qc``'s global offset.
 
   The measurable segments vote with their whole frames (``protocol.vote``, pooled: the rule
-  each segment's own positions vote by). The winner must hold a strict majority of them within one frame,
-  else the evidence conflicts and the file gets no offset (reason "conflicting evidence",
-  ``why`` tallies the readings). The ms is then fitted on the agreeing segments' blocks
-  pooled (each read on the face that speaks in the segment centred nearest it), its whole
-  frame within one of the vote. With no measurable segment the blocks of the "uncertain"
+  each segment's own positions vote by). The winner must hold a strict majority of them
+  within one frame, else the evidence conflicts and the file gets no offset (reason
+  "conflicting evidence", ``why`` tallies the readings). The ms is then fitted on the
+  agreeing segments' blocks pooled (each read on the face that speaks in the segment
+  centred nearest it), its whole frame within one of the vote. With no measurable segment the blocks of the "uncertain"
   ones are pooled and the answer keeps reason "uncertain"."""
   good = [s for s in segs if s["measurable"]]
   empty = {"offset_ms": None, "uncertainty_ms": None, "offset_frames": None,
