@@ -27,12 +27,12 @@ $(BEAM_STAMP): $(STAMP)
 
 # The target compilers for `python -m modeformer_jax.plan --target v5e-256|h100-8|...`
 # (deviceless AOT): libtpu through the `aot` extra; the GPU compiler (jax-cuda12 PJRT plugin
-# and ptxas, pinned in modeformer_jax/aot.py) into $(VENV)/aot-cuda, which only the planner
+# and ptxas, pinned in modeformer_jax/training/aot.py) into $(VENV)/aot-cuda, which only the planner
 # puts on its path. About 1.1 GB in all.
-$(AOT_STAMP): $(STAMP) setup.py modeformer_jax/aot.py
+$(AOT_STAMP): $(STAMP) setup.py modeformer_jax/training/aot.py
 	$(PY) -m pip install -q -e '.[dev,aot]'
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/aot-cuda \
-	  $$($(PY) -c "from modeformer_jax import aot; print(' '.join(aot.GPU_COMPILER_PINS))")
+	  $$($(PY) -c "from modeformer_jax.training import aot; print(' '.join(aot.GPU_COMPILER_PINS))")
 	@touch $(AOT_STAMP)
 
 venv: $(STAMP)

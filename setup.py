@@ -48,7 +48,7 @@ setup(
         # Flink, Spark. Optional: local preparation and everything else run without it.
         "beam": ["apache-beam>=2.77.0"],
         # Deviceless compilation for TPU targets (python -m modeformer_jax.plan --target
-        # v5e-256): the TPU compiler, libtpu, for exactly this jax (modeformer_jax.aot's
+        # v5e-256): the TPU compiler, libtpu, for exactly this jax (modeformer_jax.training.aot's
         # JAX_VERSION). The GPU compiler is installed beside it by `make aot`, outside
         # site-packages (a CUDA plugin there would load into every JAX process).
         "aot": ["jax[tpu]==0.10.2"],

@@ -61,9 +61,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import compiled_flops, machine, matmul_peak, memory_stats
-from modeformer_jax import embedding, models, plan, windows
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax import train_step as ts
+from modeformer_jax import plan
+from modeformer_jax.evaluation import embedding
+from modeformer_jax.model import models, windows
+from modeformer_jax.training import mesh as mesh_lib, train_step as ts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The training recipe of configs/lrs.py (config_utils.training_config), as plain dicts: the

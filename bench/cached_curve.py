@@ -42,7 +42,8 @@ def _data(out: pathlib.Path, seed: int) -> pathlib.Path:
 def run(data_dir: str, steps: int, microbatch: int, batch: int, num_hard: int,
         log_every: int, out: pathlib.Path) -> dict:
   """Trains both forms into ``out``; returns the comparison."""
-  from modeformer_jax import config_utils, train
+  from modeformer_jax import train
+  from modeformer_jax.training import config_utils
   runs = {}
   for mb in (0, microbatch):
     workdir = out / f"run_mb{mb}"

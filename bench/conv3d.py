@@ -21,8 +21,9 @@ import numpy as np
 
 from bench import cpu_speed
 from bench.common import machine, matmul_peak
-from modeformer_jax import cli, models
-from modeformer_jax.models import ModEFormer
+from modeformer_jax import cli
+from modeformer_jax.model import models
+from modeformer_jax.model.models import ModEFormer
 
 
 def main(argv: list[str] | None = None) -> int:

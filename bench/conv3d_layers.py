@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import machine, matmul_peak
-from modeformer_jax import cli, input_spec, models
+from modeformer_jax import cli
+from modeformer_jax.model import input_spec, models
 
 
 def layer_shapes(cfg: models.ModelConfig, windows: int, frames: int = 5) -> list[dict]:

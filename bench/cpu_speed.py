@@ -219,7 +219,7 @@ def _eval(model, params, repeats: int, peak: float) -> tuple[dict, dict]:
   import numpy as np
 
   from bench.common import compiled_flops
-  from modeformer_jax import windows
+  from modeformer_jax.model import windows
 
   rng = np.random.default_rng(0)
   lips = rng.integers(0, 256, (CLIP_FRAMES, 48, 96, 3), dtype=np.uint8)
@@ -296,7 +296,7 @@ def run_child(spec: dict) -> dict:
   import numpy as np
 
   from bench.common import machine, matmul_peak
-  from modeformer_jax import models
+  from modeformer_jax.model import models
 
   out: dict[str, Any] = {"status": "ok", "machine": machine(), "cpus": cpus,
                          "xla_flags": os.environ.get("XLA_FLAGS", "")}

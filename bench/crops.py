@@ -19,8 +19,9 @@ import time
 import numpy as np
 
 from bench.common import machine
-from modeformer_jax import cli, crops, errors, features
-from modeformer_jax.input_spec import CropSpec
+from modeformer_jax import cli, errors
+from modeformer_jax.media import crops, features
+from modeformer_jax.model.input_spec import CropSpec
 
 MISPLACED = 0.12
 

@@ -6,7 +6,7 @@
   python -m bench.detect_shifts --checkpoint modeformer_jax/weights/grid_s1 ../shared/data/real_clips/*/*.mp4
 
 Every video's audio is delayed by each shift in ``--shifts`` (default -7..+7 frames), all
-in one pass of the analysis ``detect`` runs (``sync_qc.detect_shifted``; windows that would
+in one pass of the analysis ``detect`` runs (``engine.detect_shifted``; windows that would
 read the silence a shift moves in are not scored), and the detector's answer is compared
 with it: exact, and within +-1 frame. A source that is not
 perfectly in sync to begin with shows up as a constant bias, so the mean error is printed
@@ -25,13 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import (
-  cli,
-  errors,
-  offsets,
-  records,
-)
-from modeformer_jax.qc import sync_qc
+from modeformer_jax import cli, errors
+from modeformer_jax.analysis import detectors, engine
+from modeformer_jax.data import records
 
 
 def prepared_sources(spec: str, max_clips: int | None) -> list[str]:
@@ -81,15 +77,15 @@ def print_refusals(failed: list[dict], shifts: list[int]) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = cli.parser(__name__, __doc__.split("\n\n")[0])
   parser.add_argument("videos", nargs="*")
-  parser.add_argument("--checkpoint", default=str(offsets.DEFAULT_MODEL))
+  parser.add_argument("--checkpoint", default=str(detectors.DEFAULT_MODEL))
   parser.add_argument("--which", default="latest", help="for a workdir: latest | best")
   parser.add_argument("--prepared", default=None, help="DIR:SPLIT of a prepared dataset")
   parser.add_argument("--max_clips", type=int, default=None)
-  parser.add_argument("--layout", default="auto", choices=offsets.LAYOUT_CHOICES,
+  parser.add_argument("--layout", default="auto", choices=detectors.LAYOUT_CHOICES,
                       help="'auto': the model's own training crop")
   parser.add_argument("--shifts", default="-7:7", help="'a:b' (inclusive) or a comma list")
   parser.add_argument("--json_out", default=None, help="write per-detection rows here")
-  sync_qc.add_analysis_flags(parser.add_argument_group("the analysis (detect's options)"))
+  engine.add_analysis_flags(parser.add_argument_group("the analysis (detect's options)"))
   args = parser.parse_args(argv)
   if ":" in args.shifts:
     lo, hi = (int(x) for x in args.shifts.split(":"))
@@ -102,13 +98,13 @@ def main(argv: list[str] | None = None) -> None:
   if not files:
     parser.error("give videos or --prepared DIR:SPLIT")
 
-  det = offsets.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
+  det = detectors.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
   meta = det.meta
   try:
-    qc = sync_qc.analysis_options(args)
+    qc = engine.analysis_options(args)
   except ValueError as e:
     parser.error(str(e))
-  analyzer = sync_qc.Analyzer(options=qc, detector=det)
+  analyzer = engine.Analyzer(options=qc, detector=det)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
         f"face landmarks every {qc.detect_every} frame(s), audio windows every "
@@ -118,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   for path in tqdm(files, desc="videos"):
     try:
-      results = sync_qc.detect_shifted(analyzer, path, shifts, strict=False)
+      results = engine.detect_shifted(analyzer, path, shifts, strict=False)
     except (errors.FeatureError, ValueError) as e:    # the file itself: every shift
       results = [{"injected": k, "error": e} for k in shifts]
     for r in results:

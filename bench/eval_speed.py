@@ -16,8 +16,10 @@ import jax
 import numpy as np
 
 from bench.common import machine
-from modeformer_jax import cli, embedding, protocol, windows
-from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig
+from modeformer_jax import cli
+from modeformer_jax.evaluation import embedding, protocol
+from modeformer_jax.model import windows
+from modeformer_jax.model.models import MODEL_VARIANTS, ModEFormer, ModelConfig
 
 
 def per_offset_scores(emb: embedding.Embedder, lips: np.ndarray, mel: np.ndarray,

@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--checkpoint", default=None)
   a = p.parse_args(argv)
 
-  from modeformer_jax import offsets
+  from modeformer_jax.analysis import detectors
   from data_prep.synthetic import formats
-  from modeformer_jax.qc import sync_qc
+  from modeformer_jax.analysis import engine
   out = pathlib.Path(a.out)
   man_path = out / "formats.json"
   if man_path.exists():
@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
   else:
     size = tuple(int(v) for v in a.size.lower().split("x")) if a.size else None
     manifest = formats.write_suite(out, a.shift, source=a.source, size=size)
-  ckpt = a.checkpoint or str(offsets.DEFAULT_MODEL)
-  analyzer = sync_qc.Analyzer(ckpt)
+  ckpt = a.checkpoint or str(detectors.DEFAULT_MODEL)
+  analyzer = engine.Analyzer(ckpt)
   rows = []
   for name, f in manifest["files"].items():
     path = str(out / f["file"])
     t0 = time.perf_counter()
-    r = sync_qc.detect_file(analyzer, path)
+    r = engine.detect_file(analyzer, path)
     t1 = time.perf_counter()
     q = analyzer.analyze(path)
     t2 = time.perf_counter()

@@ -74,7 +74,7 @@ def _key(target: str, stage: int, per_chip: int, num_hard: int, remat: bool,
 
 
 def _chips(target: str) -> int:
-  from modeformer_jax import aot
+  from modeformer_jax.training import aot
   return 1 if target == "cpu" else aot.target(target).chips
 
 
@@ -332,13 +332,13 @@ def fit(rows: list[dict[str, Any]]) -> np.ndarray | None:
 
 
 def _is_tpu(target: str) -> bool:
-  from modeformer_jax import aot
+  from modeformer_jax.training import aot
   return target != "cpu" and aot.target(target).platform == "tpu"
 
 
 def _budget(target: str) -> int:
   """A TPU kind's HBM per chip as libtpu reports it (for a kind with no full compile)."""
-  from modeformer_jax import aot
+  from modeformer_jax.training import aot
   return int(aot.CHIPS[aot.target(target).chip].memory)
 
 
@@ -629,7 +629,7 @@ def collect(kinds: Sequence[str], sweep: bool, confirm: Sequence[int], log=print
                          "fit": "peak = fixed + t1*v + t2*v*(1+N_H), v = videos per chip; fixed = arguments + "
                                 "outputs - aliased + code, read off the compiles",
                          "targets": {}, "cpu_errors": []}
-  from modeformer_jax import aot
+  from modeformer_jax.training import aot
   for t in kinds:
     if not sweep and not list(CACHE.glob(f"{t}_s2_*.json")):
       continue

@@ -18,7 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import cli, embedding, offsets, protocol, records
+from modeformer_jax import cli
+from modeformer_jax.analysis import detectors
+from modeformer_jax.data import records
+from modeformer_jax.evaluation import embedding, protocol
 
 SILENCE = {"sil", "sp"}
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--split", default="val")
   parser.add_argument("--align_dir", required=True)
   args = parser.parse_args(argv)
-  embedder = offsets.load_detector(args.checkpoint, which=args.which, chunk=256).embedder
+  embedder = detectors.load_detector(args.checkpoint, which=args.which, chunk=256).embedder
   n = len(records.open_split(args.data_dir, args.split))
   hits = {k: {"speech": [], "silence": []} for k in protocol.CLIP_LENGTHS}
   speech_share = []

@@ -27,7 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import cli, crops, errors, features
+from modeformer_jax import cli, errors
+from modeformer_jax.media import crops, features
 
 _UPPER_INNER, _LOWER_INNER = 13, 14
 MEL_HOP_S = features.MEL_CONFIG["hop_length"] / features.SAMPLE_RATE
@@ -105,7 +106,7 @@ def measure(path: str) -> dict:
 
 def plot_against_model(rows: list[dict], path: str, summary: dict) -> str:
   """Scatter of the model's whole-frame answer against the model-free lag, one dot a clip."""
-  from modeformer_jax import plots
+  from modeformer_jax.evaluation import plots
   fig, (ax,) = plots._new_figure(size=(6.5, 5.0))
   pts = [r for r in rows if r["model_frames"] is not None]
   x = np.array([r["lag_frames"] for r in pts])

@@ -14,7 +14,8 @@ import time
 from absl import flags
 
 from bench.common import machine
-from modeformer_jax import cli, input_pipeline as ip
+from modeformer_jax import cli
+from modeformer_jax.data import input_pipeline as ip
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from bench.common import compiled_flops, machine, matmul_peak, time_fn
 from modeformer_jax import cli
-from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
+from modeformer_jax.model.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
 
 
 def bench_variant(variant: str, batch: int, dtype: str) -> dict:

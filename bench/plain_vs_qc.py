@@ -26,7 +26,7 @@ import time
 
 from bench.common import machine
 from modeformer_jax import cli
-from modeformer_jax.qc import sync_qc
+from modeformer_jax.analysis import engine
 
 REAL_CLIPS = pathlib.Path(__file__).resolve().parents[1] / "../shared/data/real_clips"
 
@@ -65,7 +65,7 @@ def compare(plain: dict | None, qc: dict | None, path: pathlib.Path) -> dict:
   if "error" in qc:
     row["qc"] = {"error": _reason(qc["error"], path)}
   elif g.get("offset_ms") is None:
-    row["qc"] = {"error": sync_qc.refusal(qc)}
+    row["qc"] = {"error": engine.refusal(qc)}
   else:
     row["qc"] = {"frames": g.get("offset_frames"), "ms": g["offset_ms"]}
   a, b = row["plain"], row["qc"]
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
   run = subprocess.run(base + ["--json", "--out", str(work / "plain")], capture_output=True,
                        text=True)
   plain_s = time.perf_counter() - t0
+  (work / "plain.json").write_text(run.stdout)     # kept: --against compares raw outputs
   if not run.stdout.strip():
     raise SystemExit(f"plain detect printed nothing (exit {run.returncode}):\n{run.stderr[-2000:]}")
   plain = {pathlib.Path(r["name"]).resolve(): r for r in json.loads(run.stdout)

@@ -21,7 +21,8 @@ import tempfile
 import time
 
 from bench.common import machine
-from modeformer_jax import cli, records
+from modeformer_jax import cli
+from modeformer_jax.data import records
 from data_prep import prepare as prep
 from data_prep import synthetic
 

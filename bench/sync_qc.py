@@ -80,8 +80,8 @@ def real_pair(root: pathlib.Path, work: pathlib.Path, checkpoint: str | None,
 def _analyse(path: str, checkpoint: str | None, face_frame: str, extra: dict) -> dict:
   """Runs one analysis in a child process; returns its result JSON."""
   code = ("import json,sys; from modeformer_jax import sync_qc; "
-          "o=sync_qc.QCOptions(face_frame=sys.argv[3], **json.loads(sys.argv[4])); "
-          "r=sync_qc.Analyzer(sys.argv[2] or None, o).analyze(sys.argv[1]); "
+          "o=engine.QCOptions(face_frame=sys.argv[3], **json.loads(sys.argv[4])); "
+          "r=engine.Analyzer(sys.argv[2] or None, o).analyze(sys.argv[1]); "
           "[t.pop('thumbnail', None) for t in r['tracks']]; print('@@'+json.dumps(r))")
   out = subprocess.run([sys.executable, "-c", code, path, checkpoint or "", face_frame,
                         json.dumps(extra)], capture_output=True, text=True, check=False)
@@ -155,7 +155,7 @@ def rss_trace(path: str, out: str | None, every_s: float = 20.0) -> None:
   import threading
 
   from modeformer_jax import media
-  from modeformer_jax.qc import sync_qc
+  from modeformer_jax.analysis import engine
   pos = {"frames": 0}
   real = media.Reader.chunks
 
@@ -180,7 +180,7 @@ def rss_trace(path: str, out: str | None, every_s: float = 20.0) -> None:
           f.write(json.dumps(row) + "\n")
 
   threading.Thread(target=sample, daemon=True).start()
-  r = sync_qc.Analyzer(None).analyze(path)
+  r = engine.Analyzer(None).analyze(path)
   done.set()
   row = {"final": True, "input_min": r["duration_s"] / 60, **r["timing"]}
   print(json.dumps(row), flush=True)

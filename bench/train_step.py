@@ -19,9 +19,9 @@ import time
 import jax
 
 from bench.common import compiled_flops, machine, matmul_peak
-from modeformer_jax import cli, mesh as mesh_lib
-from modeformer_jax import train_step as ts
-from modeformer_jax.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
+from modeformer_jax import cli
+from modeformer_jax.model.models import MODEL_VARIANTS, ModEFormer, ModelConfig, count_params
+from modeformer_jax.training import mesh as mesh_lib, train_step as ts
 
 
 def bench_variant(variant: str, batch: int, num_hard: int, dtype: str, remat: bool,

@@ -30,7 +30,7 @@ people the model has not seen.
 """
 import ml_collections
 
-from modeformer_jax import config_utils
+from modeformer_jax.training import config_utils
 
 DATA = "data/lrc_ar_landmarks,data/grid_s1_landmarks,data/synthetic_landmarks"
 

@@ -13,7 +13,7 @@ report the LATEST checkpoint (``--which latest``) so no model selection touches 
 """
 import ml_collections
 
-from modeformer_jax import config_utils
+from modeformer_jax.training import config_utils
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

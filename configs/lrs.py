@@ -24,7 +24,7 @@ hardly grows with the batch; docs/training.md).
 """
 import ml_collections
 
-from modeformer_jax import config_utils
+from modeformer_jax.training import config_utils
 
 DATASETS = ("lrs2", "lrs3")
 # Per stage: (hard negatives N_H, entries per clip, training steps).

@@ -11,7 +11,7 @@ Arguments: ``variant`` (paper | syncnet3d | tiny | micro), ``bf16`` (bfloat16 co
 """
 import ml_collections
 
-from modeformer_jax import config_utils
+from modeformer_jax.training import config_utils
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ few-step smoke run: batch 8, no worker processes), e.g. ``configs/synthetic.py:s
 """
 import ml_collections
 
-from modeformer_jax import config_utils
+from modeformer_jax.training import config_utils
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,4 +1,4 @@
-"""Build and check a clip package (``modeformer_jax.clip_package``) from prepared shards.
+"""Build and check a clip package (``modeformer_jax.data.clip_package``) from prepared shards.
 
   python -m data_prep.device_package build \\
       --data data/lrc_ar_landmarks:train,data/grid_s1_landmarks:train --out device_pkg
@@ -27,8 +27,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from modeformer_jax import clip_package as cp
-from modeformer_jax import input_spec, records
+from modeformer_jax.data import clip_package as cp, records
+from modeformer_jax.model import input_spec
 
 HELD_OUT_ROOTS = ("real_clips",)
 

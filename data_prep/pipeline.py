@@ -23,7 +23,10 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from modeformer_jax import errors, features, input_spec, records
+from modeformer_jax import errors
+from modeformer_jax.data import records
+from modeformer_jax.media import features
+from modeformer_jax.model import input_spec
 from data_prep import layouts
 
 CLIPS_PER_SHARD = 256          # 'auto' sharding target: ~100-200 MB of jpeg records

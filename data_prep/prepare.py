@@ -11,7 +11,7 @@
   python -m data_prep.prepare ... --runner DirectRunner --workers 8
   python -m data_prep.prepare ... --runner DataflowRunner --project P --region R ...
 
-What it writes in ``--out`` (format: ``modeformer_jax.records``)
+What it writes in ``--out`` (format: ``modeformer_jax.data.records``)
   ``{split}.array_record-{i:05d}-of-{n:05d}``   one msgpack record per clip, in input order
   ``{shard}.report.json``                       that shard's counts and skipped files
   ``manifest.json``                             features (mel config, fps, crop), splits, shards
@@ -76,7 +76,10 @@ from typing import Iterator, Sequence
 
 import tqdm
 
-from modeformer_jax import cli, features, input_spec, records
+from modeformer_jax import cli
+from modeformer_jax.data import records
+from modeformer_jax.media import features
+from modeformer_jax.model import input_spec
 from data_prep import layouts
 # The shared pieces; re-exported because callers know them as ``prepare.<name>``.
 from data_prep.pipeline import (  # noqa: F401

@@ -42,12 +42,15 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from modeformer_jax import cli, features, input_spec, records
+from modeformer_jax import cli
+from modeformer_jax.data import records
+from modeformer_jax.media import features
+from modeformer_jax.model import input_spec
 from data_prep import layouts, pipeline
 
 _DESCRIPTION = """Lip crops (48x96 RGB, 25 fps) and 80-bin log-mel spectrograms (16 kHz, hop
 200) of talking-face videos, one record per clip in modeformer_jax's record format (msgpack;
-decode with modeformer_jax.records.decode_record). Made by modeformer_jax's data_prep."""
+decode with modeformer_jax.data.records.decode_record). Made by modeformer_jax's data_prep."""
 
 _MANUAL = """LRS2, LRS3 and VoxCeleb2 are licensed by their authors; download them yourself
 and pass the dataset root as --manual_dir, in the layout data_prep.layouts documents:

@@ -33,9 +33,9 @@ from typing import Any, Sequence
 import jax
 from absl import flags
 
-from modeformer_jax import config_utils, jsonio, plan, plots, train
-from modeformer_jax import eval as eval_lib
-from modeformer_jax import mesh as mesh_lib
+from modeformer_jax import eval as eval_lib, jsonio, plan, train
+from modeformer_jax.evaluation import plots
+from modeformer_jax.training import config_utils, mesh as mesh_lib
 
 
 def _batch_for(config: Any, num_hard: int, windows: int | None, budget: int | None,

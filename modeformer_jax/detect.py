@@ -5,7 +5,7 @@
   python -m modeformer_jax.detect a.mp4 --fix a_fixed.mp4         # remux with audio moved
   python -m modeformer_jax.detect --prepared /data/lrs2_prepared:test --checkpoint runs/x
 
-Sync QC of long videos and whole folders (``modeformer_jax.qc.sync_qc``): offset over time in
+Sync QC of long videos and whole folders (``modeformer_jax.analysis.engine``): offset over time in
 ms (5 s segments every 1 s), drift, every face, broadcast tolerances, HTML reports::
 
   python -m modeformer_jax.detect --qc programme.mxf --out qc_out      # one long file
@@ -24,7 +24,7 @@ give two answers for one file; ``--qc`` adds the timeline, tolerances and report
 histogram (the paper's Fig. 4 and Sec. 3.5) is written too. Lips are cropped exactly as
 the model's training data were (its recorded input spec) unless --layout says otherwise.
 
-Without ``--checkpoint`` the default shipped model (``offsets.DEFAULT_MODEL``) is used;
+Without ``--checkpoint`` the default shipped model (``detectors.DEFAULT_MODEL``) is used;
 read its MODEL_CARD.md for what it was trained on.
 """
 from __future__ import annotations
@@ -35,24 +35,18 @@ import logging
 import pathlib
 import sys
 
-from modeformer_jax import (
-  cli,
-  embedding,
-  errors,
-  input_spec,
-  jsonio,
-  offsets,
-  plots,
-  protocol,
-  records,
-)
-from modeformer_jax.qc import qc_batch, sync_qc
+from modeformer_jax import cli, errors, jsonio, media
+from modeformer_jax.analysis import detectors, engine
+from modeformer_jax.data import records
+from modeformer_jax.evaluation import embedding, plots, protocol
+from modeformer_jax.model import input_spec
+from modeformer_jax.qc import qc_batch
 
 
-def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sync_qc.QCOptions:
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> engine.QCOptions:
   """The analysis options, the same for plain ``detect`` and ``--qc``."""
   try:
-    return sync_qc.analysis_options(args, min_fail_s=args.min_fail_s)
+    return engine.analysis_options(args, min_fail_s=args.min_fail_s)
   except ValueError as e:
     parser.error(str(e))
 
@@ -70,7 +64,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   if args.fix and (len(inputs) != 1 or args.workers != 1):
     parser.error("--fix needs exactly one input video")
   options = _options(args, parser)
-  make = functools.partial(sync_qc.Analyzer, args.checkpoint, options, args.layout,
+  make = functools.partial(engine.Analyzer, args.checkpoint, options, args.layout,
                            progress=args.workers == 1 and not args.json)
   summary = qc_batch.run_batch(inputs, args.out, make, workers=args.workers,
                                retry_errors=args.retry_errors, report=not args.no_report,
@@ -81,7 +75,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(json.dumps(jsonio.jsonable(entries), indent=1))
   else:
     for e in entries:
-      print(sync_qc.describe(e))
+      print(engine.describe(e))
     print(f"{summary['ok']} of {summary['total']} files analysed, errors: "
           f"{summary['errors'] or 'none'}; {summary['csv']}"
           + (f", {summary['index']}" if summary.get("index") else ""))
@@ -91,7 +85,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if off is None:
       print(f"error: {e['name']}: no measurable offset, nothing written", file=sys.stderr)
       return 1
-    offsets.fix_offset(str(inputs[0]), args.fix, off)
+    media.fix_offset(str(inputs[0]), args.fix, off)
     if not args.json:
       print(f"wrote {args.fix} with the audio moved by {-off:+.1f} ms")
   return 1 if summary["errors"] else 0
@@ -103,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                       "folders or .txt/.lst file lists (folders and lists imply --qc)")
   parser.add_argument("--checkpoint", default=None,
                       help=f"workdir / checkpoint / exported model (default: "
-                      f"{offsets.DEFAULT_MODEL})")
-  parser.add_argument("--layout", default="auto", choices=offsets.LAYOUT_CHOICES,
+                      f"{detectors.DEFAULT_MODEL})")
+  parser.add_argument("--layout", default="auto", choices=detectors.LAYOUT_CHOICES,
                       help="lip crop: 'auto' = exactly the model's training crop; a layout "
                       "name forces that crop (with a warning when it differs)")
   parser.add_argument("--prepared", default=None,
@@ -122,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
   qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
                   "in an earlier run (finished files are always skipped)")
   qc.add_argument("--no_report", action="store_true", help="skip the HTML reports")
-  qc.add_argument("--min_fail_s", type=float, default=sync_qc.QCOptions.min_fail_s,
+  qc.add_argument("--min_fail_s", type=float, default=engine.QCOptions.min_fail_s,
                   help="a file fails a tolerance when its offset stays out of it this many "
                   "measured seconds in a row (docs/sync_qc.md says why 10)")
-  sync_qc.add_analysis_flags(an)
+  engine.add_analysis_flags(an)
   args = parser.parse_args(argv)
   # force: importing orbax has configured logging already.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
@@ -138,22 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepared:
       parser.error("--prepared is not a sync-QC input")
     return _run_qc(args, parser)
-  ckpt = args.checkpoint or offsets.DEFAULT_MODEL
+  ckpt = args.checkpoint or detectors.DEFAULT_MODEL
   if args.checkpoint is None:
-    if not (offsets.DEFAULT_MODEL / "model.json").exists():
-      parser.error(f"no shipped model at {offsets.DEFAULT_MODEL}; pass --checkpoint")
+    if not (detectors.DEFAULT_MODEL / "model.json").exists():
+      parser.error(f"no shipped model at {detectors.DEFAULT_MODEL}; pass --checkpoint")
     if not args.json:
-      print(f"using the shipped model {offsets.DEFAULT_MODEL} (see MODEL_CARD.md there)",
+      print(f"using the shipped model {detectors.DEFAULT_MODEL} (see MODEL_CARD.md there)",
             file=sys.stderr)
-  det = offsets.load_detector(ckpt, layout=args.layout)
+  det = detectors.load_detector(ckpt, layout=args.layout)
   spec, embedder = det.spec, det.embedder
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results, failed = [], 0
-  analyzer = sync_qc.Analyzer(options=_options(args, parser), detector=det) if args.videos else None
+  analyzer = engine.Analyzer(options=_options(args, parser), detector=det) if args.videos else None
   for path in args.videos:
     try:
-      r = sync_qc.detect_file(analyzer, path)
+      r = engine.detect_file(analyzer, path)
     except (errors.FeatureError, ValueError) as e:
       failed += 1
       results.append({"name": str(path), "error": str(e)})
@@ -164,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                                   title=pathlib.Path(path).name)
     results.append(r)
     if not args.json:
-      print(sync_qc.describe_plain(r))
+      print(engine.describe_plain(r))
     if args.fix:
-      offsets.fix_offset(path, args.fix, r["offset_ms"])
+      media.fix_offset(path, args.fix, r["offset_ms"])
       if not args.json:
         print(f"wrote {args.fix} with the audio moved by {-r['offset_ms']:+.0f} ms")
   if args.prepared:

@@ -4,7 +4,7 @@
       --split test [--audio_shift 1] [--name "ModEFormer (ours)"]
 
 The standard LRS2 protocol (VocaLiST's test script, followed by the paper; the rule is in
-``modeformer_jax.protocol``): every 5-frame window position of every test clip is scored
+``modeformer_jax.evaluation.protocol``): every 5-frame window position of every test clip is scored
 against the audio windows at offsets -15..+15; for clip lengths K = 5..15 the score rows of
 the K-5+1 positions around it are averaged (clipped at the clip's ends; an offset whose
 audio is missing in any averaged row is out; ties go to the first maximum); a position is
@@ -27,16 +27,11 @@ from typing import Sequence
 
 from absl import flags
 
-from modeformer_jax import (
-  checkpoints,
-  config_utils,
-  embedding,
-  input_spec,
-  jsonio,
-  plots,
-  protocol,
-  records,
-)
+from modeformer_jax import jsonio
+from modeformer_jax.data import records
+from modeformer_jax.evaluation import embedding, plots, protocol
+from modeformer_jax.model import checkpoints, input_spec
+from modeformer_jax.training import config_utils
 
 log = logging.getLogger("modeformer_jax.eval")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 
-from modeformer_jax import checkpoints, cli
+from modeformer_jax import cli
+from modeformer_jax.model import checkpoints
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,9 +57,11 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from modeformer_jax import cli, media, windows
+from modeformer_jax import cli, media
+from modeformer_jax.analysis import engine
 from modeformer_jax.errors import FeatureError
-from modeformer_jax.qc import sync_qc, tolerances
+from modeformer_jax.model import windows
+from modeformer_jax.qc import tolerances
 
 FPS = windows.FPS
 EXIT_STOPPED, EXIT_SOURCE, EXIT_USAGE = 0, 1, 2
@@ -69,10 +71,10 @@ NO_LANDMARKS = 1 << 30          # detect_every for chunks whose pictures are not
 @dataclasses.dataclass
 class MonitorOptions:
   """What a monitor reports, when, and how it keeps up."""
-  # The analysis (sync_qc.QCOptions, the same options as detect's): reports read the last
+  # The analysis (engine.QCOptions, the same options as detect's): reports read the last
   # 10 s (files' segments 5 s): alarms then follow a stable reading.
-  analysis: sync_qc.QCOptions = dataclasses.field(
-      default_factory=lambda: sync_qc.QCOptions(window_s=10.0))
+  analysis: engine.QCOptions = dataclasses.field(
+      default_factory=lambda: engine.QCOptions(window_s=10.0))
   every_s: float = 2.0           # a report every every_s of stream
   tolerance: str = "ebu_r37"     # tolerances.KEYS
   hold_s: float = 10.0           # out (or back in) for this long raises (clears) an alarm
@@ -208,7 +210,7 @@ class _Run:
   """One run of the source (``media.LiveReader``): its evidence and what the monitor keeps
   about its frames until they are reported."""
   run: int
-  evidence: sync_qc.Evidence
+  evidence: engine.Evidence
   t0_s: float                                    # stream time of its frame 0
   next_due: float                                # stream seconds (in the run) of the next report
   arrivals: collections.deque = dataclasses.field(default_factory=collections.deque)
@@ -225,13 +227,13 @@ class Monitor:
                checkpoint: str | None = None, detector: Any | None = None,
                sinks: list[Callable[[dict], None]] | None = None,
                on_alarm: str | None = None):
-    from modeformer_jax import offsets
+    from modeformer_jax.analysis import detectors
     self.source = source
     self.options = options or MonitorOptions()
     self.options.check()
     o = self.options
-    det = detector or offsets.load_detector(checkpoint, chunk=o.embed_chunk)
-    self.analyzer = sync_qc.Analyzer(options=o.analysis, detector=det)
+    det = detector or detectors.load_detector(checkpoint, chunk=o.embed_chunk)
+    self.analyzer = engine.Analyzer(options=o.analysis, detector=det)
     # Landmarks every n-th frame for the next chunk: sparser while the analysis is behind.
     self._landmarks_every = o.analysis.detect_every
     self.tolerance = tolerances.STANDARDS[tolerances.KEYS[o.tolerance]]
@@ -293,12 +295,12 @@ class Monitor:
     """Runs the analysis once on a blank second before the stream starts: compiling the
     model's programs and starting the face landmarker take seconds that a live source
     would otherwise spend waiting in the queue."""
-    from modeformer_jax.input_spec import LIP_SIZE, MEL_CONFIG
+    from modeformer_jax.model.input_spec import LIP_SIZE, MEL_CONFIG
     emb = self.analyzer.embedder
     emb.video(np.zeros((1, windows.WINDOW_FRAMES, *LIP_SIZE, 3), np.uint8))
     emb.audio(np.zeros((1, MEL_CONFIG["n_mels"], windows.MEL_WINDOW), np.float32))
     info = media.StreamInfo("warm-up", 160, 160, FPS, None)
-    ev = sync_qc.Evidence(self.analyzer, info, name="warm-up")
+    ev = engine.Evidence(self.analyzer, info, name="warm-up")
     try:
       ev.push(media.Chunk(0, np.full((FPS, 160, 160, 3), 128, np.uint8),
                           np.zeros(windows.SAMPLE_RATE, np.float32)))
@@ -312,7 +314,7 @@ class Monitor:
       self._t_end += self._run.evidence.num_frames / FPS
     info = self.reader.info or media.StreamInfo(self.source, ch.frames.shape[2],
                                                 ch.frames.shape[1], FPS, None)
-    ev = sync_qc.Evidence(self.analyzer, info, name=self.source)
+    ev = engine.Evidence(self.analyzer, info, name=self.source)
     self._run = _Run(ch.run, ev, self._t_end, self.options.every_s)
     return self._run
 
@@ -628,7 +630,7 @@ def build_parser():
   d = MonitorOptions()
   p.add_argument("source", help="udp://, rtp://, SDP file, rtsp://, rtmp://, tcp://, HLS URL, "
                  "capture device, a growing file, or - (MPEG-TS on stdin)")
-  sync_qc.add_analysis_flags(p.add_argument_group("the analysis (as detect's)"),
+  engine.add_analysis_flags(p.add_argument_group("the analysis (as detect's)"),
                              window_s=d.analysis.window_s)
   p.add_argument("--every", type=float, default=d.every_s, help="seconds between reports")
   p.add_argument("--tolerance", default=d.tolerance, choices=sorted(tolerances.KEYS),
@@ -659,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
-    options = MonitorOptions(analysis=sync_qc.analysis_options(args), every_s=args.every,
+    options = MonitorOptions(analysis=engine.analysis_options(args), every_s=args.every,
                              tolerance=args.tolerance, hold_s=args.hold, stall_s=args.stall,
                              give_up_s=args.give_up, format=args.format)
     options.check()

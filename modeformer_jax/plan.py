@@ -87,7 +87,7 @@ def conv3d_form(impl: str) -> Iterator[None]:
   trace with different forms at once. Code that traces a model outside it while another
   thread is inside may see the switched form (the same function, another speed).
   """
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   with _FORM_LOCK:
     old, models.CONV3D_IMPL = models.CONV3D_IMPL, impl
     try:
@@ -107,8 +107,8 @@ def residual_bytes(model: Any, per_device: int, windows: int) -> int:
   import jax
   import jax.numpy as jnp
 
-  from modeformer_jax.models import NUM_MEL
-  from modeformer_jax.windows import MEL_WINDOW
+  from modeformer_jax.model.models import NUM_MEL
+  from modeformer_jax.model.windows import MEL_WINDOW
   variables = jax.eval_shape(model.init_variables, jax.random.key(0))
   stats = variables.get("batch_stats", {})
   video = jax.ShapeDtypeStruct((per_device, *model.video_shape), jnp.uint8)
@@ -148,8 +148,7 @@ class Planner:
                chip: Any = None, easy_negatives: bool | None = None):
     import jax
 
-    from modeformer_jax import mesh as mesh_lib
-    from modeformer_jax import train_step
+    from modeformer_jax.training import mesh as mesh_lib, train_step
     self.jax, self.ts, self.mesh_lib = jax, train_step, mesh_lib
     self.config, self.mesh = config, mesh
     self.n = mesh.shape[mesh_lib.AXIS]
@@ -178,7 +177,7 @@ class Planner:
 
   def model(self, remat: bool) -> Any:
     """The ``ModEFormer`` the step is compiled for (config's model + overrides + remat)."""
-    from modeformer_jax.models import ModEFormer, ModelConfig
+    from modeformer_jax.model.models import ModEFormer, ModelConfig
     return ModEFormer(ModelConfig.from_mapping(self.model_config(remat)))
 
   def model_config(self, remat: bool) -> dict[str, Any]:
@@ -218,7 +217,7 @@ class Planner:
     target platform can run exactly what was measured. A target compiler's own
     out-of-memory error raises (``aot.is_oom``); :meth:`measure` turns it into an 'over' row.
     """
-    from modeformer_jax import aot
+    from modeformer_jax.training import aot
     t0 = time.perf_counter()
     lowered = self.lower(batch_size, num_hard, remat)
     with conv3d_form(self.conv3d):
@@ -250,7 +249,7 @@ class Planner:
     A target compiler that refuses the program for want of memory gives a row with
     ``over_compiler`` set (and ``peak`` from its message where it states one).
     """
-    from modeformer_jax import aot
+    from modeformer_jax.training import aot
     key = (batch_size, num_hard, remat)
     if key not in self.cache:
       t0 = time.perf_counter()
@@ -463,10 +462,9 @@ def compile_eval(model: Any, mesh: Any, chunk_per_chip: int, chip: Any,
   import jax
   import jax.numpy as jnp
 
-  from modeformer_jax import aot
-  from modeformer_jax import mesh as mesh_lib
-  from modeformer_jax.models import NUM_MEL
-  from modeformer_jax.windows import MEL_WINDOW
+  from modeformer_jax.model.models import NUM_MEL
+  from modeformer_jax.model.windows import MEL_WINDOW
+  from modeformer_jax.training import aot, mesh as mesh_lib
   n = mesh.shape[mesh_lib.AXIS]
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
   params = jax.eval_shape(model.init_variables, jax.random.key(0))["params"]
@@ -505,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point (``argv`` without the program name); returns a process exit code."""
   # Here, not at the top: the Planner itself needs no ml_collections (bench/accelerator.py
   # runs it where ml_collections is not installed).
-  from modeformer_jax import aot, config_utils
+  from modeformer_jax.training import aot, config_utils
   args = config_utils.parse_flags(argv, __doc__, _define_flags)
   name = args.target.strip().lower()
   tgt = None if name in ("cpu", "local") else aot.target(name)  # raises on an unknown name
@@ -554,8 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(--gpu_memory_fraction)")
   else:
     budget, budget_from = parse_bytes("80GiB"), "default"
-  from modeformer_jax import mesh as mesh_lib
-  from modeformer_jax import models
+  from modeformer_jax.model import models
+  from modeformer_jax.training import mesh as mesh_lib
 
   config = args.config
   overrides: dict[str, Any] = {}

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from modeformer_jax import config_utils
-from modeformer_jax.models import ModEFormer, count_params
+from modeformer_jax.model.models import ModEFormer, count_params
+from modeformer_jax.training import config_utils
 
 
 def param_table(params: Any, depth: int = 3) -> list[tuple[str, int]]:

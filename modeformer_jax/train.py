@@ -36,9 +36,12 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from modeformer_jax import checkpoints, config_utils, embedding, errors, input_pipeline, train_step
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax.models import ModEFormer
+from modeformer_jax import errors
+from modeformer_jax.data import input_pipeline
+from modeformer_jax.evaluation import embedding
+from modeformer_jax.model import checkpoints
+from modeformer_jax.model.models import ModEFormer
+from modeformer_jax.training import config_utils, mesh as mesh_lib, train_step
 
 log = logging.getLogger("modeformer_jax.train")
 
@@ -123,7 +126,8 @@ def compiled_step(path: str, config: ml_collections.ConfigDict, mesh: Any) -> An
   Refuses (``errors.CompiledMismatch``, naming each difference) another device kind or count,
   another global batch or N_H, or other model/loss/optimizer settings, before any step.
   """
-  from modeformer_jax import aot, plan
+  from modeformer_jax import plan
+  from modeformer_jax.training import aot
   planner = plan.Planner(config, mesh)
   remat = bool(config.model.get("remat", False))
   step_config = planner.step_config(remat)
@@ -143,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   of these the summed loss is checked: a NaN/inf raises :class:`errors.NonFiniteLossError`
   naming the steps it came from, before the state is validated or saved.
   """
-  from modeformer_jax import input_spec
+  from modeformer_jax.model import input_spec
   workdir_p = pathlib.Path(workdir).absolute()
   workdir_p.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:

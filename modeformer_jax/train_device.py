@@ -7,7 +7,7 @@ For a machine that has jax, flax, optax, orbax, numpy and OpenCV but not grain, 
 ml_collections, PyAV or librosa, gives minutes, and returns a few flat files of at most
 16 MiB (``bench/faces_v3_device.sh`` runs it there; docs/training.md has the whole round).
 
-* Data: a clip package (``modeformer_jax.clip_package``, built by ``data_prep.device_package``),
+* Data: a clip package (``modeformer_jax.data.clip_package``, built by ``data_prep.device_package``),
   decoded into memory. Batch ``i`` takes consecutive clips of a seeded per-epoch permutation,
   one entry per clip, cut and augmented by ``input_pipeline.clip_entries`` (the grain
   pipeline's own function) with a generator seeded by ``(seed, i)``: the stream does not
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from modeformer_jax import clip_package, input_pipeline
-from modeformer_jax.windows import MEL_WINDOW, WINDOW_FRAMES
+from modeformer_jax.data import clip_package, input_pipeline
+from modeformer_jax.model.windows import MEL_WINDOW, WINDOW_FRAMES
 
 log = logging.getLogger("modeformer_jax.train_device")
 
@@ -192,7 +192,7 @@ class Outputs:
       f.write(json.dumps(row) + "\n")
 
   def save(self, step: int, params: Any, model_cfg: dict, card: dict) -> pathlib.Path:
-    from modeformer_jax import checkpoints   # orbax: only once there is something to save
+    from modeformer_jax.model import checkpoints  # orbax: only once there is something to save
     path = checkpoints.save_model_file(self.out / f"{self.name}-{step:06d}.msgpack", params,
                                        model_cfg, dict(card, step=step))
     size = path.stat().st_size
@@ -239,8 +239,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
 
-  from modeformer_jax import mesh as mesh_lib
-  from modeformer_jax import models, train_step
+  from modeformer_jax.model import models
+  from modeformer_jax.training import mesh as mesh_lib, train_step
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(args.batch, mesh)
   rep = mesh_lib.replicated(mesh)

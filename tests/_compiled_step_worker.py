@@ -13,10 +13,9 @@ import numpy as np
 
 def main(path: str, config_arg: str, devices: int) -> None:
   jax.config.update("jax_num_cpu_devices", devices)
-  from modeformer_jax import config_utils, train_step
-  from modeformer_jax import mesh as mesh_lib
   from modeformer_jax import train
-  from modeformer_jax.models import ModEFormer
+  from modeformer_jax.model.models import ModEFormer
+  from modeformer_jax.training import config_utils, mesh as mesh_lib, train_step
   config = config_utils.load_config(config_arg)
   mesh = mesh_lib.make_mesh()
   step = train.compiled_step(path, config, mesh)

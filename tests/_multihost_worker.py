@@ -45,10 +45,8 @@ def run(devices, param_leaves: list[np.ndarray]) -> dict[str, np.ndarray]:
   import jax
   import optax
 
-  from modeformer_jax import mesh as mesh_lib
-  from modeformer_jax import train_step as ts
-  from modeformer_jax import config_utils
-  from modeformer_jax.models import ModEFormer
+  from modeformer_jax.model.models import ModEFormer
+  from modeformer_jax.training import config_utils, mesh as mesh_lib, train_step as ts
 
   model = ModEFormer(config_utils.model_config("micro"))
   tx = optax.sgd(LR)

@@ -92,7 +92,9 @@ def mock_prepared_dir(tmp_path_factory) -> pathlib.Path:
   ablation plumbing), not of what preparation computes."""
   import numpy as np
 
-  from modeformer_jax import features, input_spec, records, windows
+  from modeformer_jax.data import records
+  from modeformer_jax.media import features
+  from modeformer_jax.model import input_spec, windows
   from data_prep import layouts, pipeline
   out = tmp_path_factory.mktemp("mock_prepared")
   rng = np.random.default_rng(0)
@@ -138,7 +140,7 @@ def fast_init(model):
 
 
 def _session_params(variant: str):
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   model = models.ModEFormer(models.model_config(variant))
   return model, fast_init(model)
 

@@ -100,7 +100,9 @@ def test_imports_only_what_the_device_has():
           "          'tensorflow_datasets', 'array_record'):\n"
           "  sys.modules[m] = None\n"
           "import bench.accelerator\n"
-          "from modeformer_jax import plan, embedding, train_step\n"
+          "from modeformer_jax import plan\n"
+          "from modeformer_jax.evaluation import embedding\n"
+          "from modeformer_jax.training import train_step\n"
           "print('ok')\n")
   res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))

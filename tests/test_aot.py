@@ -1,5 +1,5 @@
 """Deviceless compilation for TPU and GPU targets, saved executables, and ordinary commands
-left alone by the target compilers (modeformer_jax/aot.py, plan --target, train --compiled).
+left alone by the target compilers (modeformer_jax/training/aot.py, plan --target, train --compiled).
 
 Tests that need the TPU compiler (libtpu) or the GPU compiler (``make aot``) are marked
 slow: ``make test-all`` (CI) installs both and runs them.
@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from modeformer_jax import aot, errors
+from modeformer_jax import errors
+from modeformer_jax.training import aot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAVE_TPU = importlib.util.find_spec("libtpu") is not None
@@ -211,7 +212,7 @@ def test_two_slice_mesh_orders_chips_within_each_slice():
   """A multi-slice device list (v5e-4 x 2 slices) makes the data mesh: slice 0's chips first,
   then slice 1's (jax.make_mesh's physical ordering covers one slice only and refused it)."""
   code = (
-      "from modeformer_jax import aot, mesh\n"
+      "from modeformer_jax.training import aot, mesh\n"
       "devs = aot.devices(aot.target('v5e-4'), num_slices=2)\n"
       "m = mesh.make_mesh(devs)\n"
       "print(m.shape[mesh.AXIS], [d.slice_index for d in m.devices.reshape(-1)])\n")

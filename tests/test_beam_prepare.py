@@ -14,7 +14,7 @@ import pytest
 from conftest import SHARDS
 from test_prepare import _all_records, _bad_inputs_folder, _files_state
 
-from modeformer_jax import records
+from modeformer_jax.data import records
 from data_prep import prepare as prep
 
 beam = pytest.importorskip("apache_beam", reason="the '.[beam]' extra is not installed")

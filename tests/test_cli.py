@@ -100,7 +100,7 @@ def test_line_filter_over_split_writes():
 
 _MEDIAPIPE_RUN = """
 import sys, numpy as np
-from modeformer_jax import crops
+from modeformer_jax.media import crops
 with crops.FaceLandmarker() as lm:
   lm.observe(np.zeros((240, 320, 3), np.uint8))
 print("project line", file=sys.stderr)

@@ -3,8 +3,10 @@ import pathlib
 
 import pytest
 
-from modeformer_jax import config_utils, input_pipeline, summary
-from modeformer_jax.models import ModelConfig
+from modeformer_jax import summary
+from modeformer_jax.data import input_pipeline
+from modeformer_jax.model.models import ModelConfig
+from modeformer_jax.training import config_utils
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

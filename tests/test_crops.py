@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from modeformer_jax import crops, errors, features
-from modeformer_jax.input_spec import LOWER_HALF_BOX, CropSpec, crop_for_layout
+from modeformer_jax import errors
+from modeformer_jax.media import crops, features
+from modeformer_jax.model.input_spec import CropSpec, LOWER_HALF_BOX, crop_for_layout
 
 
 def _noise_frames(n, size=200, seed=0):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from data_prep import device_package
-from modeformer_jax import errors
-from modeformer_jax import checkpoints, clip_package, config_utils, input_pipeline, records
-from modeformer_jax import train_device
+from modeformer_jax import errors, train_device
+from modeformer_jax.data import clip_package, input_pipeline, records
+from modeformer_jax.model import checkpoints
+from modeformer_jax.training import config_utils
 
 # Where train_device runs there is none of these; the smoke test makes their import fail.
 ABSENT_ON_DEVICE = ("grain", "array_record", "ml_collections", "av", "librosa", "mediapipe")

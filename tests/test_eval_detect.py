@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import errors
-from modeformer_jax import checkpoints, detect, embedding, features, input_spec, models, offsets
-from modeformer_jax import eval as eval_lib
-from modeformer_jax.qc import sync_qc
+from modeformer_jax import detect, errors, eval as eval_lib, media
+from modeformer_jax.analysis import detectors, engine
+from modeformer_jax.evaluation import embedding
+from modeformer_jax.media import features
+from modeformer_jax.model import checkpoints, input_spec, models
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +114,9 @@ def test_detect_runs_and_plots(exported, synthetic_src, tmp_path, capsys):
 def test_fix_moves_audio_without_touching_video(synthetic_src, tmp_path):
   src = sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0]
   late = tmp_path / "late.mp4"
-  offsets.fix_offset(str(src), str(late), -120)  # delay audio by 3 frames (120 ms)
+  media.fix_offset(str(src), str(late), -120)  # delay audio by 3 frames (120 ms)
   fixed = tmp_path / "fixed.mp4"
-  offsets.fix_offset(str(late), str(fixed), 120)  # and move it back
+  media.fix_offset(str(late), str(fixed), 120)  # and move it back
   a = features.decode(str(src))
   b = features.decode(str(late))
   c = features.decode(str(fixed))
@@ -130,11 +131,11 @@ def test_fix_moves_audio_without_touching_video(synthetic_src, tmp_path):
 
 def test_detect_shifted_matches_detect_file(exported, synthetic_src):
   """Analysing several audio shifts in one pass gives what one analysis per shift gives."""
-  analyzer = sync_qc.Analyzer(detector=offsets.load_detector(exported, chunk=64))
+  analyzer = engine.Analyzer(detector=detectors.load_detector(exported, chunk=64))
   f = str(sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
-  shifted = sync_qc.detect_shifted(analyzer, f, [-4, 0, 3])
+  shifted = engine.detect_shifted(analyzer, f, [-4, 0, 3])
   for k, r in zip([-4, 0, 3], shifted):
-    ref = sync_qc.detect_file(analyzer, f, audio_shift_frames=k)
+    ref = engine.detect_file(analyzer, f, audio_shift_frames=k)
     assert r["injected"] == k and r["offset_frames"] == ref["offset_frames"]
     np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(r["histogram"], ref["histogram"])
@@ -154,9 +155,9 @@ def test_detect_crops_as_the_model_was_trained(synthetic_src, micro_model, tmp_p
   (auto,) = json.loads(capsys.readouterr().out)
   assert auto["crop"] == {"method": "box", "box": list(box)}
   m, params, meta = checkpoints.load_model(out)
-  det = offsets.Detector(str(out), embedding.Embedder(m, params, chunk=64),
+  det = detectors.Detector(str(out), embedding.Embedder(m, params, chunk=64),
                          input_spec.from_model_meta(meta), input_spec.CropSpec("box", box), meta)
-  ref = sync_qc.detect_file(sync_qc.Analyzer(detector=det), f)
+  ref = engine.detect_file(engine.Analyzer(detector=det), f)
   np.testing.assert_allclose(auto["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
   detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json",
                "--layout", "crop"])

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from modeformer_jax import crops
-from modeformer_jax import features as F
-from modeformer_jax import windows as W
-from modeformer_jax.input_spec import crop_for_layout
+from modeformer_jax.media import crops, features as F
+from modeformer_jax.model import windows as W
+from modeformer_jax.model.input_spec import crop_for_layout
 
 SR = F.SAMPLE_RATE
 CLICK_FRAMES = (8, 21, 34, 47)   # video frames at which the generated clip has a noise burst

@@ -5,8 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from modeformer_jax import embedding, records, windows
-from modeformer_jax import input_pipeline as ip
+from modeformer_jax.data import input_pipeline as ip, records
+from modeformer_jax.evaluation import embedding
+from modeformer_jax.model import windows
 
 
 def _ds(mock_prepared_dir, **kw):
@@ -118,7 +119,7 @@ def test_eval_windows_match_training_windows(mock_prepared_dir):
 
 def test_import_loads_neither_pyav_nor_opencv(repo_root):
   """The training loader only needs the mel offsets, not the video decoders."""
-  code = ("import sys, modeformer_jax.input_pipeline; "
+  code = ("import sys, modeformer_jax.data.input_pipeline; "
           "print(sorted(m for m in ('av', 'cv2') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True,
                        capture_output=True, text=True).stdout

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modeformer_jax import losses
+from modeformer_jax.model import losses
 
 
 def reference(v, a, vclip, vtime, aclip, atime, scale, easy, tol):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import fast_init
 
-from modeformer_jax import models
-from modeformer_jax import config_utils
-from modeformer_jax.models import ModEFormer, ModelConfig, count_params
+from modeformer_jax.model import models
+from modeformer_jax.model.models import ModEFormer, ModelConfig, count_params
+from modeformer_jax.training import config_utils
 
 
 def _model(variant: str, **overrides) -> ModEFormer:
@@ -184,7 +184,7 @@ def test_conv_matches_flax_conv_in_both_3d_forms(kernel, strides, monkeypatch):
   with the same parameters, to float tolerance."""
   import flax.linen as nn
 
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   shape = (2, 5, 12, 24, 6) if len(kernel) == 3 else (2, 20, 16, 6)
   x = jax.random.normal(jax.random.key(0), shape)
   ref_mod = nn.Conv(8, kernel, strides=strides, padding="SAME", use_bias=False)
@@ -233,7 +233,7 @@ def test_video_tower_gradients_same_with_auto_forms(tiny_video, monkeypatch):
 
 def test_auto_conv_form_is_chosen_per_layer():
   """'auto' takes the form measured fastest per layer (bench/conv3d_layers.py)."""
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   forms = functools.partial(models.conv3d_forms, "auto")
   # (forward, input gradient, kernel gradient)
   assert forms((8, 5, 48, 96, 3), (1, 2, 2), 64) == ("2d", "matmul", "matmul")   # paper stem
@@ -257,7 +257,7 @@ def test_auto_conv_form_is_chosen_per_layer():
 def test_every_form_of_the_forward_and_gradients_is_the_native_conv(shape, kernel, strides):
   """Forward and both gradients in any mix of forms: values and gradients as native (odd
   map sizes: XLA's SAME padding is uneven there)."""
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   x = jax.random.normal(jax.random.key(0), shape)
   k = jax.random.normal(jax.random.key(1), (*kernel, shape[-1], 8)) * 0.1
   r = jax.random.normal(jax.random.key(2), models.conv3d_native(x, k, strides).shape)
@@ -280,7 +280,7 @@ def test_split_grads_benchmark_marks_the_auto_forms(capsys):
   """bench.conv3d_layers --split_grads: one line per layer, every form timed, auto's marked."""
   from bench import conv3d_layers
   conv3d_layers.main(["--split_grads", "--variant", "micro", "--windows", "1", "--repeats", "1"])
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   lines = capsys.readouterr().out.splitlines()[1:]
   assert len(lines) == len(conv3d_layers.layer_shapes(models.model_config("micro"), 1))
   assert all(line.count("*") == 3 and "matmul" in line for line in lines)

@@ -319,7 +319,7 @@ def test_monitor_follows_offset_changes_on_a_real_clip(real_clips_dir, tmp_path)
   """A real talking head (HDTF, 8 s) played three times with its audio moved 0, +4 and -3
   frames: its own sync is unknown, so the changes are checked against the first part."""
   from data_prep.synthetic.encode import write_mp4
-  from modeformer_jax import features
+  from modeformer_jax.media import features
   dec = features.decode(str(real_clips_dir / "hdtf" / "WDA_KatieHill_000.mp4"))
   n = 200                                           # 8 s
   frames, audio = dec.frames[:n], dec.audio[:n * 640]

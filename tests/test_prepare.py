@@ -17,7 +17,9 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 from conftest import SHARDS  # shards per split of the shared dataset's preparation
 
-from modeformer_jax import features, input_spec, records, windows
+from modeformer_jax.data import records
+from modeformer_jax.media import features
+from modeformer_jax.model import input_spec, windows
 from data_prep import layouts
 from data_prep import prepare as prep
 

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax import jsonio, plots
-from modeformer_jax import protocol as se
+from modeformer_jax import jsonio
+from modeformer_jax.evaluation import plots, protocol as se
+from modeformer_jax.training import mesh as mesh_lib
 
 M = se.MAX_OFFSET
 C = 2 * M + 1

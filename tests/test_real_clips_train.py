@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from modeformer_jax import train
-from modeformer_jax import config_utils
+from modeformer_jax.training import config_utils
 from data_prep import prepare
 
 pytestmark = pytest.mark.slow   # prepares and trains on real clips

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 from test_prepare import _all_records, _bad_inputs_folder
 
-from modeformer_jax import records
+from modeformer_jax.data import records
 from data_prep import prepare as prep
 
 tfds = pytest.importorskip("tensorflow_datasets")

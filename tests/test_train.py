@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import checkpoints, errors, input_spec, train
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax import config_utils
+from modeformer_jax import errors, train
+from modeformer_jax.model import checkpoints, input_spec
+from modeformer_jax.training import config_utils, mesh as mesh_lib
 
 pytestmark = pytest.mark.slow   # training runs (minutes on 2 cores)
 

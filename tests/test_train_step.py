@@ -14,11 +14,10 @@ import numpy as np
 import optax
 import pytest
 
-from modeformer_jax import losses, plan
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax import train_step as ts
-from modeformer_jax import config_utils
-from modeformer_jax.models import ModEFormer
+from modeformer_jax import plan
+from modeformer_jax.model import losses
+from modeformer_jax.model.models import ModEFormer
+from modeformer_jax.training import config_utils, mesh as mesh_lib, train_step as ts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS = {"tau": 0.1, "learn_tau": False, "easy_negatives": True, "tolerance": 1}
@@ -425,7 +424,7 @@ class _FakePlanner(plan.Planner):
 
 
 def test_conv3d_form_switches_and_restores():
-  from modeformer_jax import models
+  from modeformer_jax.model import models
   before = models.CONV3D_IMPL
   with plan.conv3d_form("native"):
     assert models.CONV3D_IMPL == "native"

@@ -11,16 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import (
-  checkpoints,
-  detect,
-  features,
-  input_spec,
-  offsets,
-  records,
-  train,
-)
-from modeformer_jax.qc import sync_qc
+from modeformer_jax import detect, train
+from modeformer_jax.analysis import detectors, engine
+from modeformer_jax.data import records
+from modeformer_jax.media import features
+from modeformer_jax.model import checkpoints, input_spec
 
 pytestmark = pytest.mark.slow   # trains a tiny model first (~4 min)
 
@@ -36,7 +31,7 @@ CROP_BOX = (0.37, 0.72, 0.15, 0.85)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   """(synthetic dataset, training workdir) of a briefly trained tiny model."""
-  from modeformer_jax import config_utils
+  from modeformer_jax.training import config_utils
   from data_prep import prepare, synthetic
   src = tmp_path_factory.mktemp("det_synthetic")
   synthetic.generate_dataset(src, num_speakers=16, num_test_speakers=2, num_val_speakers=1,
@@ -60,13 +55,13 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
 
 def test_trained_tiny_model_detects_injected_shifts(trained):
   src, workdir = trained
-  analyzer = sync_qc.Analyzer(detector=offsets.load_detector(str(workdir), which="latest"))
+  analyzer = engine.Analyzer(detector=detectors.load_detector(str(workdir), which="latest"))
   test_ids = (src / "test.txt").read_text().split()
   assert len(test_ids) == 8  # 2 unseen speakers x 4 clips
   rows = []
   for clip_id in test_ids:
     path = src / "mvlrs_v1" / "main" / f"{clip_id}.mp4"
-    for r in sync_qc.detect_shifted(analyzer, str(path), SHIFTS):
+    for r in engine.detect_shifted(analyzer, str(path), SHIFTS):
       rows.append((clip_id, r["injected"], r["offset_frames"]))
   exact = np.mean([k == d for _, k, d in rows])
   misses = [(c, k, d) for c, k, d in rows if k != d]
@@ -99,7 +94,7 @@ def test_detect_crops_exactly_as_the_training_data(trained, tmp_path, capsys):
   _, _, meta = checkpoints.load_model(str(workdir), which="latest")
   spec = input_spec.from_model_meta(meta)
   assert spec.to_dict() == input_spec.read_dataset_spec(data_dir)
-  crop = offsets.resolve_crop(spec, "auto")
+  crop = detectors.resolve_crop(spec, "auto")
   ours = features.extract_clip(str(path), crop).lips.astype(np.float32)
   stored = records.decode_lips(rec, 0, int(rec["num_frames"])).astype(np.float32)
   lower_half = features.extract_clip(str(path), input_spec.crop_for_layout("crop")).lips

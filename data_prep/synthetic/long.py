@@ -605,14 +605,14 @@ def make_real_concat(out_path: str | os.PathLike, clip_paths: Sequence[str | os.
                      progress: bool = True) -> dict:
   """Real clips one after another, letterboxed to ``size``, each with its own audio offset.
 
-  Each clip is decoded with ``modeformer_jax.features.decode`` (25 fps, 16 kHz, one clock),
+  Each clip is decoded with ``modeformer_jax.media.features.decode`` (25 fps, 16 kHz, one clock),
   its audio cut or zero-padded to its frames, then delayed by ``round(ms * 16)`` samples
   within the piece using only the piece's own audio; the samples shifted in at the edge are
   ``edge``: ``"silence"`` (zeros) or ``"hold"`` (the first / last sample repeated). The truth
   records those stretches (``fill_s``). The offsets are injected ones: the clips' own sync
   is not known exactly (the shared README: most within +-2 frames).
   """
-  from modeformer_jax.features import decode  # the project's decoder; JAX-free import
+  from modeformer_jax.media.features import decode  # the project's decoder; JAX-free import
 
   if edge not in ("silence", "hold"):
     raise ValueError(f"edge must be 'silence' or 'hold', got {edge!r}")

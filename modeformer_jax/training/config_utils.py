@@ -29,7 +29,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from modeformer_jax import cli, models
+from modeformer_jax import cli
+from modeformer_jax.model import models
 
 CONFIG_HELP = ("Config file and its argument, e.g. configs/modeformer.py:paper; "
                "override any field with --config.<field>=<value>, e.g. "
@@ -116,7 +117,7 @@ def config_file(name: str) -> str:
   that needs one by name (the demo, tests) finds it in the checkout it runs from.
   """
   import pathlib
-  for root in (pathlib.Path(__file__).resolve().parents[1], pathlib.Path.cwd()):
+  for root in (pathlib.Path(__file__).resolve().parents[2], pathlib.Path.cwd()):
     path = root / "configs" / name
     if path.is_file():
       return str(path)

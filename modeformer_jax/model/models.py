@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modeformer_jax.windows import MEL_WINDOW, WINDOW_FRAMES
+from modeformer_jax.model.windows import MEL_WINDOW, WINDOW_FRAMES
 
 Array = jax.Array
 PyTree = Any
 
 # Input geometry fixed by the feature pipeline: a window is WINDOW_FRAMES (5) video frames
-# and MEL_WINDOW (16) mel frames (modeformer_jax.windows); 80 mel bins, 48x96 lip crops.
+# and MEL_WINDOW (16) mel frames (modeformer_jax.model.windows); 80 mel bins, 48x96 lip crops.
 NUM_MEL = 80
 LIP_HEIGHT = 48
 LIP_WIDTH = 96

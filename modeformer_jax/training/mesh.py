@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 
-log = logging.getLogger("modeformer_jax.mesh")
+log = logging.getLogger("modeformer_jax.training.mesh")
 
 
 def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from modeformer_jax.errors import CheckpointMismatchError
-from modeformer_jax.models import ModEFormer, ModelConfig
+from modeformer_jax.model.models import ModEFormer, ModelConfig
 
 if TYPE_CHECKING:
   # Annotations only: ``train_device`` saves model files where ml_collections is absent.

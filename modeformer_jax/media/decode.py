@@ -3,7 +3,7 @@
 ``Reader(path).chunks()`` yields a file piece by piece (memory bounded by one chunk, for an
 hour of broadcast video) and ``decode(path)`` collects the same pieces for a short clip, so
 the whole-clip and the streaming paths cannot disagree. ``LiveReader`` reads a live source
-(network, stdin, a growing file) through the same per-frame decoding (``_Decoder``), with
+(network, stdin, a growing file) through the same per-frame decoding (``FrameDecoder``), with
 the live clock rules in its docstring. What a file's container says is
 honoured the way a player honours it:
 
@@ -43,9 +43,6 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import math
-import os
-import sys
-import threading
 import time
 from typing import Iterator
 
@@ -55,8 +52,10 @@ import numpy as np
 import soxr
 
 from modeformer_jax.errors import FeatureError
-from modeformer_jax.input_spec import SAMPLE_RATE
-from modeformer_jax.windows import FPS
+from modeformer_jax.media.channels import AudioChoice, choose_audio
+from modeformer_jax.model.input_spec import SAMPLE_RATE
+from modeformer_jax.model.windows import FPS
+
 
 # Timestamps in containers are rounded (often to 1 ms); compared with the instants we sample,
 # a frame this much late still counts as on time (far below half a frame at 30-60 fps).
@@ -65,13 +64,6 @@ TS_TOLERANCE_S = 1e-3
 # A decoded video this much shorter than its declared stream duration is truncated.
 TRUNCATION_SLACK_S = 0.5
 TRUNCATION_SLACK_FRAC = 0.1
-
-SCAN_S = 30.0                 # seconds of each audio channel measured to choose the speech
-SILENT_DBFS = -60.0           # a channel whose loud 5% stays below this is silent
-SPEECH_SPREAD_DB = 12.0       # band-energy spread from which a channel sounds like speech
-SPEECH_SPREAD_MARGIN_DB = 10.0  # channels this far below the most speech-like are left out
-
-ONLY_CHANNEL = "the only channel"   # the choice's reason for a file with one mono track
 
 # ----------------------------------------------------------------------------------------
 # Time bookkeeping.
@@ -182,7 +174,7 @@ class StreamInfo:
   declared_video_s: float | None = None   # the video stream's exact duration (mp4/mov/mkv)
 
 
-def _display_size(w: int, h: int, sar: fractions.Fraction) -> tuple[int, int]:
+def display_size(w: int, h: int, sar: fractions.Fraction) -> tuple[int, int]:
   """Square-pixel size of a ``w`` x ``h`` picture with sample aspect ratio ``sar``."""
   if sar > 1:
     w = int(round(w * sar / 2)) * 2
@@ -191,7 +183,7 @@ def _display_size(w: int, h: int, sar: fractions.Fraction) -> tuple[int, int]:
   return w, h
 
 
-def _sar(vstream) -> fractions.Fraction:
+def sample_aspect(vstream) -> fractions.Fraction:
   sar = vstream.sample_aspect_ratio or vstream.codec_context.sample_aspect_ratio
   if not sar or sar <= 0:
     return fractions.Fraction(1)
@@ -230,8 +222,8 @@ def probe(path: str) -> StreamInfo:
       sw, sh = int(v.codec_context.width), int(v.codec_context.height)
       if sw <= 0 or sh <= 0:
         raise FeatureError(path, "corrupt", "video stream has no picture size")
-      sar = _sar(v)
-      w, h = _display_size(sw, sh, sar)
+      sar = sample_aspect(v)
+      w, h = display_size(sw, sh, sar)
       # The display matrix reaches us on the frames (``VideoFrame.rotation``): the first one
       # tells the displayed size up front.
       rot = 0
@@ -251,171 +243,13 @@ def _orient(img: np.ndarray, sar: fractions.Fraction, rotation: int) -> np.ndarr
   """A decoded picture as displayed: square pixels, then turned by ``rotation`` (CCW)."""
   if sar != 1:
     h, w = img.shape[:2]
-    dw, dh = _display_size(w, h, sar)
+    dw, dh = display_size(w, h, sar)
     img = cv2.resize(img, (dw, dh), interpolation=cv2.INTER_LINEAR if sar > 1 else
                      cv2.INTER_AREA)
   k = int(round(rotation / 90.0)) % 4
   if k:
     img = np.ascontiguousarray(np.rot90(img, k=k))
   return img
-
-
-# ----------------------------------------------------------------------------------------
-# Choosing the audio.
-# ----------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class AudioChannel:
-  """One channel of one audio stream and what its first ``SCAN_S`` seconds sound like."""
-  stream: int                 # index among the file's audio streams
-  channel: int                # index within the stream
-  name: str                   # FFmpeg's channel name: FL, FR, FC, LFE, ... or "mono"
-  layout: str                 # the stream's layout name: mono, stereo, 5.1, ...
-  level_db: float = -120.0    # loud 5% of 20-ms RMS, dBFS
-  spread_db: float = 0.0      # 10-90 percentile spread of 300-3400 Hz band energy, dB
-  speech: bool = False
-  measured: bool = False      # level and spread were read (not for a lone mono track)
-
-  @property
-  def label(self) -> str:
-    return f"#{self.stream + 1}:{self.name}"
-
-
-@dataclasses.dataclass
-class AudioChoice:
-  """The channels mixed into the mono analysis track, with the reason."""
-  channels: list[AudioChannel]          # chosen
-  candidates: list[AudioChannel]        # every channel measured
-  reason: str
-  num_streams: int = 1
-
-  @property
-  def trivial(self) -> bool:
-    """True when nothing was left out (a mono file, or both sides of a stereo file)."""
-    return self.num_streams == 1 and len(self.channels) == len(self.candidates)
-
-  def weights(self, stream: int, num_channels: int) -> np.ndarray:
-    """Mixing weights of stream ``stream``'s channels (all chosen channels sum to 1)."""
-    w = np.zeros(num_channels, np.float32)
-    for ch in self.channels:
-      if ch.stream == stream and ch.channel < num_channels:
-        w[ch.channel] = 1.0 / len(self.channels)
-    return w
-
-  @property
-  def note(self) -> str:
-    """``describe()`` when a choice was made (something left out, or no speech found)."""
-    return "" if self.trivial and self.reason in ("speech", ONLY_CHANNEL) else self.describe()
-
-  @property
-  def streams(self) -> list[int]:
-    return sorted({ch.stream for ch in self.channels})
-
-  def describe(self) -> str:
-    """E.g. ``'FC of 5.1 (speech; left out FL FR LFE BL BR)'`` or ``'track 3 of 4 (...)'``."""
-    if self.num_streams == 1:
-      layout = self.candidates[0].layout if self.candidates else "?"
-      what = "+".join(ch.name for ch in self.channels) + f" of {layout}"
-    else:
-      what = ("track" if len(self.streams) == 1 else "tracks") + " " + "+".join(
-          str(s + 1) for s in self.streams) + f" of {self.num_streams}"
-      if any(ch.layout != "mono" for ch in self.channels):
-        what += " (" + " ".join(ch.label for ch in self.channels) + ")"
-    out = [ch.label if self.num_streams > 1 else ch.name for ch in self.candidates
-           if ch not in self.channels]
-    return f"{what} ({self.reason}" + (f"; left out {' '.join(out)})" if out else ")")
-
-  def to_dict(self) -> dict:
-    return {"source": self.describe(), "channels": [ch.label for ch in self.channels],
-            "measured": [{"channel": ch.label, "level_db": round(ch.level_db, 1),
-                          "speech_spread_db": round(ch.spread_db, 1), "speech": ch.speech}
-                         for ch in self.candidates if ch.measured]}
-
-
-def _layout_names(layout) -> list[str]:
-  names = [ch.name for ch in layout.channels]
-  return names if len(names) > 1 else ["mono"]
-
-
-def channel_stats(x: np.ndarray, rate: int) -> tuple[float, float]:
-  """(level dBFS, speech band spread dB) of a mono signal (see the module docstring)."""
-  n = int(round(0.02 * rate))
-  frames = x[:x.size // n * n].reshape(-1, n).astype(np.float64)
-  if frames.shape[0] < 10:
-    return -120.0, 0.0
-  rms = np.sqrt(np.mean(frames ** 2, axis=1))
-  level = float(np.percentile(20 * np.log10(rms + 1e-9), 95))
-  spec = np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2
-  f = np.fft.rfftfreq(n, 1.0 / rate)
-  band = spec[:, (f >= 300) & (f <= 3400)].sum(axis=1)
-  # Frames of digital silence would stretch the spread without meaning: floor at -100 dB
-  # below the loudest frame.
-  db = 10 * np.log10(band + band.max() * 1e-10 + 1e-20)
-  return level, float(np.percentile(db, 90) - np.percentile(db, 10))
-
-
-def choose_audio(path: str, scan_s: float = SCAN_S) -> AudioChoice:
-  """Measures every channel of every audio stream and chooses what to mix (module doc)."""
-  path = str(path)
-  try:
-    container = av.open(path)
-  except (av.FFmpegError, OSError) as e:
-    raise FeatureError(path, "corrupt", f"cannot open: {e}") from e
-  try:
-    astreams = list(container.streams.audio)
-    if not astreams:
-      raise FeatureError(path, "no_audio", "no audio stream")
-    if len(astreams) == 1 and astreams[0].codec_context.layout.nb_channels <= 1:
-      # Nothing to choose: skip reading the file's first SCAN_S seconds a second time.
-      only = AudioChannel(0, 0, "mono", "mono")
-      return AudioChoice([only], [only], ONLY_CHANNEL, 1)
-    cands: list[AudioChannel] = []
-    parts: dict[int, list[np.ndarray]] = {i: [] for i in range(len(astreams))}
-    got = dict.fromkeys(range(len(astreams)), 0.0)
-    index = {s.index: i for i, s in enumerate(astreams)}
-    try:
-      for packet in container.demux(*astreams):
-        i = index[packet.stream.index]
-        if got[i] >= scan_s:
-          if all(v >= scan_s for v in got.values()):
-            break
-          continue
-        for frame in packet.decode():
-          arr = frame.to_ndarray()
-          if not frame.format.is_planar:
-            arr = arr.reshape(-1, frame.layout.nb_channels).T
-          parts[i].append(arr.astype(np.float32, copy=False))
-          got[i] += frame.samples / float(frame.sample_rate or 1)
-    except av.FFmpegError:
-      pass   # a damaged stream: decode() reports it; choose from what was read
-    for i, s in enumerate(astreams):
-      names = _layout_names(s.codec_context.layout)
-      x = np.concatenate(parts[i], axis=1) if parts[i] else np.zeros((len(names), 0))
-      if np.issubdtype(x.dtype, np.integer):
-        x = x / float(np.iinfo(x.dtype).max)
-      rate = int(s.rate or s.codec_context.sample_rate or SAMPLE_RATE)
-      for c, name in enumerate(names[:x.shape[0]] if x.shape[0] else names):
-        ch = AudioChannel(i, c, name, s.codec_context.layout.name
-                          if len(names) > 1 else "mono")
-        if c < x.shape[0] and not name.startswith("LFE"):
-          ch.level_db, ch.spread_db = channel_stats(x[c], rate)
-          ch.measured = True
-        cands.append(ch)
-  finally:
-    container.close()
-  usable = [ch for ch in cands if not ch.name.startswith("LFE") and ch.level_db > SILENT_DBFS]
-  best = max((ch.spread_db for ch in usable), default=0.0)
-  for ch in usable:
-    ch.speech = (ch.spread_db >= SPEECH_SPREAD_DB
-                 and ch.spread_db >= best - SPEECH_SPREAD_MARGIN_DB)
-  chosen = [ch for ch in usable if ch.speech]
-  reason = "speech"
-  if not chosen:
-    chosen, reason = usable, "no speech-like channel: every audible one"
-  if not chosen:
-    chosen = [ch for ch in cands if not ch.name.startswith("LFE")] or cands
-    reason = "every channel is silent"
-  return AudioChoice(chosen, cands, reason, len(astreams))
 
 
 # ----------------------------------------------------------------------------------------
@@ -447,7 +281,7 @@ class _Track:
   too: a hole of more than ``AUDIO_SLIP_S`` (lost packets) is filled with silence, an
   overlap of more than that (a loop or splice that starts before the last sound ended) is
   cut from the new frame, and a jump beyond ``JUMP_S`` forward or ``JUMP_BACK_S`` back
-  raises ``_Discontinuity``. Files are placed sample after sample from the first
+  raises ``Discontinuity``. Files are placed sample after sample from the first
   timestamp, as decoded.
   """
 
@@ -501,7 +335,7 @@ class _Track:
       elif self.follow and self.rate:
         hole = t - (self.start + self.received / self.rate)
         if hole > JUMP_S or hole < -JUMP_BACK_S:
-          raise _Discontinuity(frame, f"audio timestamps jumped by {hole:+.2f} s")
+          raise Discontinuity(frame, f"audio timestamps jumped by {hole:+.2f} s")
         if abs(hole) > AUDIO_SLIP_S:    # placed by timestamp, not after the last sample
           self.gaps += 1
           self.gap_s += hole
@@ -557,7 +391,7 @@ JUMP_BACK_S = 0.5
 AUDIO_SLIP_S = 0.005
 
 
-class _Discontinuity(Exception):
+class Discontinuity(Exception):
   """Timestamps of a live source jumped (``JUMP_S``); ``frame`` starts the next run."""
 
   def __init__(self, frame, reason: str):
@@ -565,13 +399,13 @@ class _Discontinuity(Exception):
     self.frame = frame
 
 
-class _Decoder:
+class FrameDecoder:
   """The decoding loop's per-frame work, shared by ``Reader`` (a file) and ``LiveReader``
   (one run of a live source): pictures oriented and put on the 25 fps clock by nearest
   timestamp, each audio track placed on that clock and mixed, chunks of ``chunk_frames``.
 
   ``decode(packet)`` yields the chunks a packet completes, ``end()`` the rest when the run
-  ends. ``live`` follows timestamp holes and raises ``_Discontinuity`` (``JUMP_S``).
+  ends. ``live`` follows timestamp holes and raises ``Discontinuity`` (``JUMP_S``).
   """
 
   def __init__(self, info: StreamInfo, vstream, astreams: list, audio: AudioChoice,
@@ -656,7 +490,7 @@ class _Decoder:
     if self.live and self.origin is not None:
       step = t - self.origin - self.last_rel
       if step > JUMP_S or step < -JUMP_BACK_S:
-        raise _Discontinuity(frame, f"video timestamps jumped by {step:+.2f} s")
+        raise Discontinuity(frame, f"video timestamps jumped by {step:+.2f} s")
     img = _orient(frame.to_ndarray(format="rgb24"), self.info.sample_aspect,
                   frame.rotation or 0)
     if self.origin is None:
@@ -728,7 +562,7 @@ class Reader:
     try:
       vstream = container.streams.video[0]
       vstream.thread_type = "AUTO"
-      dec = _Decoder(self.info, vstream, list(container.streams.audio), self.audio,
+      dec = FrameDecoder(self.info, vstream, list(container.streams.audio), self.audio,
                      self.chunk_frames)
       try:
         for packet in container.demux(*dec.streams):
@@ -762,257 +596,6 @@ class Reader:
       raise FeatureError(self.path, "corrupt", f"truncated: decoded {self.duration:.2f} s of "
                          f"video, the stream declares {declared:.2f} s")
 
-
-# ----------------------------------------------------------------------------------------
-# Live sources.
-# ----------------------------------------------------------------------------------------
-
-LIVE_REASON = "live source: chosen by channel layout, not measured"
-
-
-def choose_by_layout(channels: list[AudioChannel]) -> AudioChoice:
-  """``choose_audio``'s rules where nothing can be measured first (a live source): every
-  channel but LFE, or the centre alone in a layout that has one beside other speakers (the
-  centre of a 5.1 mix carries the dialogue)."""
-  usable = [ch for ch in channels if not ch.name.startswith("LFE")] or channels
-  centre = [ch for ch in usable if ch.name == "FC"]
-  chosen = centre if centre and len(usable) > 2 else usable
-  return AudioChoice(chosen, channels, LIVE_REASON, 1)
-
-
-def live_audio(stream) -> AudioChoice:
-  """The audio of a live source: its first audio stream by layout (``choose_by_layout``)."""
-  names = _layout_names(stream.codec_context.layout)
-  layout = stream.codec_context.layout.name if len(names) > 1 else "mono"
-  return choose_by_layout([AudioChannel(0, c, n, layout) for c, n in enumerate(names)])
-
-
-@dataclasses.dataclass
-class LiveEvent:
-  """Something a live source did between chunks: ``opened``, ``lost`` (``reason``),
-  ``reconnected`` (after ``gap_s``), ``discontinuity`` (a new run), ``ended``."""
-  kind: str
-  reason: str = ""
-  gap_s: float | None = None
-  run: int = 0
-
-
-class _Growing:
-  """A file that is still being written, read like a pipe: at its end, ``read`` waits for
-  more (up to ``stall_s``) before it reports the end."""
-
-  def __init__(self, path: str, stall_s: float, stop: threading.Event):
-    self.f = open(path, "rb")
-    self.stall_s, self.stop = stall_s, stop
-    self.ended = False            # waited ``stall_s`` once: later reads do not wait again
-
-  def read(self, n: int = -1) -> bytes:
-    deadline = time.monotonic() + (0 if self.ended else self.stall_s)
-    while True:
-      data = self.f.read(n)
-      if data or self.stop.is_set() or time.monotonic() >= deadline:
-        self.ended = not data
-        return data
-      time.sleep(0.05)
-
-  def close(self) -> None:
-    self.f.close()
-
-
-def _is_network(source: str) -> bool:
-  """Sources worth reopening: URLs and SDP descriptions of RTP streams."""
-  return ("://" in source and not source.startswith("file:")) or source.endswith(".sdp")
-
-
-class LiveReader:
-  """Decodes a live source as it comes: ``udp://``, ``rtp://`` / an SDP file, ``rtsp://``,
-  ``rtmp://``, ``tcp://``, HLS over http(s), a capture device (``format="v4l2"``, ...), a
-  file still being written, or ``-`` (MPEG-TS on stdin).
-
-  Unlike ``Reader`` it opens the source once per connection and scans nothing: the picture
-  size comes from the stream, the audio from the first audio stream's channel layout
-  (``live_audio``). ``chunks()`` yields ``Chunk``s of ``chunk_frames`` (with ``run`` and
-  ``arrival``) and ``LiveEvent``s. The clock (see ``JUMP_S``): each run starts at its first
-  video frame, as a file does; within a run pictures are placed by timestamp (holes become
-  held frames) and audio by timestamp too (holes and overlaps over ``AUDIO_SLIP_S`` are
-  filled with silence or cut), so
-  lost packets cannot move sound against picture; a timestamp jump beyond ``JUMP_S`` (or
-  back by ``JUMP_BACK_S``) or a reconnection ends the run and the next starts at frame 0.
-
-  Network sources that fail, end or stall for ``stall_s`` are reopened with backoff
-  (``backoff_s`` doubling up to ``max_backoff_s``); ``give_up_s`` (None: never) ends the
-  attempts with ``FeatureError``. Stdin and files end at their end (a file after ``stall_s``
-  without growing). Packets that fail to decode are skipped and counted
-  (``corrupt_packets``).
-  """
-
-  def __init__(self, source: str, chunk_frames: int = 5, *, format: str | None = None,
-               open_timeout_s: float = 10.0, stall_s: float = 5.0, backoff_s: float = 1.0,
-               max_backoff_s: float = 30.0, give_up_s: float | None = None,
-               options: dict[str, str] | None = None):
-    self.source, self.chunk_frames, self.format = str(source), int(chunk_frames), format
-    self.open_timeout_s, self.stall_s = open_timeout_s, stall_s
-    self.backoff_s, self.max_backoff_s, self.give_up_s = backoff_s, max_backoff_s, give_up_s
-    self.options = dict(options or {})
-    self.reconnects_allowed = _is_network(self.source)
-    self.info: StreamInfo | None = None
-    self.audio: AudioChoice | None = None
-    self.run = 0
-    self.reconnects = 0
-    self.corrupt_packets = 0
-    self.discontinuities = 0
-    self._done = {"source_frames": 0, "held_frames": 0, "unused_frames": 0, "audio_gaps": 0}
-    self._dec: _Decoder | None = None
-    self._stop = threading.Event()
-
-  def stop(self) -> None:
-    """Asks ``chunks()`` to end (from another thread); a blocked read ends within
-    ``stall_s``."""
-    self._stop.set()
-
-  @staticmethod
-  def _run_counts(dec: _Decoder) -> dict[str, int]:
-    return {"source_frames": dec.source_frames, "held_frames": dec.resample.held_frames,
-            "unused_frames": dec.resample.unused_frames,
-            "audio_gaps": sum(t.gaps for t in dec.tracks.values())}
-
-  def counts(self) -> dict[str, int]:
-    """Source frames, held and unused output frames, audio holes filled, over all runs."""
-    out = dict(self._done)
-    if self._dec is not None:
-      for k, v in self._run_counts(self._dec).items():
-        out[k] += v
-    return out
-
-  def _open(self):
-    # Probing reads about a second (the packets it reads are kept: no ``nobuffer``).
-    opts = {"analyzeduration": "1000000"}
-    if self.source.startswith("udp:"):
-      # A slow reader must not kill the stream: FFmpeg's receive thread buffers ~10 MB.
-      opts |= {"overrun_nonfatal": "1", "fifo_size": "50000"}
-    if self.source.startswith("rtsp:"):
-      opts["rtsp_transport"] = "tcp"
-    if self.source.endswith(".sdp") or self.format == "sdp":
-      opts["protocol_whitelist"] = "file,udp,rtp,crypto,data"    # what an SDP file may open
-    opts |= self.options
-    if self.source == "-":
-      return av.open(sys.stdin.buffer, format=self.format or "mpegts", options=opts)
-    if os.path.isfile(self.source) and not self.reconnects_allowed:
-      return av.open(_Growing(self.source, self.stall_s, self._stop), format=self.format,
-                     options=opts)
-    return av.open(self.source, format=self.format, options=opts,
-                   timeout=(self.open_timeout_s, self.stall_s))
-
-  def _decoder(self, container) -> _Decoder:
-    if not container.streams.video:
-      raise FeatureError(self.source, "no_video", "no video stream")
-    if not container.streams.audio:
-      raise FeatureError(self.source, "no_audio", "no audio stream")
-    v, a = container.streams.video[0], container.streams.audio[0]
-    v.thread_type = "AUTO"
-    sw, sh = int(v.codec_context.width), int(v.codec_context.height)
-    sar = _sar(v)
-    w, h = _display_size(sw, sh, sar)
-    self.info = StreamInfo(self.source, w, h, float(v.average_rate or v.guessed_rate or FPS),
-                           None, sw, sh, sar)
-    self.audio = live_audio(a)
-    return _Decoder(self.info, v, [a], self.audio, self.chunk_frames, live=True, run=self.run)
-
-  def _end_run(self) -> Iterator[Chunk]:
-    dec, self._dec = self._dec, None
-    if dec is None:
-      return
-    try:
-      yield from dec.end()
-    except av.FFmpegError:
-      pass
-    for k, v in self._run_counts(dec).items():
-      self._done[k] += v
-    self.run += 1
-
-  def _runs(self, container) -> Iterator[Chunk | LiveEvent]:
-    """Chunks of one connection; the reason it ended is the return value."""
-    self._dec = self._decoder(container)
-    packets = container.demux(*self._dec.streams)
-    while not self._stop.is_set():
-      try:
-        packet = next(packets)
-      except StopIteration:
-        return "the source ended"
-      except (av.FFmpegError, OSError) as e:
-        return f"read failed: {e}"
-      if packet.is_corrupt:
-        self.corrupt_packets += 1
-      try:
-        yield from self._dec.decode(packet)
-      except _Discontinuity as d:
-        yield from self._end_run()
-        self.discontinuities += 1
-        yield LiveEvent("discontinuity", str(d), run=self.run)
-        near = float(d.frame.time) if d.frame.pts is not None else None
-        self._dec = _Decoder(self.info, container.streams.video[0],
-                             [container.streams.audio[0]], self.audio, self.chunk_frames,
-                             live=True, run=self.run, near=near)
-        try:
-          yield from self._dec.frame(packet.stream, d.frame)
-        except (_Discontinuity, av.FFmpegError):
-          pass
-      except av.FFmpegError:
-        self.corrupt_packets += 1       # undecodable: skipped, counted
-    return "stopped"
-
-  def chunks(self) -> Iterator[Chunk | LiveEvent]:
-    """Chunks and events until the source ends for good, ``stop()`` or ``give_up_s``."""
-    lost_at: float | None = None
-    backoff = self.backoff_s
-    opened_once = False
-    while not self._stop.is_set():
-      try:
-        container = self._open()
-      except (av.FFmpegError, OSError) as e:
-        if not self.reconnects_allowed:
-          raise FeatureError(self.source, "corrupt", f"cannot open: {e}") from e
-        lost_at = lost_at if lost_at is not None else time.monotonic()
-        if self.give_up_s is not None and time.monotonic() - lost_at > self.give_up_s:
-          raise FeatureError(self.source, "corrupt", f"cannot open for "
-                             f"{self.give_up_s:g} s: {e}") from e
-        yield LiveEvent("reconnecting", f"cannot open: {e}; retrying in {backoff:g} s")
-        self._stop.wait(backoff)
-        backoff = min(2 * backoff, self.max_backoff_s)
-        continue
-      try:
-        if lost_at is not None and opened_once:
-          self.reconnects += 1
-        gap = None if lost_at is None or not opened_once else time.monotonic() - lost_at
-        try:
-          runs = self._runs(container)
-          first = True
-          while True:
-            try:
-              item = next(runs)
-            except StopIteration as s:
-              reason = s.value
-              break
-            if first:
-              yield LiveEvent("reconnected" if gap is not None else "opened",
-                              gap_s=None if gap is None else round(gap, 3), run=self.run)
-              first, backoff = False, self.backoff_s
-              opened_once = True
-            yield item
-        except FeatureError as e:
-          if not self.reconnects_allowed:
-            raise
-          reason = e.reason
-        yield from self._end_run()
-      finally:
-        container.close()
-      if self._stop.is_set():
-        break
-      if not self.reconnects_allowed:
-        yield LiveEvent("ended", reason, run=self.run)
-        return
-      lost_at = time.monotonic()
-      yield LiveEvent("lost", reason, run=self.run)
 
 
 @dataclasses.dataclass

@@ -33,7 +33,7 @@ import json
 import pathlib
 from typing import Any, Mapping
 
-from modeformer_jax import windows
+from modeformer_jax.model import windows
 
 SPEC_VERSION = 1
 SAMPLE_RATE = windows.SAMPLE_RATE

@@ -1,6 +1,6 @@
 """The sharded contrastive train step: optimizer, train state and one jitted update.
 
-Layout: the 1-D mesh of ``modeformer_jax.mesh`` (axis ``'data'``) over every device of
+Layout: the 1-D mesh of ``modeformer_jax.training.mesh`` (axis ``'data'``) over every device of
 every process. The batch is sharded on it; params and optimizer state are replicated.
 Inside ``jax.shard_map`` each device embeds only its local videos and audio windows; in
 the easy-negative mode the AUDIO embeddings (plus their clip ids and start frames) are
@@ -26,11 +26,11 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from modeformer_jax import losses
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax.mesh import AXIS
-from modeformer_jax.models import NUM_MEL, ModEFormer
-from modeformer_jax.windows import MEL_WINDOW
+from modeformer_jax.model import losses
+from modeformer_jax.model.models import ModEFormer, NUM_MEL
+from modeformer_jax.model.windows import MEL_WINDOW
+from modeformer_jax.training import mesh as mesh_lib
+from modeformer_jax.training.mesh import AXIS
 
 PyTree = Any
 BATCH_KEYS = ("video", "audio", "clip", "video_time", "audio_time")

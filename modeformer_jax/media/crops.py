@@ -34,7 +34,7 @@ import numpy as np
 
 from modeformer_jax import native_log
 from modeformer_jax.errors import NoFaceError
-from modeformer_jax.input_spec import LIP_SIZE, CropSpec
+from modeformer_jax.model.input_spec import CropSpec, LIP_SIZE
 
 
 _DETECT_EVERY = 3           # run the detector on every k-th frame, interpolate the rest

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 # windows, not features: the mel offsets must not pull in PyAV and OpenCV.
-from modeformer_jax import records
-from modeformer_jax.input_spec import MEL_CONFIG
-from modeformer_jax.windows import MEL_WINDOW, WINDOW_FRAMES, mel_start, num_positions
+from modeformer_jax.data import records
+from modeformer_jax.model.input_spec import MEL_CONFIG
+from modeformer_jax.model.windows import MEL_WINDOW, WINDOW_FRAMES, mel_start, num_positions
 
 if TYPE_CHECKING:
   # Imported where a dataset is built: the entry functions run where grain is not installed

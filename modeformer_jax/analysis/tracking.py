@@ -29,9 +29,9 @@ import dataclasses
 import cv2
 import numpy as np
 
-from modeformer_jax import crops
 from modeformer_jax.errors import FeatureError, NoFaceError
-from modeformer_jax.input_spec import LIP_SIZE, CropSpec
+from modeformer_jax.media import crops
+from modeformer_jax.model.input_spec import CropSpec, LIP_SIZE
 
 # Mouth x, mouth y and IOD as fractions of a face-cropped frame's side, by FaceMesh
 # (mean of 6 clips x 50 frames each): where a face sits in the frames a box model saw.

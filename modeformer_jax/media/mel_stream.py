@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modeformer_jax import features, windows
-from modeformer_jax.input_spec import MEL_CONFIG
+from modeformer_jax.media import features
+from modeformer_jax.model import windows
+from modeformer_jax.model.input_spec import MEL_CONFIG
 
 
 class MelStream:

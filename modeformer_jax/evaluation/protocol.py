@@ -57,8 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modeformer_jax import windows
 from modeformer_jax.errors import ClipTooShortError
+from modeformer_jax.model import windows
 
 Array = jax.Array
 

@@ -52,10 +52,14 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from modeformer_jax import features, media, protocol, windows
+from modeformer_jax import media
+from modeformer_jax.analysis import tracking
 from modeformer_jax.errors import FeatureError
-from modeformer_jax.input_spec import MEL_CONFIG
-from modeformer_jax.qc import stream, tolerances, tracking
+from modeformer_jax.evaluation import protocol
+from modeformer_jax.media import features, mel_stream
+from modeformer_jax.model import windows
+from modeformer_jax.model.input_spec import MEL_CONFIG
+from modeformer_jax.qc import tolerances
 
 FPS = windows.FPS
 MEL_MS = 1000.0 / 80              # one mel hop: 12.5 ms
@@ -242,7 +246,7 @@ class _Lane:
     self.shift = int(shift)
     self.delay = int(round(self.shift * windows.SAMPLE_RATE / FPS))
     self.hop_frames = hop_frames
-    self.mel_stream = stream.MelStream()
+    self.mel_stream = mel_stream.MelStream()
     self.mel_buf, self.mel_base = np.zeros((80, 0), np.float32), 0   # mel frames from mel_base
     self.a_buf, self.a_base = np.zeros((0, 0), np.float32), 0        # unit audio embeddings
     self.a_last: tuple[int, np.ndarray] | None = None  # last computed (audio_every > 1)
@@ -755,11 +759,11 @@ class Analyzer:
   def __init__(self, checkpoint: str | pathlib.Path | None = None,
                options: QCOptions | None = None, layout: str = "auto", progress: bool = False,
                detector: Any | None = None):
-    from modeformer_jax import offsets
+    from modeformer_jax.analysis import detectors
     self.options = options or QCOptions()
     self.options.check()
     self.progress = progress
-    det = detector if detector is not None else offsets.load_detector(checkpoint, layout=layout)
+    det = detector if detector is not None else detectors.load_detector(checkpoint, layout=layout)
     self.checkpoint, self.crop, self.embedder = det.checkpoint, det.crop, det.embedder
     self.lip_source()     # fails early if the crop is not supported
     # The model's calibration of segment confidence (bench.qc_calibration), if it has one.

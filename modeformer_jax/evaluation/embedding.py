@@ -14,9 +14,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import jax
 import numpy as np
 
-from modeformer_jax import mesh as mesh_lib
-from modeformer_jax import protocol, records, windows
-from modeformer_jax.models import ModEFormer
+from modeformer_jax.data import records
+from modeformer_jax.evaluation import protocol
+from modeformer_jax.model import windows
+from modeformer_jax.model.models import ModEFormer
+from modeformer_jax.training import mesh as mesh_lib
 
 
 class Embedder:

@@ -35,7 +35,7 @@ import numpy as np
 
 from modeformer_jax.errors import PackageError
 
-FORMAT = "modeformer_jax.clip_package"
+FORMAT = "modeformer_jax.data.clip_package"
 VERSION = 1
 INDEX = "package.json"
 MEL_FILE = "mel.u8.xz"

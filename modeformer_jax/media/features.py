@@ -4,7 +4,7 @@ One implementation turns a video file into what the model reads: 48x96 lip crops
 25 fps and an 80-bin log-mel spectrogram at 80 mel frames per second. ``data_prep`` calls
 ``extract_clip`` to build the training shards, and eval / offset detection call the same
 function on a user's file, with the crop of the model's recorded ``InputSpec``
-(``modeformer_jax.input_spec``), so training and inference cannot disagree about features.
+(``modeformer_jax.model.input_spec``), so training and inference cannot disagree about features.
 
 Decoding (``decode``, from ``modeformer_jax.media``: the one decoding path)
   PyAV reads mp4/mov/avi/mkv/mxf/mpg. Rotation and sample aspect ratio are honoured; video
@@ -27,12 +27,12 @@ Mel (``log_mel``, parameters in ``MEL_CONFIG``)
   Silence (and padding) is exactly ``MEL_SILENCE = -4``.
 
 Alignment contract
-  ``modeformer_jax.windows``: the audio window of video frame ``t`` starts at mel frame
+  ``modeformer_jax.model.windows``: the audio window of video frame ``t`` starts at mel frame
   ``round(3.2 t)``; 5 frames pair with 16 mel frames; a clip of ``T`` frames stores exactly
   ``ceil(3.2 T)`` mel frames (``log_mel(audio, num_frames=T)``).
 
 Lip crops
-  ``modeformer_jax.crops.lip_crop`` with the crop of the model's ``InputSpec`` (a fixed box,
+  ``modeformer_jax.media.crops.lip_crop`` with the crop of the model's ``InputSpec`` (a fixed box,
   Haar face detection or lip landmarks).
 
 Errors
@@ -49,9 +49,10 @@ import functools
 
 import numpy as np
 
-from modeformer_jax import crops, windows
 from modeformer_jax.errors import FeatureError, NoFaceError
-from modeformer_jax.input_spec import MEL_CONFIG, SAMPLE_RATE, CropSpec
+from modeformer_jax.media import crops
+from modeformer_jax.model import windows
+from modeformer_jax.model.input_spec import CropSpec, MEL_CONFIG, SAMPLE_RATE
 
 # The decoding contract lives in ``media``; these names are part of this module's API too.
 from modeformer_jax.media import (  # noqa: F401
@@ -60,7 +61,7 @@ from modeformer_jax.media import (  # noqa: F401
   frame_indices_for_timestamps,
   num_output_frames,
 )
-from modeformer_jax.windows import FPS
+from modeformer_jax.model.windows import FPS
 
 MIN_FRAMES = 35              # 5-frame window + 2 x 15 frames of offset search
 MEL_SILENCE = -4.0           # value of a silent (or padded) mel frame

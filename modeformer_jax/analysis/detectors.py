@@ -15,15 +15,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from fractions import Fraction
 
 
-from modeformer_jax import checkpoints, embedding, input_spec
-from modeformer_jax.input_spec import CropSpec, InputSpec
+from modeformer_jax.evaluation import embedding
+from modeformer_jax.model import checkpoints, input_spec
+from modeformer_jax.model.input_spec import CropSpec, InputSpec
 
-log = logging.getLogger("modeformer_jax.offsets")
+log = logging.getLogger("modeformer_jax.analysis.detectors")
 
-WEIGHTS = pathlib.Path(__file__).resolve().parent / "weights"
+WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights"
 # The model ``detect`` uses without --checkpoint.
 DEFAULT_MODEL = WEIGHTS / "faces_v2"
 LAYOUT_CHOICES = ("auto", *input_spec.LAYOUT_CROPS)
@@ -92,34 +92,3 @@ def load_detector(checkpoint: str | pathlib.Path | None = None, *, which: str = 
     spec = input_spec.for_layout(layout)
   return Detector(ckpt, embedding.Embedder(model, params, chunk=chunk), spec,
                   resolve_crop(spec, layout, warn), meta)
-
-
-def fix_offset(src: str, dst: str, offset_ms: float) -> None:
-  """Copies ``src`` to ``dst`` with the audio moved earlier by ``offset_ms`` (no re-encode).
-
-  ``offset_ms`` is a measured offset (positive = audio late), so the copy plays the audio
-  that much earlier. Packets are copied as they are; only audio timestamps change (by the
-  nearest tick of the audio stream's time base, one sample for the usual 1/sample-rate
-  base), so the video stream is bit-identical. Every audio stream moves (multi-track MOV/MXF
-  keep all their tracks). Audio that would start before zero is dropped.
-  """
-  import av
-  shift_s = float(offset_ms) / 1000.0
-  with av.open(src) as inp, av.open(dst, "w") as out:
-    vin = inp.streams.video[0]
-    vout = out.add_stream_from_template(vin)
-    aouts = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
-    for pkt in inp.demux(vin, *inp.streams.audio):
-      if pkt.dts is None:
-        continue
-      if pkt.stream is vin:
-        pkt.stream = vout
-      else:
-        aout = aouts[pkt.stream.index]
-        delta = int(round(shift_s / Fraction(pkt.time_base)))
-        pkt.pts = pkt.pts - delta if pkt.pts is not None else None
-        pkt.dts = pkt.dts - delta
-        if pkt.dts < 0 or (pkt.pts is not None and pkt.pts < 0):
-          continue
-        pkt.stream = aout
-      out.mux(pkt)

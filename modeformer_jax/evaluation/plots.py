@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from modeformer_jax.protocol import CLIP_LENGTHS, MAX_OFFSET
+from modeformer_jax.evaluation.protocol import CLIP_LENGTHS, MAX_OFFSET
 
 PathLike = str | os.PathLike
 

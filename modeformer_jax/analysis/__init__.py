@@ -1,0 +1,1 @@
+"""The one analysis engine behind ``detect``, ``--qc`` and ``monitor``."""
