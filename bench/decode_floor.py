@@ -7,7 +7,7 @@ of ``../shared/data/real_clips`` by default, looped and centred on a 1280x720 ca
 written once; then, in one process and one run, on the same file:
 
 * decode only: ``media.Reader`` to RGB frames and 16 kHz audio (what any file tool must do);
-* plain ``detect`` (``engine.detect_file``) and ``--qc`` (``Analyzer.analyze``), warm (model
+* plain ``detect`` (``analysis.detect_file``) and ``--qc`` (``Analyzer.analyze``), warm (model
   loaded and compiled), with the time per stage of the analysis (``timing.stages_s``) and
   the CPU seconds (both cores); files of a minute or less twice, in the order plain, qc,
   qc, plain, the fastest of each;
@@ -82,14 +82,14 @@ def decode_only(path: pathlib.Path) -> dict:
 def warm(analyzer, path: pathlib.Path, rounds: int = 1) -> dict:
   """Plain ``detect`` and ``--qc`` on ``path``, each ``rounds`` times in the order plain, qc,
   qc, plain, ... (neither always first); the fastest of each."""
-  from modeformer_jax.analysis import engine
+  from modeformer_jax import analysis
   runs = {"plain": [], "qc": []}
   order = [("plain", "qc"), ("qc", "plain")]
   for i in range(rounds):
     for name in order[i % 2]:
       t0, c0 = time.perf_counter(), _cpu_s()
       if name == "plain":
-        plain = engine.detect_file(analyzer, path)
+        plain = analysis.detect_file(analyzer, path)
       else:
         qc = analyzer.analyze(path)
       runs[name].append((time.perf_counter() - t0, _cpu_s() - c0))
@@ -117,13 +117,12 @@ def cold(path: pathlib.Path, work: pathlib.Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from modeformer_jax import cli
-  from modeformer_jax.analysis import engine
+  from modeformer_jax import analysis, cli
   ap = cli.parser(__name__, __doc__.split("\n\n")[0])
   ap.add_argument("--work", required=True)
   ap.add_argument("--minutes", default="1,10", help="comma-separated file lengths")
   ap.add_argument("--source", default=str(DEFAULT_SOURCE))
-  engine.add_analysis_flags(ap.add_argument_group("the analysis (detect's options)"))
+  analysis.add_flags(ap.add_argument_group("the analysis (detect's options)"))
   ap.add_argument("--no_cold", action="store_true")
   ap.add_argument("--out", default=None, help="JSON of every figure")
   a = ap.parse_args(argv)
@@ -132,16 +131,16 @@ def main(argv: list[str] | None = None) -> int:
   work.mkdir(parents=True, exist_ok=True)
   print(machine())
   try:
-    options = engine.analysis_options(a)
+    options = analysis.options_from_flags(a)
   except ValueError as e:
     ap.error(str(e))
-  analyzer = engine.Analyzer(options=options)
+  analyzer = analysis.Analyzer(options=options)
   rows = []
   lengths = [float(m) for m in a.minutes.split(",")]
   for minutes in lengths:
     path = make_file(pathlib.Path(a.source), work, minutes)
     if not rows:   # compile and start MediaPipe before anything is timed
-      engine.detect_file(analyzer, make_file(pathlib.Path(a.source), work, 0.2))
+      analysis.detect_file(analyzer, make_file(pathlib.Path(a.source), work, 0.2))
     row = {"minutes": minutes, "file": path.name, "decode": decode_only(path)}
     row["analysis"] = warm(analyzer, path, rounds=2 if minutes <= 1 else 1)
     row["analysis_share_of_decode_rate"] = round(

@@ -6,7 +6,7 @@
   python -m bench.detect_shifts --checkpoint modeformer_jax/weights/grid_s1 ../shared/data/real_clips/*/*.mp4
 
 Every video's audio is delayed by each shift in ``--shifts`` (default -7..+7 frames), all
-in one pass of the analysis ``detect`` runs (``engine.detect_shifted``; windows that would
+in one pass of the analysis ``detect`` runs (``analysis.detect_shifted``; windows that would
 read the silence a shift moves in are not scored), and the detector's answer is compared
 with it: exact, and within +-1 frame. A source that is not
 perfectly in sync to begin with shows up as a constant bias, so the mean error is printed
@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import cli, errors
-from modeformer_jax.analysis import detectors, engine
+from modeformer_jax import analysis, cli, errors
+from modeformer_jax.analysis import detectors
 from modeformer_jax.data import records
 
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="'auto': the model's own training crop")
   parser.add_argument("--shifts", default="-7:7", help="'a:b' (inclusive) or a comma list")
   parser.add_argument("--json_out", default=None, help="write per-detection rows here")
-  engine.add_analysis_flags(parser.add_argument_group("the analysis (detect's options)"))
+  analysis.add_flags(parser.add_argument_group("the analysis (detect's options)"))
   args = parser.parse_args(argv)
   if ":" in args.shifts:
     lo, hi = (int(x) for x in args.shifts.split(":"))
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
   det = detectors.load_detector(args.checkpoint, which=args.which, layout=args.layout, chunk=256)
   meta = det.meta
   try:
-    qc = engine.analysis_options(args)
+    qc = analysis.options_from_flags(args)
   except ValueError as e:
     parser.error(str(e))
-  analyzer = engine.Analyzer(options=qc, detector=det)
+  analyzer = analysis.Analyzer(options=qc, detector=det)
   print(machine())
   print(f"model {args.checkpoint} ({meta.get('trained_on', 'training checkpoint')}); "
         f"face landmarks every {qc.detect_every} frame(s), audio windows every "
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   for path in tqdm(files, desc="videos"):
     try:
-      results = engine.detect_shifted(analyzer, path, shifts, strict=False)
+      results = analysis.detect_shifted(analyzer, path, shifts, strict=False)
     except (errors.FeatureError, ValueError) as e:    # the file itself: every shift
       results = [{"injected": k, "error": e} for k in shifts]
     for r in results:

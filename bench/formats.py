@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
   from modeformer_jax.analysis import detectors
   from data_prep.synthetic import formats
-  from modeformer_jax.analysis import engine
+  from modeformer_jax import analysis
   out = pathlib.Path(a.out)
   man_path = out / "formats.json"
   if man_path.exists():
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(int(v) for v in a.size.lower().split("x")) if a.size else None
     manifest = formats.write_suite(out, a.shift, source=a.source, size=size)
   ckpt = a.checkpoint or str(detectors.DEFAULT_MODEL)
-  analyzer = engine.Analyzer(ckpt)
+  analyzer = analysis.Analyzer(ckpt)
   rows = []
   for name, f in manifest["files"].items():
     path = str(out / f["file"])
     t0 = time.perf_counter()
-    r = engine.detect_file(analyzer, path)
+    r = analysis.detect_file(analyzer, path)
     t1 = time.perf_counter()
     q = analyzer.analyze(path)
     t2 = time.perf_counter()

@@ -25,8 +25,7 @@ import sys
 import time
 
 from bench.common import machine
-from modeformer_jax import cli
-from modeformer_jax.analysis import engine
+from modeformer_jax import analysis, cli
 
 REAL_CLIPS = pathlib.Path(__file__).resolve().parents[1] / "../shared/data/real_clips"
 
@@ -65,7 +64,7 @@ def compare(plain: dict | None, qc: dict | None, path: pathlib.Path) -> dict:
   if "error" in qc:
     row["qc"] = {"error": _reason(qc["error"], path)}
   elif g.get("offset_ms") is None:
-    row["qc"] = {"error": engine.refusal(qc)}
+    row["qc"] = {"error": analysis.refusal(qc)}
   else:
     row["qc"] = {"frames": g.get("offset_frames"), "ms": g["offset_ms"]}
   a, b = row["plain"], row["qc"]

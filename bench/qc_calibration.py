@@ -3,7 +3,7 @@
   python -m bench.qc_calibration --work /tmp/qccal                      # analyse + fit + table
   python -m bench.qc_calibration --work /tmp/qccal --write_model        # also ship the fit
 
-Material with known offsets, analysed once by the one analysis (``sync_qc``) with the
+Material with known offsets, analysed once by the one analysis (``modeformer_jax.analysis``) with the
 default model and no reliability rule (``min_reliability=0``):
 
 * real loops: every shared real clip of 3 s or more (``../shared/data/real_clips``, people
@@ -16,7 +16,7 @@ default model and no reliability rule (``min_reliability=0``):
   pieces with known offsets; segments inside one speech piece are scored against it.
 
 The reliability model is a logistic regression of "right" on the segment's confidence and
-vote share (``engine.RELIABILITY_FEATURES``), fitted by
+vote share (``estimate.RELIABILITY_FEATURES``), fitted by
 Newton's method with a small ridge. Every figure below for real material is
 **leave-one-clip-out**: a clip's segments are judged by a model fitted without that clip.
 
@@ -86,8 +86,8 @@ def analyse(work: pathlib.Path, long_dir: pathlib.Path | None) -> list[dict]:
   if cache.exists():
     return json.loads(cache.read_text())
   from data_prep.synthetic import long as long_lib
-  from modeformer_jax.analysis import engine
-  analyzer = engine.Analyzer(options=engine.QCOptions(min_reliability=0.0))
+  from modeformer_jax import analysis
+  analyzer = analysis.Analyzer(options=analysis.AnalysisOptions(min_reliability=0.0))
   rows: list[dict] = []
   clips = long_lib._real_clip_list(SHARED / "real_clips") if (SHARED / "real_clips").is_dir() else []
   for i, clip in enumerate(clips):
@@ -121,7 +121,7 @@ def analyse(work: pathlib.Path, long_dir: pathlib.Path | None) -> list[dict]:
 
 def fit(rows: list[dict], ridge: float = 1e-2, iters: int = 50) -> dict:
   """Logistic regression of ``right`` on ``RELIABILITY_FEATURES`` (Newton / IRLS)."""
-  from modeformer_jax.analysis.engine import RELIABILITY_FEATURES as F
+  from modeformer_jax.analysis.estimate import RELIABILITY_FEATURES as F
   x = np.array([[1.0] + [r[f] for f in F] for r in rows])
   y = np.array([float(r["right"]) for r in rows])
   w = np.zeros(x.shape[1])
@@ -138,7 +138,7 @@ def fit(rows: list[dict], ridge: float = 1e-2, iters: int = 50) -> dict:
 
 def _cv_reliability(rows: list[dict]) -> np.ndarray:
   """Leave-one-material-out reliability of every row."""
-  from modeformer_jax.analysis import engine
+  from modeformer_jax.analysis import estimate
   out = np.zeros(len(rows))
   mats = sorted({r["material"] for r in rows})
   for m in mats:
@@ -146,7 +146,7 @@ def _cv_reliability(rows: list[dict]) -> np.ndarray:
     model = fit(train)
     for i, r in enumerate(rows):
       if r["material"] == m:
-        out[i] = engine.reliability(model, r, r["speech_fraction"])
+        out[i] = estimate.reliability(model, r, r["speech_fraction"])
   return out
 
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--out", default=None, help="JSON of every figure")
   a = ap.parse_args(argv)
   from bench.common import machine
-  from modeformer_jax.analysis import detectors, engine
+  from modeformer_jax.analysis import detectors, estimate
   work = pathlib.Path(a.work)
   work.mkdir(parents=True, exist_ok=True)
   long_dir = pathlib.Path(a.long) if a.long else work / "long"
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
   if a.out:
     pathlib.Path(a.out).write_text(json.dumps(report, indent=1))
   if a.write_model:
-    target = detectors.DEFAULT_MODEL / engine.RELIABILITY_FILE
+    target = detectors.DEFAULT_MODEL / estimate.RELIABILITY_FILE
     target.write_text(json.dumps(model | {
         "what": "P(segment offset within one frame of the truth), logistic in the features",
         "made_by": "python -m bench.qc_calibration --write_model",

@@ -80,8 +80,8 @@ def real_pair(root: pathlib.Path, work: pathlib.Path, checkpoint: str | None,
 def _analyse(path: str, checkpoint: str | None, face_frame: str, extra: dict) -> dict:
   """Runs one analysis in a child process; returns its result JSON."""
   code = ("import json,sys; from modeformer_jax import sync_qc; "
-          "o=engine.QCOptions(face_frame=sys.argv[3], **json.loads(sys.argv[4])); "
-          "r=engine.Analyzer(sys.argv[2] or None, o).analyze(sys.argv[1]); "
+          "o=analysis.AnalysisOptions(face_frame=sys.argv[3], **json.loads(sys.argv[4])); "
+          "r=analysis.Analyzer(sys.argv[2] or None, o).analyze(sys.argv[1]); "
           "[t.pop('thumbnail', None) for t in r['tracks']]; print('@@'+json.dumps(r))")
   out = subprocess.run([sys.executable, "-c", code, path, checkpoint or "", face_frame,
                         json.dumps(extra)], capture_output=True, text=True, check=False)
@@ -154,8 +154,7 @@ def rss_trace(path: str, out: str | None, every_s: float = 20.0) -> None:
   as it is taken, so a run stopped early keeps its trace."""
   import threading
 
-  from modeformer_jax import media
-  from modeformer_jax.analysis import engine
+  from modeformer_jax import analysis, media
   pos = {"frames": 0}
   real = media.Reader.chunks
 
@@ -180,7 +179,7 @@ def rss_trace(path: str, out: str | None, every_s: float = 20.0) -> None:
           f.write(json.dumps(row) + "\n")
 
   threading.Thread(target=sample, daemon=True).start()
-  r = engine.Analyzer(None).analyze(path)
+  r = analysis.Analyzer(None).analyze(path)
   done.set()
   row = {"final": True, "input_min": r["duration_s"] / 60, **r["timing"]}
   print(json.dumps(row), flush=True)

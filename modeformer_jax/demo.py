@@ -40,7 +40,6 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
         workers: int = 2, variant: str = "tiny") -> dict:
   """Runs the whole demo into ``out``; returns the summary it also writes as JSON."""
   from modeformer_jax import eval as eval_lib, train
-  from modeformer_jax.analysis import detectors
   from modeformer_jax.evaluation import plots
   from modeformer_jax.training import config_utils
   from data_prep import prepare, synthetic
@@ -80,15 +79,15 @@ def run(out: str, quick: bool = False, steps: int | None = None, seed: int = 0,
     print(plots.format_table({res["name"]: res["accuracy"]}))
 
   with _phase("5. detect injected offsets on test clips", timings):
-    from modeformer_jax.analysis import engine
-    analyzer = engine.Analyzer(detector=detectors.load_detector(workdir, which="latest"))
+    from modeformer_jax import analysis
+    analyzer = analysis.Analyzer(detector=analysis.load_detector(workdir, which="latest"))
     test_list = (src / "test.txt").read_text().split()
     files = [src / "mvlrs_v1" / "main" / f"{line}.mp4" for line in test_list]
     shifts = [-7, -4, -2, 0, 3, 5, 7] if not quick else [3]
     rows = []
     for i, k in enumerate(shifts):
       f = files[i % len(files)]
-      r = engine.detect_file(analyzer, str(f), audio_shift_frames=k)
+      r = analysis.detect_file(analyzer, str(f), audio_shift_frames=k)
       rows.append({"file": str(f.relative_to(src)), "injected": k,
                    "detected": r["offset_frames"], "confidence": r["confidence"]})
       print(f"{f.name}: injected {k:+d}, detected {r['offset_frames']:+d} "

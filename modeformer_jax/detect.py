@@ -5,7 +5,7 @@
   python -m modeformer_jax.detect a.mp4 --fix a_fixed.mp4         # remux with audio moved
   python -m modeformer_jax.detect --prepared /data/lrs2_prepared:test --checkpoint runs/x
 
-Sync QC of long videos and whole folders (``modeformer_jax.analysis.engine``): offset over time in
+Sync QC of long videos and whole folders (``modeformer_jax.analysis``): offset over time in
 ms (5 s segments every 1 s), drift, every face, broadcast tolerances, HTML reports::
 
   python -m modeformer_jax.detect --qc programme.mxf --out qc_out      # one long file
@@ -18,13 +18,13 @@ skips finished files), ``OUT/summary.csv``, ``OUT/reports/*.html`` and ``OUT/ind
 
 Without ``--qc``: prints each file's whole-file audio offset in frames and ms (**positive =
 audio late**) with a confidence, and writes a PNG of the per-frame histogram and averaged
-score curve per video. It is the same analysis as ``--qc`` (``qc.sync_qc``: one decoding,
+score curve per video. It is the same analysis as ``--qc`` (``modeformer_jax.analysis``: one decoding,
 face track, audio choice and estimator), summarised over the whole file, so the two never
 give two answers for one file; ``--qc`` adds the timeline, tolerances and reports; over a prepared split the dataset-level
 histogram (the paper's Fig. 4 and Sec. 3.5) is written too. Lips are cropped exactly as
 the model's training data were (its recorded input spec) unless --layout says otherwise.
 
-Without ``--checkpoint`` the default shipped model (``detectors.DEFAULT_MODEL``) is used;
+Without ``--checkpoint`` the default shipped model (``analysis.DEFAULT_MODEL``) is used;
 read its MODEL_CARD.md for what it was trained on.
 """
 from __future__ import annotations
@@ -35,18 +35,17 @@ import logging
 import pathlib
 import sys
 
-from modeformer_jax import cli, errors, jsonio, media
-from modeformer_jax.analysis import detectors, engine
+from modeformer_jax import analysis, cli, errors, jsonio, media
 from modeformer_jax.data import records
 from modeformer_jax.evaluation import embedding, plots, protocol
 from modeformer_jax.model import input_spec
 from modeformer_jax.qc import qc_batch
 
 
-def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> engine.QCOptions:
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> analysis.AnalysisOptions:
   """The analysis options, the same for plain ``detect`` and ``--qc``."""
   try:
-    return engine.analysis_options(args, min_fail_s=args.min_fail_s)
+    return analysis.options_from_flags(args, min_fail_s=args.min_fail_s)
   except ValueError as e:
     parser.error(str(e))
 
@@ -64,7 +63,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   if args.fix and (len(inputs) != 1 or args.workers != 1):
     parser.error("--fix needs exactly one input video")
   options = _options(args, parser)
-  make = functools.partial(engine.Analyzer, args.checkpoint, options, args.layout,
+  make = functools.partial(analysis.Analyzer, args.checkpoint, options, args.layout,
                            progress=args.workers == 1 and not args.json)
   summary = qc_batch.run_batch(inputs, args.out, make, workers=args.workers,
                                retry_errors=args.retry_errors, report=not args.no_report,
@@ -75,7 +74,7 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(json.dumps(jsonio.jsonable(entries), indent=1))
   else:
     for e in entries:
-      print(engine.describe(e))
+      print(analysis.describe(e))
     print(f"{summary['ok']} of {summary['total']} files analysed, errors: "
           f"{summary['errors'] or 'none'}; {summary['csv']}"
           + (f", {summary['index']}" if summary.get("index") else ""))
@@ -97,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                       "folders or .txt/.lst file lists (folders and lists imply --qc)")
   parser.add_argument("--checkpoint", default=None,
                       help=f"workdir / checkpoint / exported model (default: "
-                      f"{detectors.DEFAULT_MODEL})")
-  parser.add_argument("--layout", default="auto", choices=detectors.LAYOUT_CHOICES,
+                      f"{analysis.DEFAULT_MODEL})")
+  parser.add_argument("--layout", default="auto", choices=analysis.LAYOUT_CHOICES,
                       help="lip crop: 'auto' = exactly the model's training crop; a layout "
                       "name forces that crop (with a warning when it differs)")
   parser.add_argument("--prepared", default=None,
@@ -116,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
   qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
                   "in an earlier run (finished files are always skipped)")
   qc.add_argument("--no_report", action="store_true", help="skip the HTML reports")
-  qc.add_argument("--min_fail_s", type=float, default=engine.QCOptions.min_fail_s,
+  qc.add_argument("--min_fail_s", type=float, default=analysis.AnalysisOptions.min_fail_s,
                   help="a file fails a tolerance when its offset stays out of it this many "
                   "measured seconds in a row (docs/sync_qc.md says why 10)")
-  engine.add_analysis_flags(an)
+  analysis.add_flags(an)
   args = parser.parse_args(argv)
   # force: importing orbax has configured logging already.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
@@ -132,22 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepared:
       parser.error("--prepared is not a sync-QC input")
     return _run_qc(args, parser)
-  ckpt = args.checkpoint or detectors.DEFAULT_MODEL
+  ckpt = args.checkpoint or analysis.DEFAULT_MODEL
   if args.checkpoint is None:
-    if not (detectors.DEFAULT_MODEL / "model.json").exists():
-      parser.error(f"no shipped model at {detectors.DEFAULT_MODEL}; pass --checkpoint")
+    if not (analysis.DEFAULT_MODEL / "model.json").exists():
+      parser.error(f"no shipped model at {analysis.DEFAULT_MODEL}; pass --checkpoint")
     if not args.json:
-      print(f"using the shipped model {detectors.DEFAULT_MODEL} (see MODEL_CARD.md there)",
+      print(f"using the shipped model {analysis.DEFAULT_MODEL} (see MODEL_CARD.md there)",
             file=sys.stderr)
-  det = detectors.load_detector(ckpt, layout=args.layout)
+  det = analysis.load_detector(ckpt, layout=args.layout)
   spec, embedder = det.spec, det.embedder
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results, failed = [], 0
-  analyzer = engine.Analyzer(options=_options(args, parser), detector=det) if args.videos else None
+  analyzer = analysis.Analyzer(options=_options(args, parser), detector=det) if args.videos else None
   for path in args.videos:
     try:
-      r = engine.detect_file(analyzer, path)
+      r = analysis.detect_file(analyzer, path)
     except (errors.FeatureError, ValueError) as e:
       failed += 1
       results.append({"name": str(path), "error": str(e)})
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                   title=pathlib.Path(path).name)
     results.append(r)
     if not args.json:
-      print(engine.describe_plain(r))
+      print(analysis.describe_plain(r))
     if args.fix:
       media.fix_offset(path, args.fix, r["offset_ms"])
       if not args.json:

@@ -13,8 +13,8 @@ Every --every seconds (of the stream) it reports the offset over the last --wind
 ms (**positive = audio late**), confidence, the face it follows, or "unmeasurable" with the
 reason (no face, silence, music or steady sound, no speech, uncertain, no signal), with the
 latency from the arrival of the oldest frame the report adds to the report itself. The
-analysis is sync QC's (qc.sync_qc.Evidence, fed chunk by chunk; a report is its
-latest_window). Outputs: a line per report for a person (stdout; stderr
+analysis is the one engine's (``analysis.Evidence``, fed chunk by chunk; a report is its
+``latest_window``, sound character and reasons included). Outputs: a line per report for a person (stdout; stderr
 when --jsonl -), JSONL (--jsonl FILE or -) and Prometheus metrics (--metrics_port).
 
 Alarms: when the offset stays outside --tolerance for --hold seconds of stream, it says so
@@ -57,8 +57,7 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from modeformer_jax import cli, media
-from modeformer_jax.analysis import engine
+from modeformer_jax import analysis, cli, media
 from modeformer_jax.errors import FeatureError
 from modeformer_jax.model import windows
 from modeformer_jax.qc import tolerances
@@ -71,10 +70,10 @@ NO_LANDMARKS = 1 << 30          # detect_every for chunks whose pictures are not
 @dataclasses.dataclass
 class MonitorOptions:
   """What a monitor reports, when, and how it keeps up."""
-  # The analysis (engine.QCOptions, the same options as detect's): reports read the last
+  # The analysis (analysis.AnalysisOptions, the same options as detect's): reports read the last
   # 10 s (files' segments 5 s): alarms then follow a stable reading.
-  analysis: engine.QCOptions = dataclasses.field(
-      default_factory=lambda: engine.QCOptions(window_s=10.0))
+  analysis: analysis.AnalysisOptions = dataclasses.field(
+      default_factory=lambda: analysis.AnalysisOptions(window_s=10.0))
   every_s: float = 2.0           # a report every every_s of stream
   tolerance: str = "ebu_r37"     # tolerances.KEYS
   hold_s: float = 10.0           # out (or back in) for this long raises (clears) an alarm
@@ -210,7 +209,7 @@ class _Run:
   """One run of the source (``media.LiveReader``): its evidence and what the monitor keeps
   about its frames until they are reported."""
   run: int
-  evidence: engine.Evidence
+  evidence: analysis.Evidence
   t0_s: float                                    # stream time of its frame 0
   next_due: float                                # stream seconds (in the run) of the next report
   arrivals: collections.deque = dataclasses.field(default_factory=collections.deque)
@@ -227,13 +226,12 @@ class Monitor:
                checkpoint: str | None = None, detector: Any | None = None,
                sinks: list[Callable[[dict], None]] | None = None,
                on_alarm: str | None = None):
-    from modeformer_jax.analysis import detectors
     self.source = source
     self.options = options or MonitorOptions()
     self.options.check()
     o = self.options
-    det = detector or detectors.load_detector(checkpoint, chunk=o.embed_chunk)
-    self.analyzer = engine.Analyzer(options=o.analysis, detector=det)
+    det = detector or analysis.load_detector(checkpoint, chunk=o.embed_chunk)
+    self.analyzer = analysis.Analyzer(options=o.analysis, detector=det)
     # Landmarks every n-th frame for the next chunk: sparser while the analysis is behind.
     self._landmarks_every = o.analysis.detect_every
     self.tolerance = tolerances.STANDARDS[tolerances.KEYS[o.tolerance]]
@@ -300,7 +298,7 @@ class Monitor:
     emb.video(np.zeros((1, windows.WINDOW_FRAMES, *LIP_SIZE, 3), np.uint8))
     emb.audio(np.zeros((1, MEL_CONFIG["n_mels"], windows.MEL_WINDOW), np.float32))
     info = media.StreamInfo("warm-up", 160, 160, FPS, None)
-    ev = engine.Evidence(self.analyzer, info, name="warm-up")
+    ev = analysis.Evidence(self.analyzer, info, name="warm-up")
     try:
       ev.push(media.Chunk(0, np.full((FPS, 160, 160, 3), 128, np.uint8),
                           np.zeros(windows.SAMPLE_RATE, np.float32)))
@@ -314,7 +312,7 @@ class Monitor:
       self._t_end += self._run.evidence.num_frames / FPS
     info = self.reader.info or media.StreamInfo(self.source, ch.frames.shape[2],
                                                 ch.frames.shape[1], FPS, None)
-    ev = engine.Evidence(self.analyzer, info, name=self.source)
+    ev = analysis.Evidence(self.analyzer, info, name=self.source)
     self._run = _Run(ch.run, ev, self._t_end, self.options.every_s)
     return self._run
 
@@ -630,7 +628,7 @@ def build_parser():
   d = MonitorOptions()
   p.add_argument("source", help="udp://, rtp://, SDP file, rtsp://, rtmp://, tcp://, HLS URL, "
                  "capture device, a growing file, or - (MPEG-TS on stdin)")
-  engine.add_analysis_flags(p.add_argument_group("the analysis (as detect's)"),
+  analysis.add_flags(p.add_argument_group("the analysis (as detect's)"),
                              window_s=d.analysis.window_s)
   p.add_argument("--every", type=float, default=d.every_s, help="seconds between reports")
   p.add_argument("--tolerance", default=d.tolerance, choices=sorted(tolerances.KEYS),
@@ -661,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
-    options = MonitorOptions(analysis=engine.analysis_options(args), every_s=args.every,
+    options = MonitorOptions(analysis=analysis.options_from_flags(args), every_s=args.every,
                              tolerance=args.tolerance, hold_s=args.hold, stall_s=args.stall,
                              give_up_s=args.give_up, format=args.format)
     options.check()

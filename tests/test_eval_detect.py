@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import detect, errors, eval as eval_lib, media
-from modeformer_jax.analysis import detectors, engine
+from modeformer_jax import analysis, detect, errors, eval as eval_lib, media
+from modeformer_jax.analysis import detectors
 from modeformer_jax.evaluation import embedding
 from modeformer_jax.media import features
 from modeformer_jax.model import checkpoints, input_spec, models
@@ -131,11 +131,11 @@ def test_fix_moves_audio_without_touching_video(synthetic_src, tmp_path):
 
 def test_detect_shifted_matches_detect_file(exported, synthetic_src):
   """Analysing several audio shifts in one pass gives what one analysis per shift gives."""
-  analyzer = engine.Analyzer(detector=detectors.load_detector(exported, chunk=64))
+  analyzer = analysis.Analyzer(detector=detectors.load_detector(exported, chunk=64))
   f = str(sorted((synthetic_src / "mvlrs_v1" / "main").rglob("*.mp4"))[0])
-  shifted = engine.detect_shifted(analyzer, f, [-4, 0, 3])
+  shifted = analysis.detect_shifted(analyzer, f, [-4, 0, 3])
   for k, r in zip([-4, 0, 3], shifted):
-    ref = engine.detect_file(analyzer, f, audio_shift_frames=k)
+    ref = analysis.detect_file(analyzer, f, audio_shift_frames=k)
     assert r["injected"] == k and r["offset_frames"] == ref["offset_frames"]
     np.testing.assert_allclose(r["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(r["histogram"], ref["histogram"])
@@ -157,7 +157,7 @@ def test_detect_crops_as_the_model_was_trained(synthetic_src, micro_model, tmp_p
   m, params, meta = checkpoints.load_model(out)
   det = detectors.Detector(str(out), embedding.Embedder(m, params, chunk=64),
                          input_spec.from_model_meta(meta), input_spec.CropSpec("box", box), meta)
-  ref = engine.detect_file(engine.Analyzer(detector=det), f)
+  ref = analysis.detect_file(analysis.Analyzer(detector=det), f)
   np.testing.assert_allclose(auto["mean_curve"], ref["mean_curve"], rtol=1e-5, atol=1e-6)
   detect.main([f, "--checkpoint", str(out), "--out", str(tmp_path), "--json",
                "--layout", "crop"])

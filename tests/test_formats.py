@@ -13,7 +13,7 @@ import pytest
 from modeformer_jax import detect, media
 from modeformer_jax.media import features
 from data_prep.synthetic import formats
-from modeformer_jax.analysis import engine
+from modeformer_jax import analysis
 
 SHIFT = 3                               # frames of extra audio delay in every variant
 KINDS = list(formats.KINDS)
@@ -38,7 +38,7 @@ def plain(suite, tmp_path_factory) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def qc(suite) -> dict[str, dict]:
   """``detect --qc`` (streamed, sub-frame ms) with the shipped model, per file."""
-  analyzer = engine.Analyzer()
+  analyzer = analysis.Analyzer()
   return {name: analyzer.analyze(path) for name, path in suite.items()}
 
 
@@ -109,9 +109,9 @@ def test_the_speech_channels_are_chosen_and_said(suite):
 def test_choices_are_reported_by_both_paths(plain, qc):
   assert "FC of 5.1" in plain["surround51"]["audio_note"]
   assert "FC of 5.1" in qc["surround51"]["audio_note"]
-  assert "track 3 of 4" in engine.describe_plain(plain["mono_tracks"])
-  assert "track 3 of 4" in engine.describe(qc["mono_tracks"])
-  assert "audio:" not in engine.describe_plain(plain["base"])
+  assert "track 3 of 4" in analysis.describe_plain(plain["mono_tracks"])
+  assert "track 3 of 4" in analysis.describe(qc["mono_tracks"])
+  assert "audio:" not in analysis.describe_plain(plain["base"])
 
 
 def _bad_inputs(tmp: pathlib.Path, base: str) -> dict[str, str]:
@@ -171,7 +171,7 @@ def test_hard_vfr_cases_get_one_answer_from_plain_and_qc(suite_name, tmp_path):
   names = list(manifest["files"])
   paths = [str(tmp_path / suite_name / manifest["files"][n]["file"]) for n in names]
   plain = dict(zip(names, _plain_json(paths, tmp_path / "plain")))
-  analyzer = engine.Analyzer()
+  analyzer = analysis.Analyzer()
   base = plain["base"]["offset_frames"]
   for name, path in zip(names, paths):
     r, g = plain[name], analyzer.analyze(path)["global"]

@@ -373,11 +373,16 @@ def test_a_source_faster_than_the_analysis_loses_pictures_not_frames(changing_mp
 
 
 def test_monitor_uses_only_the_engines_public_api():
-  """The monitor reads the analysis through Evidence's public edge (push, latest_window,
-  hop_frames, num_frames, close), never its internals or sync_qc's private names."""
+  """The monitor reads the analysis through the package's public names
+  (``modeformer_jax.analysis.__all__``) and Evidence's public edge (push, latest_window,
+  hop_frames, num_frames, close, finish), never a submodule or a private name."""
   import re
+
+  from modeformer_jax import analysis
   src = (pathlib.Path(monitor.__file__)).read_text()
   used = set(re.findall(r"\b(?:ev|evidence)\.(\w+)", src))
   assert used <= {"push", "latest_window", "hop_frames", "num_frames", "close", "finish"}, used
-  assert not re.findall(r"\bsync_qc\._\w+", src)
+  names = set(re.findall(r"(?<![\w.])analysis\.(\w+)", src))
+  assert names and names <= set(analysis.__all__), names - set(analysis.__all__)
+  assert not re.findall(r"from modeformer_jax\.analysis[\. ]", src)
   assert "lanes" not in src and "speech_threshold" not in src and ".forget(" not in src

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from modeformer_jax.analysis import detectors, engine
+from modeformer_jax.analysis import detectors
+
+from modeformer_jax import analysis
 from modeformer_jax.model import checkpoints, input_spec
 
 SHIPPED = detectors.WEIGHTS / "grid_s1"
@@ -13,7 +15,7 @@ def shipped():
   if not (SHIPPED / "model.json").is_file():
     pytest.skip(f"no shipped model at {SHIPPED}")
   det = detectors.load_detector(SHIPPED, chunk=128)
-  return engine.Analyzer(detector=det), det.meta
+  return analysis.Analyzer(detector=det), det.meta
 
 
 def test_shipped_model_states_what_it_was_trained_on(shipped):
@@ -30,9 +32,9 @@ def test_shipped_model_states_what_it_was_trained_on(shipped):
 def test_shipped_model_scores_a_real_clip_reproducibly(shipped, real_clips_dir):
   analyzer, meta = shipped
   clip = sorted((real_clips_dir / "lrs2_crop").rglob("*.mp4"))[0]
-  first = engine.detect_file(analyzer, str(clip))
+  first = analysis.detect_file(analyzer, str(clip))
   # A second, independent load must give the same numbers (no hidden state, no randomness).
-  again = engine.detect_file(engine.Analyzer(
+  again = analysis.detect_file(analysis.Analyzer(
       detector=detectors.load_detector(SHIPPED, chunk=64)), str(clip))
   curve = np.asarray(first["mean_curve"], np.float64)
   assert np.isfinite(curve[np.isfinite(curve)]).all() and np.isfinite(curve).sum() >= 25
@@ -52,7 +54,7 @@ def test_shipped_model_detects_an_injected_shift_on_grid(shipped, grid_dir):
   if not path.is_file():
     pytest.skip(f"{path} not present")
   assert analyzer.crop == input_spec.CropSpec("haar")
-  results = engine.detect_shifted(analyzer, str(path), [-5, 0, 4])
+  results = analysis.detect_shifted(analyzer, str(path), [-5, 0, 4])
   found = {r["injected"]: r["offset_frames"] for r in results}
   detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
   # GRID recordings are not all perfectly in sync (this one reads as audio 1 frame late
@@ -82,9 +84,9 @@ def test_default_detector_is_the_multi_speaker_model():
 def test_default_detector_finds_a_shift_on_a_person_it_never_saw(real_clips_dir):
   """A VoxCeleb2 clip: real_clips is never trained on. Shifts are checked relative to the
   clip's own unshifted estimate (the recording itself need not be perfectly in sync)."""
-  analyzer = engine.Analyzer(detector=detectors.load_detector(FACES, chunk=128))
+  analyzer = analysis.Analyzer(detector=detectors.load_detector(FACES, chunk=128))
   path = real_clips_dir / "vox2_crop" / "00015.mp4"
-  results = engine.detect_shifted(analyzer, str(path), [-5, 0, 4])
+  results = analysis.detect_shifted(analyzer, str(path), [-5, 0, 4])
   found = {r["injected"]: r["offset_frames"] for r in results}
   detail = [(r["injected"], r["offset_frames"], round(r["confidence"], 3)) for r in results]
   assert abs(found[0]) <= 1, detail
@@ -101,7 +103,7 @@ ONCE_REFUSED = ["lrs2_crop/00009.mp4", "vox2_crop/681100216.mp4", "lrs2_crop/000
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ONCE_REFUSED)
 def test_default_detector_answers_clips_once_refused(real_clips_dir, name):
-  analyzer = engine.Analyzer(detector=detectors.load_detector(FACES, chunk=128))
-  results = engine.detect_shifted(analyzer, str(real_clips_dir / name), [-5, 0, 4])
+  analyzer = analysis.Analyzer(detector=detectors.load_detector(FACES, chunk=128))
+  results = analysis.detect_shifted(analyzer, str(real_clips_dir / name), [-5, 0, 4])
   found = {r["injected"]: r["offset_frames"] for r in results}
   assert found[-5] - found[0] == -5 and found[4] - found[0] == 4, found

@@ -5,8 +5,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from modeformer_jax import detect, errors, media
-from modeformer_jax.analysis import engine, tracking
+from modeformer_jax import analysis, detect, errors, media
+from modeformer_jax.analysis import estimate, evidence, tracking
 from modeformer_jax.media import features, mel_stream
 from modeformer_jax.model import windows
 from modeformer_jax.qc import tolerances
@@ -33,16 +33,16 @@ def _evidence(blocks: dict[int, tuple[float, int]]):
   curve peaking at ``blocks[b][0]`` ms, its positions voting for that whole frame
   (``blocks[b][1]`` of them)."""
   from types import SimpleNamespace
-  o = engine.QCOptions()
+  o = analysis.AnalysisOptions()
   maxk = o.max_offset_frames
   max_s = windows.mel_start(maxk)
   whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + max_s
                          for k in range(-maxk, maxk + 1)] for p in range(5)])
-  store = engine._Blocks(2 * max_s + 1, 2 * maxk + 1)
-  ms = engine.MEL_MS * (np.arange(2 * max_s + 1) - max_s)
+  store = evidence.Blocks(2 * max_s + 1, 2 * maxk + 1)
+  ms = windows.MEL_MS * (np.arange(2 * max_s + 1) - max_s)
   for b, (peak, votes) in blocks.items():
     for phase in range(5):
-      curve = np.exp(-((ms + engine._PHASE_MS[phase] - peak) / 60.0) ** 2)
+      curve = np.exp(-((ms + estimate.PHASE_MS[phase] - peak) / 60.0) ** 2)
       for _ in range(votes if phase == 0 else 0):
         store.add(0, b, phase, curve, int(round(peak / 40)) + maxk)
       store.add(0, b, phase, curve, None)
@@ -62,36 +62,36 @@ def test_one_offset_where_most_measurable_segments_agree():
                         4: (-600, 400), 5: (-600, 400)})
   segs = [_segment(0, 2), _segment(1, 2), _segment(2, 3), _segment(3, -14),
           _segment(4, -15, "uncertain"), _segment(5, -15, "uncertain")]
-  g = engine._whole(ev, lane, segs)
+  g = estimate.file_offset(ev, lane, segs)
   assert g["reason"] is None and g["offset_frames"] == 2, g
   assert 75 <= g["offset_ms"] <= 105, g
   result = {"global": g, "path": "x.mp4", "options": {"window_s": 5.0}, "duration_s": 6.0,
             "crop": {}}
-  assert engine.plain_answer(result)["offset_frames"] == 2
+  assert analysis.plain_answer(result)["offset_frames"] == 2
 
 
 def test_conflicting_segments_give_no_offset_and_say_why():
   ev, lane = _evidence({0: (80, 20), 1: (80, 20), 2: (-560, 20), 3: (-560, 20)})
   segs = [_segment(0, 2), _segment(1, 2), _segment(2, -14), _segment(3, -14),
           _segment(4, 0, "no speech")]
-  g = engine._whole(ev, lane, segs)
+  g = estimate.file_offset(ev, lane, segs)
   assert g["offset_ms"] is None and g["reason"] == "conflicting evidence", g
   result = {"global": g | {"measurable_segments": 4, "num_segments": 5}, "path": "x.mp4",
             "name": "x.mp4", "options": {"window_s": 5.0}}
   with pytest.raises(errors.FeatureError) as e:
-    engine.plain_answer(result)
+    analysis.plain_answer(result)
   # Plain detect and --qc refuse in the same words.
   assert e.value.kind == "conflict"
-  said = engine.refusal(result)
-  assert said in str(e.value) and said in engine.describe(result)
+  said = analysis.refusal(result)
+  assert said in str(e.value) and said in analysis.describe(result)
   assert "+2 (2 of 4)" in said and "-14 (2 of 4)" in said
 
 
 def test_without_measurable_segments_the_pooled_answer_is_uncertain():
   ev, lane = _evidence({0: (80, 5), 1: (80, 5)})
-  g = engine._whole(ev, lane, [_segment(0, 2, "uncertain"), _segment(1, 2, "uncertain")])
+  g = estimate.file_offset(ev, lane, [_segment(0, 2, "uncertain"), _segment(1, 2, "uncertain")])
   assert g["offset_frames"] == 2 and g["reason"] == "uncertain" and g["why"], g
-  g = engine._whole(ev, lane, [_segment(0, 0, "no face"), _segment(1, 0, "no face")])
+  g = estimate.file_offset(ev, lane, [_segment(0, 0, "no face"), _segment(1, 0, "no face")])
   assert g["offset_ms"] is None and g["reason"] == "no face"
 
 
@@ -158,11 +158,11 @@ def test_subframe_peak_recovers_a_known_peak():
   # A smooth peak at +17.3 ms sampled on the QC grid (12.5 ms hops, five 2.5 ms phases).
   max_s = windows.mel_start(15)
   s = np.arange(-max_s, max_s + 1)
-  ms_grid = engine.MEL_MS * s[None] + engine._PHASE_MS[:, None]
+  ms_grid = windows.MEL_MS * s[None] + estimate.PHASE_MS[:, None]
   curve = np.exp(-0.5 * ((ms_grid - 17.3) / 30.0) ** 2)
-  grid, mean = engine.fine_grid(curve * 3, np.full_like(curve, 3), max_s)
+  grid, mean = estimate.fine_grid(curve * 3, np.full_like(curve, 3), max_s)
   assert np.all(np.diff(grid) > 0) and np.allclose(np.diff(grid), 2.5)
-  est = engine.subframe_peak(grid, mean, 0.0, 40.0, 20.0)
+  est = estimate.subframe_peak(grid, mean, 0.0, 40.0, 20.0)
   assert abs(est - 17.3) < 0.5, est
 
 
@@ -171,16 +171,16 @@ def _audio_embeddings(audio_every: int, mel: np.ndarray, steps: list[int]) -> np
   available at each non-final call), then ``final``; a stand-in tower (chunk 8)."""
   import collections
   from types import SimpleNamespace
-  ev = object.__new__(engine.Evidence)
-  ev.options = engine.QCOptions(audio_every=audio_every)
+  ev = object.__new__(analysis.Evidence)
+  ev.options = analysis.AnalysisOptions(audio_every=audio_every)
   ev.stage_s = collections.defaultdict(float)
   ev.embedder = SimpleNamespace(chunk=8, audio=lambda w: w[:, :6, :].mean(axis=2) + 0.1)
-  lane = engine._Lane(0, 1, 1, 25)
+  lane = evidence.Lane(0, 1, 1, 25)
   for upto in steps:
     lane.mel_buf = mel[:, lane.mel_base:upto]
-    engine.Evidence._embed_audio(ev, lane, final=False)
+    analysis.Evidence._embed_audio(ev, lane, final=False)
   lane.mel_buf = mel[:, lane.mel_base:]
-  engine.Evidence._embed_audio(ev, lane, final=True)
+  analysis.Evidence._embed_audio(ev, lane, final=True)
   assert lane.a_base == 0
   return lane.a_buf
 
@@ -204,7 +204,7 @@ def test_phase_offsets_are_the_window_contracts_rounding():
   for t in range(12):
     exact = 1000 * t / windows.FPS
     start = 1000 * windows.mel_start(t) / 80
-    assert abs(start - exact - engine._PHASE_MS[t % 5]) < 1e-9
+    assert abs(start - exact - estimate.PHASE_MS[t % 5]) < 1e-9
 
 
 def test_tracker_links_two_faces_and_a_cut_ends_tracks():
@@ -231,9 +231,9 @@ def test_shot_detector_flags_a_cut_only():
 def test_short_clips_need_the_search_not_a_training_clip():
   """A 1.2 s word clip (29 frames) is long enough: from 24 frames on, every offset of the
   +-15 search keeps 5 scored lip windows; training clips need 35 frames."""
-  o = engine.QCOptions()
+  o = analysis.AnalysisOptions()
   assert o.min_frames == 24 < features.MIN_FRAMES
-  assert engine.QCOptions(max_offset_frames=7).min_frames == 16
+  assert analysis.AnalysisOptions(max_offset_frames=7).min_frames == 16
   positions = o.min_frames - windows.WINDOW_FRAMES + 1
   assert positions - o.max_offset_frames == o.min_offset_windows
 
@@ -257,11 +257,11 @@ def test_shot_detector_ignores_steady_motion_of_a_face_following_crop():
 def _speech_fraction(audio, options=None, shape=True):
   """The analysis's speech fraction of ``audio`` (16 kHz), over all of it: a lane hears it
   as ``Evidence`` does; ``shape=False``: the level (floor) rule alone."""
-  o = options or engine.QCOptions()
-  lane = engine._Lane(0, 3, 3, int(round(o.hop_s * windows.FPS)))
+  o = options or analysis.AnalysisOptions()
+  lane = evidence.Lane(0, 3, 3, int(round(o.hop_s * windows.FPS)))
   lane.hear(np.asarray(audio, np.float32))
   lane.hear_end(None)
-  rule = o if shape else engine.QCOptions(vad_shape_centroid_bins=np.inf)
+  rule = o if shape else analysis.AnalysisOptions(vad_shape_centroid_bins=np.inf)
   return lane.speech_fraction(sorted(lane.speech), lane.speech_threshold(o), rule)
 
 
@@ -275,7 +275,7 @@ def test_speech_that_is_loud_throughout_is_still_speech():
   alone finds (almost) no speech; its syllabic shape does."""
   from data_prep.synthetic.clip import render_clip
   from data_prep.synthetic.speakers import make_speaker
-  o = engine.QCOptions()
+  o = analysis.AnalysisOptions()
   rng = np.random.default_rng(0)
   for speaker in range(3):
     _, audio = render_clip(make_speaker(0, speaker), 4.0, 7)
@@ -289,7 +289,7 @@ def test_noise_tones_music_and_silence_are_not_speech():
   """Loud sound that is not speech: steady noise, held chords and silence are refused; for
   sound the level rule already takes for speech (a tremolo, plucked notes, drum hits,
   which dip 10 dB or more), the shape rule adds nothing."""
-  o = engine.QCOptions()
+  o = analysis.AnalysisOptions()
   sr, rng = windows.SAMPLE_RATE, np.random.default_rng(1)
   t = np.arange(4 * sr) / sr
   notes = [262, 330, 392, 523, 440, 349, 294, 392]
@@ -348,7 +348,7 @@ def test_analyzer_measures_an_offset_in_ms_and_detect_cli_writes_reports(synthet
 
 @pytest.fixture(scope="module")
 def analyzer():
-  return engine.Analyzer(None, engine.QCOptions())    # the shipped default model
+  return analysis.Analyzer(None, analysis.AnalysisOptions())    # the shipped default model
 
 
 @pytest.mark.slow

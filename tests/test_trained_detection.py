@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from modeformer_jax import detect, train
-from modeformer_jax.analysis import detectors, engine
+from modeformer_jax import analysis, detect, train
+from modeformer_jax.analysis import detectors
 from modeformer_jax.data import records
 from modeformer_jax.media import features
 from modeformer_jax.model import checkpoints, input_spec
@@ -55,13 +55,13 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
 
 def test_trained_tiny_model_detects_injected_shifts(trained):
   src, workdir = trained
-  analyzer = engine.Analyzer(detector=detectors.load_detector(str(workdir), which="latest"))
+  analyzer = analysis.Analyzer(detector=detectors.load_detector(str(workdir), which="latest"))
   test_ids = (src / "test.txt").read_text().split()
   assert len(test_ids) == 8  # 2 unseen speakers x 4 clips
   rows = []
   for clip_id in test_ids:
     path = src / "mvlrs_v1" / "main" / f"{clip_id}.mp4"
-    for r in engine.detect_shifted(analyzer, str(path), SHIFTS):
+    for r in analysis.detect_shifted(analyzer, str(path), SHIFTS):
       rows.append((clip_id, r["injected"], r["offset_frames"]))
   exact = np.mean([k == d for _, k, d in rows])
   misses = [(c, k, d) for c, k, d in rows if k != d]

@@ -1,10 +1,10 @@
-"""The detector behind ``detect``: loading a model (``load_detector``) and re-aligning a file
-(``fix_offset``).
+"""Loading a detector (``load_detector``): a shipped model, an exported one or a training run,
+with the crop it was trained with and the compile cache.
 
-The analysis of a file (plain ``detect`` and ``--qc`` alike) is ``qc.sync_qc``: one pass
+The analysis of a file (plain ``detect`` and ``--qc`` alike) is this package's: one pass
 that measures every 5-frame lip window against the audio, summarised over the whole file
-(``sync_qc.detect_file``, the plain answer) or over time (``--qc``). **Positive = audio
-late** (the sound of frame i is heard at frame i + k).
+(``detect_file``, the plain answer) or over time (``--qc``). **Positive = audio late** (the
+sound of frame i is heard at frame i + k).
 
 A file is cut into lips with the crop the model was trained with (``InputSpec.crop``,
 recorded in every checkpoint and exported model); ``resolve_crop`` is the one place that

@@ -24,6 +24,7 @@ FRAME_MS = 1000.0 / FPS      # 40 ms per video frame
 SAMPLE_RATE = 16000          # audio samples per second
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS   # 640 audio samples per video frame
 MEL_PER_FRAME = 3.2          # mel frames per video frame (80 mel frames per second)
+MEL_MS = 1000.0 / 80         # 12.5 ms: one mel hop
 WINDOW_FRAMES = 5            # video frames in one model window
 MEL_WINDOW = 16              # mel frames in one model window (= 3.2 * 5)
 

@@ -1,3 +1,3 @@
-"""Sync QC of long videos and folders: streaming mel (``stream``), faces through a video
-(``tracking``), offset over time and drift (``sync_qc``), broadcast tolerances
-(``tolerances``), folders and lists (``qc_batch``) and HTML reports (``report``)."""
+"""What is QC's own on top of the analysis (``modeformer_jax.analysis``): broadcast
+tolerances (``tolerances``), folders and lists with resume and workers (``qc_batch``) and
+HTML reports (``report``)."""

@@ -2,7 +2,7 @@
 
 ``list_inputs`` turns folders, ``.txt``/``.lst`` file lists and video paths into one
 ordered, de-duplicated list; ``run_batch`` analyses each file with an analyzer (anything
-with ``analyze(path) -> dict``, e.g. ``sync_qc.Analyzer``) and writes to ``out_dir``:
+with ``analyze(path) -> dict``, e.g. ``analysis.Analyzer``) and writes to ``out_dir``:
 
   results.jsonl   one JSON line per file (a result, or ``{"name", "path", "error",
                   "kind"}``), appended as each file finishes, so a killed run loses at most
@@ -458,7 +458,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     make_analyzer: builds an object with ``analyze(path: str) -> dict``. Called once per
       worker process, and only if some file needs analysing. For ``workers > 1`` it must
       be picklable: a top-level function, or ``functools.partial`` of one with picklable
-      arguments (``functools.partial(sync_qc.Analyzer, model_dir)``); not a lambda or a
+      arguments (``functools.partial(analysis.Analyzer, model_dir)``); not a lambda or a
       closure. Workers are spawned and inherit the environment, so e.g.
       ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` set beforehand lets several share a GPU.
     workers: processes; 1 analyses in this process.

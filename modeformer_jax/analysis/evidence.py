@@ -1,0 +1,608 @@
+"""The streaming evidence of one analysis: offset over time at sub-frame precision, several faces.
+
+``Evidence`` takes a source chunk by chunk (``files.Analyzer`` for a file, ``monitor`` for a
+live stream), follows every face (``tracking``), embeds each track's 5-frame lip windows and the audio window at **every mel
+frame** (12.5 ms apart; with ``AnalysisOptions.audio_every`` n > 1 the audio model runs on every
+n-th, the ones between are blended from their neighbours), and keeps, per face track and
+per ``hop_s`` block of video, the summed similarity of each video window with the audio
+windows 0..+-15 frames away. Memory holds a few seconds of frames and embeddings and one
+small summary per block, so it does not grow with the file's length.
+
+Per segment (``window_s`` long, every ``hop_s``):
+
+* **Speaking face**: the track with the highest confidence among those present in at least
+  ``min_face`` of the segment's positions. Confidence = the mean similarity at the chosen
+  offset minus the median over all offsets (as ``protocol.detect_offset``).
+* **Whole frames**: the most frequent best offset of the segment's positions (the standard
+  protocol's per-frame vote, ``vote_frames``; each frame's votes pooled with its two
+  neighbours') says where to look; the reported
+  ``offset_frames`` is the whole frame nearest the sub-frame estimate below.
+* **Sub-frame**: the audio window of video frame ``t`` starts at mel frame ``round(3.2 t)``,
+  so audio windows ``s`` mel frames later sit ``12.5 s + 12.5 (round(3.2 t) - 3.2 t)`` ms
+  away: the five phases of ``t mod 5`` sample the similarity curve on a 2.5 ms grid. A
+  parabola is fitted to the grid points within ``fit_ms`` of the maximum (searched within
+  one frame of the whole-frame answer); its vertex is the offset in ms. The uncertainty is
+  the jackknife standard error over the segment's blocks.
+* **Unmeasurable**, never guessed: less than ``min_speech`` of the segment's audio is
+  speech (a voice-activity decision on level and, where the sound is loud throughout, its
+  shape: ``speech_shape``) or no face is tracked in ``min_face`` of it.
+
+Per file (``estimate.file_offset``, ``files``): the global offset, which is also plain ``detect``'s answer: the
+whole frame most measurable segments read (within one frame; without such a majority the
+evidence conflicts and there is no offset), in ms from their blocks pooled, with a
+jackknife standard error; the drift (Theil-Sen slope of offset against time, in ms per
+minute, with its confidence interval from non-overlapping segments) and a verdict against
+each broadcast tolerance (``tolerances``). Positive offsets mean the audio is late.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import time
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from modeformer_jax import media
+from modeformer_jax.analysis import estimate, sound, tracking
+from modeformer_jax.analysis.options import AnalysisOptions
+from modeformer_jax.media import features, mel_stream
+from modeformer_jax.model import windows
+
+if TYPE_CHECKING:   # annotations only: files imports this module
+  from modeformer_jax.analysis import files
+
+FPS = windows.FPS
+
+
+class Blocks:
+  """Per-(track, block) sums of the fine similarity curves, by phase."""
+
+  def __init__(self, n_fine: int, n_whole: int):
+    self.n_fine, self.n_whole = n_fine, n_whole
+    self.data: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+  def add(self, track: int, block: int, phase: int, curve: np.ndarray, best: int | None):
+    d = self.data.get((track, block))
+    if d is None:
+      d = self.data[(track, block)] = {
+          "sum": np.zeros((5, self.n_fine)), "cnt": np.zeros((5, self.n_fine)),
+          "hist": np.zeros(self.n_whole), "n": np.zeros(1)}
+    ok = np.isfinite(curve)
+    d["sum"][phase, ok] += curve[ok]
+    d["cnt"][phase, ok] += 1
+    if best is not None:
+      d["hist"][best] += 1
+    d["n"][0] += 1
+
+  def forget(self, before: int) -> None:
+    """Drops blocks before ``before`` (a live monitor's memory stays flat)."""
+    for key in [k for k in self.data if k[1] < before]:
+      del self.data[key]
+
+
+class Lane:
+  """One version of the source's audio (delayed by ``shift`` video frames, as
+  ``features.shift_audio`` does): its mel, audio embeddings, speech levels and evidence.
+
+  Real sound occupies samples ``start .. end`` of the lane's clock (``end`` is known when
+  the source ends); audio windows that read outside it (a late start, an audio stream that
+  ends before the video, samples a shift moved in) are never scored: silence made up by
+  the reader is not evidence.
+  """
+
+  def __init__(self, shift: int, n_fine: int, n_whole: int, hop_frames: int):
+    self.shift = int(shift)
+    self.delay = int(round(self.shift * windows.SAMPLE_RATE / FPS))
+    self.hop_frames = hop_frames
+    self.mel_stream = mel_stream.MelStream()
+    self.mel_buf, self.mel_base = np.zeros((80, 0), np.float32), 0   # mel frames from mel_base
+    self.a_buf, self.a_base = np.zeros((0, 0), np.float32), 0        # unit audio embeddings
+    self.a_last: tuple[int, np.ndarray] | None = None  # last computed (audio_every > 1)
+    self.blocks = Blocks(n_fine, n_whole)
+    self.speech: dict[int, np.ndarray] = {}      # block -> histogram of 12.5 ms levels (dB)
+    self.shape: dict[int, np.ndarray] = {}       # block -> sound.speech_shape of its mel
+    self.shape_buf = np.zeros((80, 0), np.float32)   # mel frames of the unfinished block
+    self.shape_base = 0                          # mel frame of shape_buf[:, 0]
+    self.rms_hist = np.zeros(120)                # hop levels in dB, -120..0, whole source
+    self.vad_tail = np.zeros(0, np.float32)
+    self.vad_count = 0                           # 200-sample hops measured so far
+    self.raw = 0                                 # source samples received
+    self.lead = 0                                # silence the reader put in front
+    self.end: int | None = None                  # end of real sound (lane clock), at finish
+    self.positions = 0                           # positions with real sound in reach
+
+  @property
+  def start(self) -> int:
+    """First sample of real sound on the lane's clock."""
+    return max(0, self.lead + self.delay)
+
+  def push(self, x: np.ndarray) -> np.ndarray:
+    """Source samples in; returns the lane's samples (shifted)."""
+    if self.delay > 0 and self.raw == 0 and x.size:
+      y = np.concatenate([np.zeros(self.delay, np.float32), x])
+    elif self.delay < 0:
+      drop = max(0, min(x.size, -self.delay - self.raw))
+      y = x[drop:]
+    else:
+      y = x
+    self.raw += x.size
+    return y
+
+  def hear(self, audio: np.ndarray) -> None:
+    """Source samples in: shifted, levels (``vad``), mel and its speech shape."""
+    x = self.push(audio)
+    self.vad(x)
+    m = self.mel_stream.push(x)
+    self.mel_buf = np.concatenate([self.mel_buf, m], axis=1)
+    self.shape_push(m)
+
+  def hear_end(self, num_frames: int | None) -> None:
+    """The source ended (``num_frames`` of video): the last mel frames and shape."""
+    m = self.mel_stream.finish(num_frames)
+    self.mel_buf = np.concatenate([self.mel_buf, m], axis=1)
+    self.shape_push(m, final=True)
+
+  def valid_windows(self, video_samples: int | None) -> tuple[int, float]:
+    """Audio windows ``[lo, hi)`` (by first mel frame) that read real sound only.
+
+    A window starting at mel frame ``m`` reads samples ``200 m - 400 .. 200 (m + 15) + 400``.
+    The file's own edges (sound from the first frame, or running past the last) are the
+    training data's edges too and stay valid."""
+    lo = 0 if self.start == 0 else -(-(self.start + 400) // 200)
+    hi = math.inf
+    if self.end is not None and video_samples is not None and self.end < video_samples:
+      hi = (self.end - 400) // 200 - windows.MEL_WINDOW + 2
+    return lo, hi
+
+  def vad(self, x: np.ndarray) -> None:
+    """Levels of 12.5 ms hops, per block and for the whole source."""
+    x = np.concatenate([self.vad_tail, x])
+    n = x.size // 200
+    if n:
+      e = x[:n * 200].reshape(n, 200)
+      db = 10 * np.log10(np.mean(e * e, axis=1) + 1e-12)
+      bins = np.clip((-db).astype(int), 0, 119)
+      blk = ((self.vad_count + np.arange(n)) * 200 // (640 * self.hop_frames)).astype(int)
+      for b in np.unique(blk):
+        h = self.speech.setdefault(int(b), np.zeros(120, np.int32))
+        np.add.at(h, bins[blk == b], 1)
+      # Made-up silence (a late start) says nothing about the room's noise floor.
+      real = (self.vad_count + np.arange(n)) * 200 >= self.start
+      np.add.at(self.rms_hist, bins[real], 1)
+      self.vad_count += n
+    self.vad_tail = x[n * 200:]
+
+  def block_of_mel(self, m: int) -> int:
+    """The block holding mel frame ``m`` (centred on sample ``200 m``, as ``vad``'s hops)."""
+    return m * 200 // (640 * self.hop_frames)
+
+  def shape_push(self, mel: np.ndarray, final: bool = False) -> None:
+    """Mel frames in (the lane's, in order); ``sound.speech_shape`` of each block they complete,
+    and with ``final`` of the last, partial one."""
+    buf = np.concatenate([self.shape_buf, mel], axis=1)
+    while buf.shape[1]:
+      b = self.block_of_mel(self.shape_base)
+      end = -(-(b + 1) * 640 * self.hop_frames // 200)      # first mel frame of block b + 1
+      n = end - self.shape_base
+      if buf.shape[1] < n and not final:
+        break
+      self.shape[b] = sound.speech_shape(buf[:, :n])
+      buf, self.shape_base = buf[:, n:], self.shape_base + min(n, buf.shape[1])
+    self.shape_buf = buf
+
+  def speech_threshold(self, o: AnalysisOptions) -> float:
+    """The floor rule's level: above ``vad_db`` and ``vad_above_floor_db`` above the noise
+    floor (the 10th percentile level of the real sound)."""
+    cum = np.cumsum(self.rms_hist[::-1])          # from the quietest bin up
+    floor = -float(119 - np.searchsorted(cum, 0.1 * cum[-1])) if cum[-1] else -120.0
+    return max(o.vad_db, floor + o.vad_above_floor_db)
+
+  def speech_fraction(self, blocks: Sequence[int], thr: float, o: AnalysisOptions) -> float:
+    """Share of the 12.5 ms hops of ``blocks`` that are speech: above ``thr`` (the floor
+    rule, ``Evidence.speech_threshold``), or above ``o.vad_db`` in a block whose sound has
+    speech's shape (``AnalysisOptions.vad_shape_*``)."""
+    total = speech = 0
+    for b in blocks:
+      h = self.speech.get(b)
+      if h is None:
+        continue
+      f = self.shape.get(b)
+      shaped = f is not None and (f[0] >= o.vad_shape_modulation
+                                  and f[1] >= o.vad_shape_depth_db
+                                  and f[2] >= o.vad_shape_centroid_bins)
+      t = min(thr, o.vad_db) if shaped else thr
+      # Bin i holds levels in (-i - 1, -i] dB: speech where -i > t.
+      total += int(h.sum())
+      speech += int(h[:max(0, math.ceil(-t))].sum())
+    return speech / total if total else 0.0
+
+  def forget(self, before_block: int) -> None:
+    self.blocks.forget(before_block)
+    for b in [b for b in self.speech if b < before_block]:
+      del self.speech[b]
+    for b in [b for b in self.shape if b < before_block]:
+      del self.shape[b]
+
+
+class Evidence:
+  """The one analysis of a source, as it streams: per face track and per ``hop_s`` block,
+  the similarity of every 5-frame lip window with the audio windows 0..+-15 frames away at
+  every mel frame (see the module docstring). ``push`` chunks of ``media.Reader`` (or of a
+  live reader), then ``finish``; ``files.Analyzer.summarise`` turns it into answers.
+
+  ``shifts`` analyses several versions of the audio at once (each delayed by that many
+  frames, ``Lane``); the pictures are decoded, tracked and embedded once.
+  """
+
+  def __init__(self, analyzer: "files.Analyzer", info: media.StreamInfo, shifts: Sequence[int] = (0,),
+               name: str = ""):
+    o = analyzer.options
+    self.analyzer, self.options, self.info, self.name = analyzer, o, info, name
+    self.embedder = analyzer.embedder
+    self.maxk = o.max_offset_frames
+    self.max_s = windows.mel_start(self.maxk)          # mel frames of maxk video frames
+    self.n_fine = 2 * self.max_s + 1
+    self.whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + self.max_s
+                                for k in range(-self.maxk, self.maxk + 1)] for p in range(5)])
+    # Frames per block (hop_s of video): segments and windows start and end on blocks.
+    self.hop_frames = int(round(o.hop_s * FPS))
+    self.win_blocks = int(round(o.window_s / o.hop_s))
+    self._window_end = 0          # blocks before this were in a latest_window already
+    self.lanes = [Lane(k, self.n_fine, 2 * self.maxk + 1, self.hop_frames) for k in shifts]
+    self.lips = analyzer.lip_source()
+    self.observer = (tracking.FaceObserver(o.max_faces) if self.lips.needs_faces else None)
+    self.shots = tracking.ShotDetector()
+    self.frame_buf: list[np.ndarray] = []
+    self.held_buf: list[bool] = []
+    self.buf_base = 0                  # frame number of frame_buf[0]
+    self.cropped = 0                   # frames cut into lips so far
+    self.tails: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}  # track -> (next, crops, held)
+    self.pending: list[tuple[int, int, np.ndarray]] = []   # (track, position, video embedding)
+    self.vid_queue: list[tuple[list, np.ndarray]] = []     # windows waiting for a full chunk
+    self.cuts: list[int] = []
+    self.num_frames = 0
+    self.held_frames = 0
+    self.windows_held = 0              # lip windows skipped for held frames
+    self.finished = False
+    # Seconds spent per stage (where the time goes; bench.decode_floor prints it).
+    self.stage_s: dict[str, float] = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def _timed(self, stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.stage_s[stage] += time.perf_counter() - t0
+
+  # --- audio -------------------------------------------------------------------------------
+  def _embed_audio(self, lane: Lane, final: bool, partial: bool = False) -> None:
+    chunk = self.embedder.chunk
+    n = self.options.audio_every
+    start = lane.a_base + lane.a_buf.shape[0]
+    stop = lane.mel_base + lane.mel_buf.shape[1] - windows.MEL_WINDOW + 1
+    if final:                                  # windows past the end read silence
+      stop = lane.mel_base + lane.mel_buf.shape[1]
+    if stop <= start:
+      return
+    # The mel frames whose window is computed: every n-th (the others are blended from
+    # their neighbours, ``_between``); whole embedder chunks of them only, unless ``final``
+    # or ``partial`` (a padded chunk costs a full one). With n > 1 the last one computed
+    # ends the step (the frames after it wait for their right neighbour), and the last
+    # window of the source is always computed.
+    todo = np.arange(start + (-start) % n, stop, n)
+    if not final and not partial:
+      todo = todo[:todo.size // chunk * chunk]
+    if final and n > 1 and (todo.size == 0 or todo[-1] != stop - 1):
+      todo = np.append(todo, stop - 1)
+    if todo.size == 0:
+      return
+    stop = int(todo[-1]) + 1 if n > 1 or not final else stop
+    mel = lane.mel_buf
+    if final:
+      mel = np.pad(mel, ((0, 0), (0, windows.MEL_WINDOW)), constant_values=features.MEL_SILENCE)
+    idx = todo - lane.mel_base
+    win = mel[:, idx[:, None] + np.arange(windows.MEL_WINDOW)].transpose(1, 0, 2)
+    with self._timed("audio model"):
+      a = unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
+    if n > 1:
+      a = self._between(lane, start, stop, todo, a)
+    lane.a_buf = a if lane.a_buf.size == 0 else np.concatenate([lane.a_buf, a])
+
+  def _between(self, lane: Lane, start: int, stop: int, todo: np.ndarray,
+               a: np.ndarray) -> np.ndarray:
+    """Embeddings of mel frames ``start .. stop - 1`` from those computed at ``todo`` (and
+    the lane's last computed one before): each frame between two computed ones gets their
+    linear blend, made unit length again; before the first computed window of the source,
+    NaN (never scored). ``todo[-1]`` is ``stop - 1``."""
+    known_m = np.concatenate([[lane.a_last[0]], todo]) if lane.a_last is not None else todo
+    known = np.concatenate([lane.a_last[1][None], a]) if lane.a_last is not None else a
+    lane.a_last = (int(todo[-1]), a[-1])
+    m = np.arange(start, stop)
+    right = np.searchsorted(known_m, m)             # first computed frame at or after m
+    out = np.full((m.size, a.shape[1]), np.nan, np.float32)
+    exact = known_m[np.minimum(right, known_m.size - 1)] == m
+    out[exact] = known[right[exact]]
+    mid = ~exact & (right > 0)
+    if mid.any():
+      r = right[mid]
+      w = ((m[mid] - known_m[r - 1]) / (known_m[r] - known_m[r - 1]))[:, None]
+      out[mid] = unit((1 - w) * known[r - 1] + w * known[r])
+    return out
+
+  def _score(self, final: bool) -> None:
+    max_s = self.max_s
+    video_samples = self.num_frames * 640 if final else None
+    bounds = [lane.valid_windows(video_samples) for lane in self.lanes]
+    have = min(lane.a_base + lane.a_buf.shape[0] for lane in self.lanes)
+    keep = []
+    for tr, p, v in self.pending:
+      m0 = windows.mel_start(p)
+      if not final and m0 + max_s >= have:
+        keep.append((tr, p, v))
+        continue
+      lo, hi = m0 - max_s, m0 + max_s + 1
+      for lane, (vlo, vhi) in zip(self.lanes, bounds):
+        a = max(lo, lane.a_base, vlo)
+        b = min(hi, lane.a_base + lane.a_buf.shape[0], vhi)
+        if a >= b:          # no real sound within reach of this window
+          continue
+        curve = np.full(self.n_fine, np.nan)
+        curve[a - lo:b - lo] = lane.a_buf[a - lane.a_base:b - lane.a_base] @ v
+        whole = curve[self.whole_idx[p % 5]]
+        best = int(np.nanargmax(whole)) if np.isfinite(whole).any() else None
+        lane.blocks.add(tr, p // self.hop_frames, p % 5, curve, best)
+    self.pending = keep
+
+  # --- pictures ------------------------------------------------------------------------------
+  def _embed_video(self, final: bool, partial: bool = False) -> None:
+    # Whole embedder chunks only (as _embed_audio), the rest waits for the next call.
+    n = sum(len(ow) for ow, _ in self.vid_queue)
+    take = n if final or partial else n // self.embedder.chunk * self.embedder.chunk
+    if take == 0:
+      return
+    owners = [x for ow, _ in self.vid_queue for x in ow]
+    wins = np.concatenate([w for _, w in self.vid_queue])
+    with self._timed("video model"):
+      v = unit(self.embedder.video(wins[:take]))
+    self.pending.extend((tid, p, v[i]) for i, (tid, p) in enumerate(owners[:take]))
+    self.vid_queue.clear()
+    if take < n:
+      self.vid_queue.append((owners[take:], wins[take:]))
+
+  def _cut_lips(self, upto: int, final: bool = False) -> None:
+    if upto <= self.cropped:
+      self._embed_video(final)
+      return
+    lo, w = self.cropped, windows.WINDOW_FRAMES
+    held = np.array(self.held_buf[lo - self.buf_base:upto - self.buf_base], bool)
+    with self._timed("lip crops"):
+      got = self.lips.crops_for(lo, upto,
+                                self.frame_buf[lo - self.buf_base:upto - self.buf_base])
+    vids, owners = [], []
+    for tid, (idx, cr) in got.items():
+      nxt, tail, tail_held = self.tails.get(
+          tid, (-1, np.zeros((0, *cr.shape[1:]), np.uint8), np.zeros(0, bool)))
+      if nxt != idx[0]:                          # a new track (or a gap): no tail
+        tail, tail_held = tail[:0], tail_held[:0]
+      seq = np.concatenate([tail, cr])
+      seq_held = np.concatenate([tail_held, held[idx - lo]])
+      first = idx[0] - tail.shape[0]
+      n = seq.shape[0] - w + 1
+      if n > 0:
+        # A window is measured when at most ``max_held`` of its frames repeat the picture
+        # before them; its frames stay where their timestamps put them either way.
+        n_held = np.convolve(seq_held.astype(int), np.ones(w, int), "valid")
+        ok = n_held <= self.options.max_held
+        self.windows_held += int((~ok).sum())
+        if ok.any():
+          vids.append(windows.video_windows(seq)[ok])
+          owners += [(tid, first + i) for i in np.flatnonzero(ok)]
+      self.tails[tid] = (idx[-1] + 1, seq[-(w - 1):], seq_held[-(w - 1):])
+    if vids:
+      self.vid_queue.append((owners, np.concatenate(vids)))
+    self._embed_video(final)
+    self.cropped = upto
+    drop = self.cropped - self.buf_base
+    del self.frame_buf[:drop]
+    del self.held_buf[:drop]
+    self.buf_base += drop
+    self.lips.prune(self.cropped)
+
+  # --- the stream ----------------------------------------------------------------------------
+  def push(self, ch: media.Chunk, landmarks_every: int | None = None) -> None:
+    """Adds one chunk of frames and audio; analyses what became complete.
+    ``landmarks_every``: face landmarks on every n-th frame of this chunk (default the
+    options' ``detect_every``; a live monitor that falls behind runs them more sparsely)."""
+    o = self.options
+    every = o.detect_every if landmarks_every is None else int(landmarks_every)
+    for lane in self.lanes:
+      if ch.audio.size and lane.raw == 0:
+        lane.lead = int(ch.audio_lead)
+      with self._timed("mel"):
+        lane.hear(ch.audio)
+    held = ch.held if ch.held is not None else np.zeros(len(ch.frames), bool)
+    for i, frame in enumerate(ch.frames):
+      t = ch.start + i
+      with self._timed("shot cuts"):
+        cut = self.shots.is_cut(frame)
+      if cut:
+        self.cuts.append(t)
+        if self.observer is not None:
+          self.observer.reset()
+      faces = []
+      if self.observer is not None and (t % every == 0 or cut):
+        with self._timed("face landmarks"):
+          faces = self.observer.observe(frame)
+      self.lips.update(t, faces, cut)
+      self.frame_buf.append(frame)
+      self.held_buf.append(bool(held[i]))
+    self.held_frames += int(held.sum())
+    self.num_frames = ch.start + len(ch.frames)
+    if self.lips.lookahead is not None:
+      self._cut_lips(max(self.cropped, self.num_frames - self.lips.lookahead))
+    for lane in self.lanes:
+      self._embed_audio(lane, final=False)
+    with self._timed("scoring"):
+      self._score(final=False)
+    self._forget_audio()
+
+  def _forget_audio(self) -> None:
+    """Forgets audio embeddings and mel that no pending or future window needs."""
+    oldest = min([p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
+                 + [max(0, self.cropped - windows.WINDOW_FRAMES)])
+    need = windows.mel_start(oldest) - self.max_s
+    for lane in self.lanes:
+      if need > lane.a_base:
+        drop = min(need - lane.a_base, lane.a_buf.shape[0])
+        lane.a_buf, lane.a_base = lane.a_buf[drop:], lane.a_base + drop
+      keep_mel = lane.a_base + lane.a_buf.shape[0]
+      if keep_mel > lane.mel_base:
+        lane.mel_buf = lane.mel_buf[:, keep_mel - lane.mel_base:]
+        lane.mel_base = keep_mel
+
+  def finish(self) -> None:
+    """The source ended: analyses the rest (windows past the end of the sound are not
+    scored)."""
+    if self.finished:
+      return
+    self.finished = True
+    try:
+      for lane in self.lanes:
+        # Real sound ends where the source's samples end, moved by the lane's shift.
+        lane.end = lane.raw + lane.delay
+      for tr in self.lips.tracks:
+        tr.ended = True
+      self._cut_lips(self.num_frames, final=True)
+      for lane in self.lanes:
+        lane.hear_end(self.num_frames)
+        self._embed_audio(lane, final=True)
+      self._score(final=True)
+    finally:
+      self.close()
+
+  def close(self) -> None:
+    if self.observer is not None:
+      self.observer.close()
+      self.observer = None
+
+  # --- live monitoring -----------------------------------------------------------------------
+  def latest_window(self) -> dict | None:
+    """The last ``window_s`` of complete blocks, analysed now (a live monitor's report).
+
+    Everything pushed is embedded and scored first (``flush``); None when no block was
+    completed since the last call. Returns ``segment``'s dict (offset, confidence,
+    reliability, track, face and speech fractions, reason) plus ``start_frame`` and
+    ``end_frame`` (of this evidence's stream) and ``new_frames`` (not in an earlier
+    window). Evidence no later window can reach is forgotten: memory stays flat.
+    """
+    self.flush()
+    b1 = self.scored_until() // self.hop_frames
+    if b1 <= self._window_end:
+      return None
+    b0 = max(0, b1 - self.win_blocks)
+    lane = self.lanes[0]
+    seg = self.segment(lane, b0, b1 - b0, self.speech_threshold(lane))
+    seg |= {"start_frame": b0 * self.hop_frames, "end_frame": b1 * self.hop_frames,
+            "new_frames": (b1 - max(self._window_end, b0)) * self.hop_frames}
+    self._window_end = b1
+    self.forget(b0 - self.win_blocks)
+    return seg
+
+  def flush(self) -> None:
+    """Embeds and scores every window complete now, without waiting for whole embedder
+    chunks (``push`` waits: a padded chunk costs a full one). A live monitor calls it when
+    a report is due, so the report does not wait seconds for a chunk to fill."""
+    self._embed_video(final=False, partial=True)
+    for lane in self.lanes:
+      self._embed_audio(lane, final=False, partial=True)
+    with self._timed("scoring"):
+      self._score(final=False)
+    self._forget_audio()
+
+  def scored_until(self) -> int:
+    """Lip windows starting before this frame are scored (or skipped): blocks before
+    ``scored_until() // hop_frames`` are complete, later pushes add nothing to them."""
+    waiting = [p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
+    return max(0, min(waiting + [self.cropped - windows.WINDOW_FRAMES + 1]))
+
+  def forget(self, before_block: int) -> None:
+    """Drops the evidence of blocks before ``before_block`` and what ended face tracks
+    left behind (live monitoring: memory stays flat for hours)."""
+    for lane in self.lanes:
+      lane.forget(before_block)
+    self.cuts = [c for c in self.cuts if c >= before_block * self.hop_frames]
+    if self.lips.needs_faces:
+      alive = {tr.id for tr in self.lips.tracks}
+      for tid in [t for t in self.tails if t not in alive]:
+        del self.tails[tid]
+      self.lips.finished.clear()
+
+  # --- reading it ----------------------------------------------------------------------------
+  def speech_threshold(self, lane: Lane) -> float:
+    """``lane.speech_threshold`` under this analysis's options."""
+    return lane.speech_threshold(self.options)
+
+  def overlap_s(self, lane: Lane) -> float:
+    """Seconds of video that have real sound (after ``finish``)."""
+    video = self.num_frames * 640
+    end = min(video, lane.end if lane.end is not None else video)
+    return max(0, end - lane.start) / windows.SAMPLE_RATE
+
+  def segment(self, lane: Lane, first_block: int, num_blocks: int, thr: float) -> dict:
+    """The estimate over blocks ``first_block ..`` (at most ``num_blocks``): the speaking
+    face (the track with the highest confidence among those with lips in ``min_face`` of
+    the positions), its offset, and why it is not measurable when it is not."""
+    o = self.options
+    n_total = max(0, self.num_frames - windows.WINDOW_FRAMES + 1)
+    n_blocks = max(1, math.ceil(n_total / self.hop_frames))
+    bl = range(first_block, min(first_block + num_blocks, n_blocks))
+    speech_frac = lane.speech_fraction(bl, thr, o)
+    n_pos = sum(max(0, min(self.hop_frames, n_total - b * self.hop_frames)) for b in bl)
+    tracks = sorted({tr for tr, b in lane.blocks.data if b in bl})
+    best = None
+    for tr in tracks:
+      parts = [p for p in (lane.blocks.data.get((tr, b)) for b in bl) if p is not None]
+      face_frac = float(sum(p["n"][0] for p in parts) / max(1, n_pos))
+      est = estimate.estimate_segment(parts, self.whole_idx, self.max_s, o.fit_ms)
+      if est is None:
+        continue
+      est |= {"track": tr, "face_fraction": round(face_frac, 3)}
+      if face_frac >= o.min_face and (best is None or est["confidence"] > best["confidence"]):
+        best = est
+    seg = {"start_s": first_block * self.hop_frames / FPS,
+           "end_s": (first_block + num_blocks) * self.hop_frames / FPS,
+           "speech_fraction": round(speech_frac, 3)}
+    t0, t1 = seg["start_s"] * windows.SAMPLE_RATE, seg["end_s"] * windows.SAMPLE_RATE
+    no_audio = lane.start >= t1 or (lane.end is not None and lane.end <= t0)
+    reason = None
+    if no_audio:
+      reason = "no audio"
+    elif best is None:
+      reason = "no face"
+    elif speech_frac < o.min_speech:
+      reason = "no speech"
+    elif best["at_search_edge"]:
+      # The best whole frame is the last one searched: the true peak may lie beyond the
+      # range, or there is none; either way this is not a measurement.
+      reason = "uncertain"
+    if best is not None:
+      best["reliability"] = self.analyzer.reliability_of(best, speech_frac)
+      if (reason is None and best["reliability"] is not None
+          and best["reliability"] < o.min_reliability):
+        reason = "uncertain"
+      seg |= best
+    else:
+      seg |= {"offset_ms": None, "offset_frames": None, "uncertainty_ms": None,
+              "confidence": None, "track": None, "face_fraction": 0.0}
+    seg["measurable"] = reason is None
+    seg["reason"] = reason
+    seg["blocks"] = [first_block, bl.stop]
+    return seg
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
