@@ -214,8 +214,6 @@ class _Run:
   next_due: float                                # stream seconds (in the run) of the next report
   arrivals: collections.deque = dataclasses.field(default_factory=collections.deque)
   analysed: dict = dataclasses.field(default_factory=dict)   # block -> frames analysed
-  audio: dict = dataclasses.field(default_factory=dict)      # block -> [samples]
-  samples: int = 0                               # audio samples received
 
 
 class Monitor:
@@ -344,13 +342,6 @@ class Monitor:
     if pictures:
       for t in range(ch.start, ch.start + n):
         run.analysed[t // hop] = run.analysed.get(t // hop, 0) + 1
-    # Sound by block, for the window's speech dynamics (``_character``).
-    spb = hop * windows.SAMPLE_RATE // FPS
-    s0 = run.samples
-    for b in range(s0 // spb, (s0 + ch.audio.size - 1) // spb + 1 if ch.audio.size else 0):
-      lo, hi = max(s0, b * spb), min(s0 + ch.audio.size, (b + 1) * spb)
-      run.audio.setdefault(b, []).append(ch.audio[lo - s0:hi - s0])
-    run.samples += ch.audio.size
     if ch.arrival is not None and n:
       run.arrivals.append((ch.start, ch.arrival))
     run.evidence.push(ch, landmarks_every=self._landmarks_every)
@@ -358,13 +349,6 @@ class Monitor:
     self._stalled = False
     if run.evidence.num_frames / FPS >= run.next_due:
       self._report(run)
-
-  def _character(self, run: _Run, b0: int, b1: int) -> tuple[float, float]:
-    """(level dBFS, speech-band spread dB) of the window's sound (``media.channel_stats``)."""
-    parts = [x for b in range(b0, b1) for x in run.audio.get(b, [])]
-    if not parts:
-      return -120.0, 0.0
-    return media.channel_stats(np.concatenate(parts), windows.SAMPLE_RATE)
 
   def _report(self, run: _Run) -> None:
     o = self.options
@@ -376,14 +360,7 @@ class Monitor:
       return
     f0, f1, hop = seg["start_frame"], seg["end_frame"], ev.hop_frames
     b0, b1 = f0 // hop, f1 // hop
-    level, spread = self._character(run, b0, b1)
-    reason = seg["reason"]
-    if reason == "no speech":
-      reason = ("silence" if level < media.SILENT_DBFS else
-                "music or steady sound" if spread < media.SPEECH_SPREAD_DB else "no speech")
-    elif reason in (None, "uncertain") and level >= media.SILENT_DBFS \
-        and spread < media.SPEECH_SPREAD_DB:
-      reason = "music or steady sound"      # loud enough for the VAD, not speech-like
+    reason = seg["reason"]         # the engine's, sound character included
     measurable = reason is None
     # Latency: every frame the report adds, from its arrival to now.
     now = time.monotonic()
@@ -418,7 +395,8 @@ class Monitor:
         "uncertainty_ms": seg["uncertainty_ms"], "confidence": seg["confidence"],
         "track": seg["track"], "face_fraction": seg["face_fraction"],
         "speech_fraction": seg["speech_fraction"], "reliability": seg.get("reliability"),
-        "speech_spread_db": round(spread, 1), "level_db": round(level, 1),
+        "speech_spread_db": seg["sound"]["speech_spread_db"],
+        "level_db": seg["sound"]["level_dbfs"], "sound": seg["sound"]["character"],
         "tolerance": self.tolerance.name,
         "in_tolerance": None if offset is None else self.tolerance.passes(offset),
         "alarm_active": self.alarm.active, "alarm": change,
@@ -434,9 +412,8 @@ class Monitor:
     self._emit(report)
     if change:
       self._alarm_event(change, report)
-    for d in (run.analysed, run.audio):
-      for b in [b for b in d if b < b0]:
-        del d[b]
+    for b in [b for b in run.analysed if b < b0]:
+      del run.analysed[b]
 
   def _alarm_event(self, change: str, r: dict) -> None:
     t = self.tolerance

@@ -386,3 +386,59 @@ def test_monitor_uses_only_the_engines_public_api():
   assert names and names <= set(analysis.__all__), names - set(analysis.__all__)
   assert not re.findall(r"from modeformer_jax\.analysis[\. ]", src)
   assert "lanes" not in src and "speech_threshold" not in src and ".forget(" not in src
+
+
+@pytest.mark.slow
+def test_a_file_played_live_gets_the_files_reasons_and_offsets(tmp_path):
+  """One file both ways: file QC (``analysis.Analyzer``) and the live monitor reading it as
+  a source. The sound character is decided in the engine, so for every window the monitor
+  reports, the file's segment over the same blocks has the same reason and offset: speech
+  at +60 ms, a held chord (music or steady sound), silence, and no face."""
+  from data_prep.synthetic import long as long_mat
+  from data_prep.synthetic.encode import write_mp4
+  from modeformer_jax import analysis
+  from modeformer_jax.media import features
+  spec = {"seed": 1, "drift_ppm": 0.0, "pieces": [
+      {"seconds": 9, "speaker": 3, "offset_ms": 60.0, "kind": "speech"},
+      {"seconds": 7, "offset_ms": 60.0, "kind": "silence"},
+      {"seconds": 7, "offset_ms": 60.0, "kind": "silence"},
+      {"seconds": 6, "offset_ms": 60.0, "kind": "noface"}]}
+  long_mat.make_long_video(tmp_path / "long.mp4", spec, progress=False)
+  dec = features.decode(str(tmp_path / "long.mp4"))
+  audio = dec.audio.copy()
+  t = np.arange(7 * 16000) / 16000                      # seconds 9-16: a held A-major chord
+  audio[9 * 16000:16 * 16000] = 0.1 * sum(np.sin(2 * np.pi * f * t) for f in (220, 277, 330))
+  write_mp4(tmp_path / "both.mp4", dec.frames, audio, gop=25)
+  path = tmp_path / "both.ts"        # MPEG-TS: a live source reads it as a stream
+  with av.open(str(tmp_path / "both.mp4")) as src, av.open(str(path), "w", format="mpegts") as dst:
+    out = {s.index: dst.add_stream_from_template(s) for s in (*src.streams.video,
+                                                               *src.streams.audio)}
+    for pkt in src.demux():
+      if pkt.dts is not None:
+        pkt.stream = out[pkt.stream.index]
+        dst.mux(pkt)
+
+  det = analysis.load_detector(chunk=32)
+  opts = analysis.AnalysisOptions()                     # files' 5 s windows, 1 s apart
+  result = analysis.Analyzer(options=opts, detector=det).analyze(str(path))
+  file_segs = {round(s["start_s"] * 25): s for s in result["segments"]}
+  reports: list[dict] = []
+  mon = monitor.Monitor(str(path), monitor.MonitorOptions(
+      analysis=analysis.AnalysisOptions(), every_s=1.0, stall_s=1.0, sparse_backlog_s=1e9,
+      drop_backlog_s=1e9, resume_backlog_s=1e9, max_queue_s=1e9), detector=det,
+      sinks=[reports.append])
+  assert mon.run() == monitor.EXIT_STOPPED
+  live = [r for r in reports if r["event"] == "report"]
+  assert len(live) >= 20, [r for r in reports if r["event"] != "report"]
+  reasons = set()
+  for r in live:
+    first = round(r["window_s"][0] * 25)
+    seg = file_segs.get(first)
+    if seg is None or round(r["window_s"][1] * 25) != round(seg["end_s"] * 25):
+      continue            # the stream's last, shorter window has no file segment
+    reasons.add(r["reason"])
+    assert r["reason"] == seg["reason"], (r["window_s"], r["reason"], seg["reason"])
+    if seg["measurable"]:
+      assert abs(r["offset_ms"] - seg["offset_ms"]) <= 1.0, (r["window_s"], r, seg)
+  assert {None, "music or steady sound", "silence", "no face"} <= reasons, (
+      reasons, [(s["start_s"], s["reason"], s["sound"]) for s in result["segments"]])

@@ -108,6 +108,10 @@ class Lane:
     self.rms_hist = np.zeros(120)                # hop levels in dB, -120..0, whole source
     self.vad_tail = np.zeros(0, np.float32)
     self.vad_count = 0                           # 200-sample hops measured so far
+    # Per block, the 20-ms frames' RMS and speech-band energy (``sound.character``).
+    self.levels: dict[int, list[np.ndarray]] = {}
+    self.levels_tail = np.zeros(0, np.float32)
+    self.levels_count = 0                        # 20-ms frames measured so far
     self.raw = 0                                 # source samples received
     self.lead = 0                                # silence the reader put in front
     self.end: int | None = None                  # end of real sound (lane clock), at finish
@@ -134,6 +138,7 @@ class Lane:
     """Source samples in: shifted, levels (``vad``), mel and its speech shape."""
     x = self.push(audio)
     self.vad(x)
+    self.frame_levels(x)
     m = self.mel_stream.push(x)
     self.mel_buf = np.concatenate([self.mel_buf, m], axis=1)
     self.shape_push(m)
@@ -174,6 +179,38 @@ class Lane:
       self.vad_count += n
     self.vad_tail = x[n * 200:]
 
+  def frame_levels(self, x: np.ndarray) -> None:
+    """RMS and speech-band energy of 20-ms frames, per block (``sound.character``)."""
+    x = np.concatenate([self.levels_tail, x])
+    n = x.size // sound.FRAME_SAMPLES
+    if n:
+      rms, band = media.frame_levels(x[:n * sound.FRAME_SAMPLES], windows.SAMPLE_RATE)
+      blk = ((self.levels_count + np.arange(n)) * sound.FRAME_SAMPLES
+             // (windows.SAMPLES_PER_FRAME * self.hop_frames))
+      for b in np.unique(blk):
+        sel = blk == b
+        self.levels.setdefault(int(b), []).append(
+            np.stack([rms[sel], band[sel]]).astype(np.float32))
+      self.levels_count += n
+    self.levels_tail = x[n * sound.FRAME_SAMPLES:]
+
+  def character(self, blocks: Sequence[int], o: AnalysisOptions) -> dict:
+    """The sound of ``blocks``: level (dBFS), speech-band spread (dB) and what it is
+    (``sound.character``)."""
+    parts = [p for b in blocks for p in self.levels.get(b, [])]
+    f = np.concatenate(parts, axis=1).astype(np.float64) if parts else np.zeros((2, 0))
+    level, spread = media.sound_stats(f[0], f[1])
+    shaped = [self.shaped(b, o) for b in blocks if b in self.shape]
+    share = float(np.mean(shaped)) if shaped else 0.0
+    return {"level_dbfs": round(level, 1), "speech_spread_db": round(spread, 1),
+            "character": sound.character(level, spread, share, o.vad_db)}
+
+  def shaped(self, block: int, o: AnalysisOptions) -> bool:
+    """Whether ``block``'s sound has speech's shape (``AnalysisOptions.vad_shape_*``)."""
+    f = self.shape.get(block)
+    return f is not None and (f[0] >= o.vad_shape_modulation and f[1] >= o.vad_shape_depth_db
+                              and f[2] >= o.vad_shape_centroid_bins)
+
   def block_of_mel(self, m: int) -> int:
     """The block holding mel frame ``m`` (centred on sample ``200 m``, as ``vad``'s hops)."""
     return m * 200 // (640 * self.hop_frames)
@@ -208,11 +245,7 @@ class Lane:
       h = self.speech.get(b)
       if h is None:
         continue
-      f = self.shape.get(b)
-      shaped = f is not None and (f[0] >= o.vad_shape_modulation
-                                  and f[1] >= o.vad_shape_depth_db
-                                  and f[2] >= o.vad_shape_centroid_bins)
-      t = min(thr, o.vad_db) if shaped else thr
+      t = min(thr, o.vad_db) if self.shaped(b, o) else thr
       # Bin i holds levels in (-i - 1, -i] dB: speech where -i > t.
       total += int(h.sum())
       speech += int(h[:max(0, math.ceil(-t))].sum())
@@ -222,6 +255,8 @@ class Lane:
     self.blocks.forget(before_block)
     for b in [b for b in self.speech if b < before_block]:
       del self.speech[b]
+    for b in [b for b in self.levels if b < before_block]:
+      del self.levels[b]
     for b in [b for b in self.shape if b < before_block]:
       del self.shape[b]
 
@@ -597,6 +632,9 @@ class Evidence:
     else:
       seg |= {"offset_ms": None, "offset_frames": None, "uncertainty_ms": None,
               "confidence": None, "track": None, "face_fraction": 0.0}
+    # What the sound is, decided here for files and live streams alike (``sound``).
+    seg["sound"] = lane.character(bl, o)
+    reason = sound.reason_with_character(reason, seg["sound"]["character"])
     seg["measurable"] = reason is None
     seg["reason"] = reason
     seg["blocks"] = [first_block, bl.stop]

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from modeformer_jax import media
 from modeformer_jax.model import windows
 from modeformer_jax.model.input_spec import MEL_CONFIG
 
 MEL_MS = windows.MEL_MS
+FRAME_SAMPLES = 320                  # the 20-ms frames of ``media.frame_levels`` at 16 kHz
+
+SILENCE = "silence"
+MUSIC = "music or steady sound"
+SPEECH_LIKE = "speech-like"
 
 
 def speech_shape(mel: np.ndarray) -> np.ndarray:
@@ -39,3 +45,29 @@ def speech_shape(mel: np.ndarray) -> np.ndarray:
   loud = level >= level.max() - 20
   centroid = (power * np.arange(mel.shape[0])[:, None]).sum(axis=0) / power.sum(axis=0)
   return np.array([share, depth, centroid[loud].std()])
+
+
+def character(level_db: float, spread_db: float, shaped_share: float, silent_db: float) -> str:
+  """What a stretch of sound is, from its level and speech-band spread
+  (``media.sound_stats``, the measures that choose a file's speech channels) and the share
+  of its blocks with speech's shape (``speech_shape`` within the options' limits):
+  ``SILENCE`` below ``silent_db`` (the level speech must reach, ``AnalysisOptions.vad_db``:
+  room tone and hiss are silence to a listener); ``MUSIC`` when neither the spread
+  (``media.SPEECH_SPREAD_DB``) nor the shape looks like speech (the shape rescues speech
+  that is loud throughout, whose spread is small); else ``SPEECH_LIKE``."""
+  if level_db < silent_db:
+    return SILENCE
+  if spread_db < media.SPEECH_SPREAD_DB and shaped_share < 0.5:
+    return MUSIC
+  return SPEECH_LIKE
+
+
+def reason_with_character(reason: str | None, char: str) -> str | None:
+  """A segment's reason with the sound's character applied, the same for files and live
+  streams: "no speech" says which (silence, music or steady sound); a segment that was
+  measured on music or steady sound is not a measurement of speech."""
+  if reason == "no speech" and char in (SILENCE, MUSIC):
+    return char
+  if reason in (None, "uncertain") and char == MUSIC:
+    return MUSIC
+  return reason

@@ -47,7 +47,8 @@ def describe(entry: dict) -> str:
 # ------------------------------------------------------------------------------------------
 
 # Why a file has no whole-file answer -> the FeatureError kind plain ``detect`` reports.
-_REFUSALS = {"no face": "no_face", "no speech": "no_speech", "no audio": "no_audio",
+_REFUSALS = {"no face": "no_face", "no speech": "no_speech", "silence": "no_speech",
+             "music or steady sound": "no_speech", "no audio": "no_audio",
              "conflicting evidence": "conflict"}
 
 

@@ -17,6 +17,8 @@ from modeformer_jax.media.channels import (
     AudioChannel,
     AudioChoice,
     channel_stats,
+    frame_levels,
+    sound_stats,
     choose_audio,
     choose_by_layout,
 )
@@ -35,7 +37,7 @@ from modeformer_jax.media.remux import fix_offset
 
 __all__ = [
     "LIVE_REASON", "SILENT_DBFS", "SPEECH_SPREAD_DB", "AudioChannel", "AudioChoice",
-    "channel_stats", "choose_audio", "choose_by_layout", "Chunk", "Decoded", "Reader",
+    "channel_stats", "frame_levels", "sound_stats", "choose_audio", "choose_by_layout", "Chunk", "Decoded", "Reader",
     "StreamInfo", "decode", "frame_indices_for_timestamps", "num_output_frames", "probe",
     "LiveEvent", "LiveReader", "fix_offset",
 ]

@@ -98,21 +98,32 @@ def _layout_names(layout) -> list[str]:
   return names if len(names) > 1 else ["mono"]
 
 
-def channel_stats(x: np.ndarray, rate: int) -> tuple[float, float]:
-  """(level dBFS, speech band spread dB) of a mono signal (see the module docstring)."""
+def frame_levels(x: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per 20-ms frame of a mono signal: RMS (linear) and 300-3400 Hz band energy; the
+  pieces ``sound_stats`` summarises (the analysis keeps them per block, ``analysis.sound``)."""
   n = int(round(0.02 * rate))
   frames = x[:x.size // n * n].reshape(-1, n).astype(np.float64)
-  if frames.shape[0] < 10:
-    return -120.0, 0.0
   rms = np.sqrt(np.mean(frames ** 2, axis=1))
-  level = float(np.percentile(20 * np.log10(rms + 1e-9), 95))
   spec = np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2
   f = np.fft.rfftfreq(n, 1.0 / rate)
-  band = spec[:, (f >= 300) & (f <= 3400)].sum(axis=1)
+  return rms, spec[:, (f >= 300) & (f <= 3400)].sum(axis=1)
+
+
+def sound_stats(rms: np.ndarray, band: np.ndarray) -> tuple[float, float]:
+  """(level dBFS, speech band spread dB) from ``frame_levels``' frames (see the module
+  docstring); (-120, 0) for fewer than 10 frames."""
+  if rms.size < 10:
+    return -120.0, 0.0
+  level = float(np.percentile(20 * np.log10(rms + 1e-9), 95))
   # Frames of digital silence would stretch the spread without meaning: floor at -100 dB
   # below the loudest frame.
   db = 10 * np.log10(band + band.max() * 1e-10 + 1e-20)
   return level, float(np.percentile(db, 90) - np.percentile(db, 10))
+
+
+def channel_stats(x: np.ndarray, rate: int) -> tuple[float, float]:
+  """(level dBFS, speech band spread dB) of a mono signal (see the module docstring)."""
+  return sound_stats(*frame_levels(x, rate))
 
 
 def choose_audio(path: str, scan_s: float = SCAN_S) -> AudioChoice:
