@@ -90,6 +90,53 @@ def _run_qc(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   return 1 if summary["errors"] else 0
 
 
+def _run_plain(args: argparse.Namespace, parser: argparse.ArgumentParser
+               ) -> tuple[list[dict], int]:
+  """Plain ``detect`` of ``args.videos`` through the same runner as ``--qc``
+  (``qc_batch.run_batch``, no reports, nothing resumed): each file's whole-file answer is
+  printed and plotted as it comes. Returns the answers (or ``{"name", "error"}``) in input
+  order and the number of files without an answer."""
+  import functools
+
+  options = _options(args, parser)
+  names = {qc_batch.input_key(v): str(v) for v in args.videos}
+  out = pathlib.Path(args.out)
+  answers: dict[str, dict] = {}
+
+  def render(entry: dict) -> None:
+    name = names.get(entry["path"], entry["name"])
+    try:
+      if "error" in entry:
+        if entry["kind"] not in errors.ERROR_KINDS:      # an analyzer bug, not the file
+          raise ValueError(f"{name}: {entry['error']}")
+        raise errors.FeatureError(name, entry["kind"], entry["error"])
+      r = analysis.plain_answer(entry, name)
+    except ValueError as e:                               # FeatureError included
+      answers[entry["path"]] = {"name": name, "error": str(e)}
+      if not args.json:
+        print(f"error: {e}", file=sys.stderr)
+      return
+    r["plot"] = plots.plot_offset(r, out / (pathlib.Path(name).stem + "_offset.png"),
+                                  title=pathlib.Path(name).name)
+    answers[entry["path"]] = r
+    if not args.json:
+      print(analysis.describe_plain(r))
+    if args.fix:
+      media.fix_offset(name, args.fix, r["offset_ms"])
+      if not args.json:
+        print(f"wrote {args.fix} with the audio moved by {-r['offset_ms']:+.0f} ms")
+
+  if args.workers > 1:      # each worker loads the model itself (picklable)
+    make = functools.partial(analysis.Analyzer, args.checkpoint, options, args.layout)
+  else:
+    def make() -> analysis.Analyzer:
+      return analysis.Analyzer(args.checkpoint, options, args.layout)
+  qc_batch.run_batch(args.videos, out, make, workers=args.workers, resume=False,
+                     report=False, progress=False, on_entry=render)
+  results = [answers[k] for k in dict.fromkeys(names) if k in answers]
+  return results, sum("error" in r for r in results)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = cli.parser(__name__, __doc__, verbose=True)
   parser.add_argument("videos", nargs="*", help="video files (mp4/mov/avi/mkv/mpg...), "
@@ -138,31 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
       print(f"using the shipped model {analysis.DEFAULT_MODEL} (see MODEL_CARD.md there)",
             file=sys.stderr)
-  det = analysis.load_detector(ckpt, layout=args.layout)
-  spec, embedder = det.spec, det.embedder
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  results, failed = [], 0
-  analyzer = analysis.Analyzer(options=_options(args, parser), detector=det) if args.videos else None
-  for path in args.videos:
-    try:
-      r = analysis.detect_file(analyzer, path)
-    except (errors.FeatureError, ValueError) as e:
-      failed += 1
-      results.append({"name": str(path), "error": str(e)})
-      if not args.json:
-        print(f"error: {e}", file=sys.stderr)
-      continue
-    r["plot"] = plots.plot_offset(r, out / (pathlib.Path(path).stem + "_offset.png"),
-                                  title=pathlib.Path(path).name)
-    results.append(r)
-    if not args.json:
-      print(analysis.describe_plain(r))
-    if args.fix:
-      media.fix_offset(path, args.fix, r["offset_ms"])
-      if not args.json:
-        print(f"wrote {args.fix} with the audio moved by {-r['offset_ms']:+.0f} ms")
+  results, failed = _run_plain(args, parser) if args.videos else ([], 0)
   if args.prepared:
+    det = analysis.load_detector(ckpt, layout=args.layout)
+    spec, embedder = det.spec, det.embedder
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     data_dir, _, split = args.prepared.rpartition(":")
     data_spec = input_spec.InputSpec.from_dict(input_spec.read_dataset_spec(data_dir))
     if data_spec != spec:

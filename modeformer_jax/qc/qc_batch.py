@@ -1,4 +1,6 @@
-"""Sync QC over many files: folders and file lists in, JSONL + CSV (+ HTML reports) out.
+"""The one loop over files of ``detect`` (plain and ``--qc``): folders and file lists in,
+JSONL + CSV (+ HTML reports) out; plain ``detect`` renders each answer as it comes
+(``run_batch(on_entry=...)``) instead of writing reports.
 
 ``list_inputs`` turns folders, ``.txt``/``.lst`` file lists and video paths into one
 ordered, de-duplicated list; ``run_batch`` analyses each file with an analyzer (anything
@@ -449,7 +451,8 @@ def _write_reports(inputs: Sequence[pathlib.Path], entries: Sequence[dict],
 def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
               make_analyzer: Callable[[], Any], workers: int = 1, resume: bool = True,
               retry_errors: bool = False, report: bool = True,
-              progress: bool = True) -> dict:
+              progress: bool = True,
+              on_entry: Callable[[dict], None] | None = None) -> dict:
   """Analyses ``inputs`` into ``out_dir`` (see the module docstring for the files).
 
   Args:
@@ -467,6 +470,8 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     retry_errors: when resuming, analyse files whose latest line is an error again.
     report: write ``reports/*.html`` and ``index.html`` (needs ``modeformer_jax.qc.report``).
     progress: show a tqdm bar (files/s, ETA) on stderr.
+    on_entry: called with each entry analysed now, as soon as it is written (a front
+      end's renderer: plain ``detect`` prints its answer and writes its plot there).
 
   Returns:
     ``{"total", "done_now", "skipped_existing", "ok", "errors": {kind: count},
@@ -525,8 +530,10 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         f.flush()
         latest[entry["path"]] = entry
         fresh.add(entry["path"])
-        if _is_error(entry):
+        if _is_error(entry) and on_entry is None:
           _log(f"qc_batch: {entry['name']}: {entry['kind']}: {entry['error']}")
+        if on_entry is not None:
+          on_entry(entry)
         bar.update(1)
 
   final = [latest[input_key(p)] for p in paths if input_key(p) in latest]
