@@ -3,11 +3,14 @@ native-log filter (``modeformer_jax.native_log``) drops MediaPipe's chatter, not
 import argparse
 import importlib
 import os
+import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+
+import modeformer_jax
 
 from modeformer_jax import cli, native_log
 
@@ -119,3 +122,34 @@ def test_mediapipe_start_up_lines_stay_off_stderr_unless_verbose():
   loud = subprocess.run(run, env=dict(env, **{native_log.ENV: "1"}), capture_output=True,
                         text=True, timeout=300)
   assert "Feedback manager requires a model" in loud.stderr, loud.stderr
+
+
+LAYERS = ("model", "media", "data", "training", "evaluation", "qc", "analysis")
+SHARED = {"errors", "jsonio", "cli", "native_log", ""}     # "" = the package (__version__)
+
+
+def test_each_layer_imports_only_the_layers_above_it():
+  """The README's module map: a subpackage imports its own layer, the shared plumbing and
+  the layers before it in ``LAYERS``, never a later layer or a command-line front end."""
+  import ast
+
+  pkg = pathlib.Path(modeformer_jax.__file__).parent
+  bad = []
+  for rank, layer in enumerate(LAYERS):
+    for path in sorted((pkg / layer).glob("*.py")):
+      for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+          if node.module == "modeformer_jax":
+            names = [a.name for a in node.names]
+          elif node.module.startswith("modeformer_jax."):
+            names = [node.module.split(".")[1]]
+        elif isinstance(node, ast.Import):
+          names = [a.name.split(".")[1] for a in node.names
+                   if a.name.startswith("modeformer_jax.")]
+        for name in names:
+          if name in SHARED or name == "__version__":
+            continue
+          if name not in LAYERS or LAYERS.index(name) > rank:
+            bad.append(f"{path.relative_to(pkg)} imports {name}")
+  assert not bad, bad
