@@ -14,7 +14,8 @@ ms (**positive = audio late**), confidence, the face it follows, or "unmeasurabl
 reason (no face, silence, music or steady sound, no speech, uncertain, no signal), with the
 latency from the arrival of the oldest frame the report adds to the report itself. The
 analysis is the one engine's (``analysis.Evidence``, fed chunk by chunk; a report is its
-``latest_window``, sound character and reasons included). Outputs: a line per report for a person (stdout; stderr
+``latest_window``, sound character and reasons included). Outputs: a line per report for a
+person (stdout; stderr
 when --jsonl -), JSONL (--jsonl FILE or -) and Prometheus metrics (--metrics_port).
 
 Alarms: when the offset stays outside --tolerance for --hold seconds of stream, it says so
@@ -28,6 +29,9 @@ pictures of waiting chunks are not analysed at all (their sound is) until the ba
 under 0.5 s. Reports give the share of frames analysed and how much that widens the
 uncertainty (1/sqrt(share)). Memory stays flat: the evidence older than the window is
 dropped.
+
+One module (600-odd lines) because keeping up, reporting, alarms and the outputs share one
+state (the backlog, the run, the alarm); the analysis itself is ``modeformer_jax.analysis``.
 
 Faults: network sources that fail, end or stall for --stall seconds are reopened with
 backoff (1 s doubling to 30 s; --give_up ends the attempts); the gap is reported. Packets

@@ -35,6 +35,9 @@ in B, guarded by bisection; typically 4-6 compiles each. A paper-model compile t
 6 minutes for a TPU target and 40 s for a GPU target on 2 cores.
 ``--save_compiled PATH`` writes the compiled step with what it was made for;
 ``python -m modeformer_jax.train --compiled PATH`` runs it on a matching target only.
+
+One module (600-odd lines): the command, the search for the largest batch and the tables
+it prints belong together; compiling for a target is ``training.aot``.
 """
 from __future__ import annotations
 

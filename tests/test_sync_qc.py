@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modeformer_jax import analysis, detect, errors, media
-from modeformer_jax.analysis import estimate, evidence, tracking
+from modeformer_jax.analysis import estimate, lane as lane_lib, tracking
 from modeformer_jax.media import features, mel_stream
 from modeformer_jax.model import windows
 from modeformer_jax.qc import tolerances
@@ -38,7 +38,7 @@ def _evidence(blocks: dict[int, tuple[float, int]]):
   max_s = windows.mel_start(maxk)
   whole_idx = np.array([[windows.mel_start(p + k) - windows.mel_start(p) + max_s
                          for k in range(-maxk, maxk + 1)] for p in range(5)])
-  store = evidence.Blocks(2 * max_s + 1, 2 * maxk + 1)
+  store = lane_lib.Blocks(2 * max_s + 1, 2 * maxk + 1)
   ms = windows.MEL_MS * (np.arange(2 * max_s + 1) - max_s)
   for b, (peak, votes) in blocks.items():
     for phase in range(5):
@@ -175,7 +175,7 @@ def _audio_embeddings(audio_every: int, mel: np.ndarray, steps: list[int]) -> np
   ev.options = analysis.AnalysisOptions(audio_every=audio_every)
   ev.stage_s = collections.defaultdict(float)
   ev.embedder = SimpleNamespace(chunk=8, audio=lambda w: w[:, :6, :].mean(axis=2) + 0.1)
-  lane = evidence.Lane(0, 1, 1, 25)
+  lane = lane_lib.Lane(0, 1, 1, 25)
   for upto in steps:
     lane.mel_buf = mel[:, lane.mel_base:upto]
     analysis.Evidence._embed_audio(ev, lane, final=False)
@@ -258,7 +258,7 @@ def _speech_fraction(audio, options=None, shape=True):
   """The analysis's speech fraction of ``audio`` (16 kHz), over all of it: a lane hears it
   as ``Evidence`` does; ``shape=False``: the level (floor) rule alone."""
   o = options or analysis.AnalysisOptions()
-  lane = evidence.Lane(0, 3, 3, int(round(o.hop_s * windows.FPS)))
+  lane = lane_lib.Lane(0, 3, 3, int(round(o.hop_s * windows.FPS)))
   lane.hear(np.asarray(audio, np.float32))
   lane.hear_end(None)
   rule = o if shape else analysis.AnalysisOptions(vad_shape_centroid_bins=np.inf)

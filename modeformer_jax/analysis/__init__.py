@@ -16,7 +16,8 @@ Every front end uses the names below and nothing else of this package:
   ``LAYOUT_CHOICES``: the one model loader of every front end and bench.
 
 Inside, by job: ``options``; ``evidence`` (per face track and per block, the similarity of
-every lip window with the audio around it, as the source streams); ``sound`` (speech,
+every lip window with the audio around it, as the source streams); ``lane`` (one version of
+the audio: mel, embeddings, voice activity, sound levels, the per-block sums); ``sound`` (speech,
 silence, music: one decision for files and live); ``estimate`` (the vote, the sub-frame
 peak, the file's one offset, drift, reliability); ``files`` (the file driver); ``words``;
 ``tracking`` (faces, shot cuts, lip crops per track); ``detectors`` (loading a model).

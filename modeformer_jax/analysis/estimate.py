@@ -15,6 +15,7 @@ from modeformer_jax.model import windows
 
 if TYPE_CHECKING:   # annotations only: evidence imports this module
   from modeformer_jax.analysis import evidence
+  from modeformer_jax.analysis.lane import Lane
 
 MEL_MS = windows.MEL_MS
 FRAME_MS = windows.FRAME_MS
@@ -42,7 +43,7 @@ def reliability(model: dict | None, est: dict, speech_fraction: float) -> float 
   return round(float(1.0 / (1.0 + math.exp(-z))), 4)
 
 
-def file_offset(ev: evidence.Evidence, lane: evidence.Lane, segs: list[dict]) -> dict:
+def file_offset(ev: evidence.Evidence, lane: Lane, segs: list[dict]) -> dict:
   """The file's one offset: plain ``detect``'s answer and ``--qc``'s global offset.
 
   The measurable segments vote with their whole frames (``protocol.vote``, pooled: the rule

@@ -19,6 +19,7 @@ import numpy as np
 
 from modeformer_jax import media
 from modeformer_jax.analysis import estimate, evidence, tracking, words
+from modeformer_jax.analysis.lane import Lane
 from modeformer_jax.analysis.options import AnalysisOptions
 from modeformer_jax.errors import FeatureError
 from modeformer_jax.model import windows
@@ -141,7 +142,7 @@ class Analyzer:
     return out
 
   # ---------------------------------------------------------------------------------------
-  def summarise(self, ev: evidence.Evidence, lane: evidence.Lane, path: str, reader: Any,
+  def summarise(self, ev: evidence.Evidence, lane: Lane, path: str, reader: Any,
                 seen: dict[int, dict]) -> dict[str, Any]:
     """Segments, the whole-file answer, estimate.drift, tolerances and tracks of one lane."""
     o = self.options

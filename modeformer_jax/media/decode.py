@@ -34,6 +34,11 @@ Sound (``choose_audio``)
   reason travel with the audio (``AudioChoice.describe``). Audio is resampled to 16 kHz
   with soxr.
 
+One module, 600-odd lines, because the clock, the picture and the audio placement are one
+contract that ``Reader``, ``decode`` and ``live.LiveReader`` (through ``FrameDecoder``)
+must share exactly; the channel choice (``channels``) and live transport (``live``) are
+apart.
+
 Errors are ``FeatureError`` (file, kind, reason): ``corrupt`` (cannot be opened or decoded,
 or truncated), ``no_video``, ``no_audio``; callers add ``too_short``, ``audio_short``,
 ``no_face``.
