@@ -373,6 +373,7 @@ def test_segments_offsets_in_ms_and_unmeasurable_stretches(analyzer, tmp_path):
   assert all(not s["measurable"] and s["reason"] == "silence" for s in quiet), quiet
   assert all(not s["measurable"] and s["reason"] == "no face" for s in blank), blank
   assert abs(r["global"]["offset_ms"] - 60) <= 15
+  assert {"segments", "global", "drift", "tolerances", "tracks"} <= set(r), sorted(r)
 
 
 @pytest.mark.slow

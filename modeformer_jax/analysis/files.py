@@ -144,7 +144,7 @@ class Analyzer:
   # ---------------------------------------------------------------------------------------
   def summarise(self, ev: evidence.Evidence, lane: Lane, path: str, reader: Any,
                 seen: dict[int, dict]) -> dict[str, Any]:
-    """Segments, the whole-file answer, estimate.drift, tolerances and tracks of one lane."""
+    """Segments, the whole-file answer, drift, tolerances and tracks of one lane."""
     o = self.options
     info = reader.info
     num_frames = ev.num_frames
@@ -187,7 +187,7 @@ class Analyzer:
         "measurable_segments": len(good), "num_segments": len(segs),
         "segments_median_ms": (round(float(np.median([s["offset_ms"] for s in good])), 2)
                                if good else None)}
-    result["estimate.drift"] = estimate.drift(good, o, video_s)
+    result["drift"] = estimate.drift(good, o, video_s)
     result["tolerances"] = tolerances.file_verdicts(good, o.hop_s, o.min_fail_s)
     result["audio_source"] = reader.audio.describe()
     result["audio_note"] = reader.audio.note
