@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from bench.common import machine
-from modeformer_jax import cli, errors
-from modeformer_jax.media import crops, features
+from modeformer_jax import cli, errors, media
+from modeformer_jax.media import crops
 from modeformer_jax.model.input_spec import CropSpec
 
 MISPLACED = 0.12
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
   rows, tot = [], {"haar": [0, 0, 0, 0, 0.0], "landmarks": [0, 0, 0, 0, 0.0]}
   for path in sorted(src.glob("*/*.mp4")):
     rel = f"{path.parent.name}/{path.name}"
-    frames = features.decode(str(path)).frames[:a.max_frames]
+    frames = media.decode(str(path)).frames[:a.max_frames]
     ref = blazeface_mouths(frames)
     t0 = time.perf_counter()
     try:

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import machine
-from modeformer_jax import cli, errors
+from modeformer_jax import cli, errors, media
 from modeformer_jax.media import crops, features
 
 _UPPER_INNER, _LOWER_INNER = 13, 14
@@ -96,7 +96,7 @@ def sync_lag(opening: np.ndarray, loudness: np.ndarray, fps: float = features.FP
 
 def measure(path: str) -> dict:
   """Decodes ``path`` and returns its mouth/loudness lag (ms) and peak correlation."""
-  dec = features.decode(path)
+  dec = media.decode(path)
   opening = mouth_opening(dec.frames)
   loudness = features.log_mel(dec.audio, num_frames=len(dec.frames)).mean(axis=0)
   lag_ms, peak = sync_lag(opening, loudness)

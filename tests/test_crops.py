@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from modeformer_jax import errors
+from modeformer_jax import errors, media
 from modeformer_jax.media import crops, features
 from modeformer_jax.model.input_spec import CropSpec, LOWER_HALF_BOX, crop_for_layout
 
@@ -75,7 +75,7 @@ def test_no_face_is_a_feature_error_naming_the_file(tmp_path):
 
 def test_landmark_crop_on_a_real_clip(real_clips_dir):
   """A clip where the Haar cascade finds the face in only ~30% of frames (face_detectors.md)."""
-  dec = features.decode(str(real_clips_dir / "lrs2_crop" / "00004.mp4"))
+  dec = media.decode(str(real_clips_dir / "lrs2_crop" / "00004.mp4"))
   geom = crops.face_geometry(dec.frames)
   found = ~np.isnan(geom[:, 0])
   assert found.mean() >= 0.99
@@ -96,7 +96,7 @@ def test_landmark_crop_on_a_real_clip(real_clips_dir):
 
 
 def test_roll_correction_levels_a_tilted_face(real_clips_dir):
-  dec = features.decode(str(real_clips_dir / "vox2_crop" / "00067.mp4"))
+  dec = media.decode(str(real_clips_dir / "vox2_crop" / "00067.mp4"))
   frames = dec.frames[:20]
   import cv2
   h, w = frames.shape[1:3]

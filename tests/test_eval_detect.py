@@ -10,7 +10,6 @@ import pytest
 from modeformer_jax import analysis, detect, errors, eval as eval_lib, media
 from modeformer_jax.analysis import detectors
 from modeformer_jax.evaluation import embedding
-from modeformer_jax.media import features
 from modeformer_jax.model import checkpoints, input_spec, models
 
 
@@ -117,9 +116,9 @@ def test_fix_moves_audio_without_touching_video(synthetic_src, tmp_path):
   media.fix_offset(str(src), str(late), -120)  # delay audio by 3 frames (120 ms)
   fixed = tmp_path / "fixed.mp4"
   media.fix_offset(str(late), str(fixed), 120)  # and move it back
-  a = features.decode(str(src))
-  b = features.decode(str(late))
-  c = features.decode(str(fixed))
+  a = media.decode(str(src))
+  b = media.decode(str(late))
+  c = media.decode(str(fixed))
   np.testing.assert_array_equal(a.frames, b.frames)  # video packets copied as they were
   k = 3 * 640
   seg = slice(16000, 24000)

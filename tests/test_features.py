@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from modeformer_jax import media
 from modeformer_jax.media import crops, features as F
 from modeformer_jax.model import windows as W
 from modeformer_jax.model.input_spec import crop_for_layout
@@ -117,7 +118,7 @@ def test_mel_start_is_round_3_2_t_and_windows_fit():
 
 def test_frame_indices_same_rate_is_identity_despite_rounded_timestamps():
   ts = np.round(np.arange(50) * 0.04 + 0.0004, 3)   # millisecond timestamps, a bit late
-  np.testing.assert_array_equal(F.frame_indices_for_timestamps(ts, 25, 2.0), np.arange(50))
+  np.testing.assert_array_equal(media.frame_indices_for_timestamps(ts, 25, 2.0), np.arange(50))
 
 
 def _nearest_reference(ts: np.ndarray, instants: np.ndarray) -> np.ndarray:
@@ -140,14 +141,14 @@ def test_frame_indices_30_and_2997_fps():
   # Output t samples time t/25; the answer is the source frame nearest to it, so a 30 fps
   # source carries no systematic lag (on-screen-at-t would lag by half a source frame).
   ts30 = np.arange(60) / 30
-  idx30 = F.frame_indices_for_timestamps(ts30, 25, 2.0)
+  idx30 = media.frame_indices_for_timestamps(ts30, 25, 2.0)
   assert idx30.shape == (50,)
   np.testing.assert_array_equal(idx30[:6], [0, 1, 2, 4, 5, 6])   # 0.12 s is nearest 0.1333
   np.testing.assert_array_equal(idx30, (12 * np.arange(50) + 5) // 10)   # round(1.2 t)
 
   ts2997 = np.arange(300) * 1001 / 30000
   dur = 300 * 1001 / 30000
-  idx = F.frame_indices_for_timestamps(ts2997, 25, dur)
+  idx = media.frame_indices_for_timestamps(ts2997, 25, dur)
   assert idx.shape == (int(dur * 25),)
   instants = np.arange(idx.size) / 25
   np.testing.assert_array_equal(idx, _nearest_reference(ts2997, instants))
@@ -160,16 +161,16 @@ def test_frame_indices_30_and_2997_fps():
 def test_frame_indices_variable_frame_rate_and_unsorted():
   ts = np.array([0.0, 0.033, 0.1, 0.133, 0.3, 0.31])
   expected_times = [0.0, 0.033, 0.1, 0.133, 0.133, 0.133, 0.3, 0.3]   # nearest to t/25
-  idx = F.frame_indices_for_timestamps(ts, 25, 0.35)
+  idx = media.frame_indices_for_timestamps(ts, 25, 0.35)
   np.testing.assert_allclose(ts[idx], expected_times)
   perm = np.array([3, 0, 5, 1, 4, 2])
-  np.testing.assert_allclose(ts[perm][F.frame_indices_for_timestamps(ts[perm], 25, 0.35)],
+  np.testing.assert_allclose(ts[perm][media.frame_indices_for_timestamps(ts[perm], 25, 0.35)],
                              expected_times)
-  assert F.frame_indices_for_timestamps(np.zeros(0), 25, 1.0).shape == (0,)
+  assert media.frame_indices_for_timestamps(np.zeros(0), 25, 1.0).shape == (0,)
   # At 40 ms the later frame (59 ms) is nearer by only 0.5 ms, within timestamp rounding:
   # the earlier one (20.5 ms) shows. At 80 ms the later one (98.5 ms) is 2.5 ms nearer.
   tie = np.array([0.0, 0.0205, 0.059, 0.0985])
-  np.testing.assert_array_equal(F.frame_indices_for_timestamps(tie, 25, 0.12), [0, 1, 3])
+  np.testing.assert_array_equal(media.frame_indices_for_timestamps(tie, 25, 0.12), [0, 1, 3])
 
 
 def test_shift_audio_pads_and_trims():
@@ -301,7 +302,7 @@ def test_audio_shift_moves_mel_by_3_2_k(gen, k):
 
 
 def test_decode_30fps_by_timestamp_and_stereo_44k(gen):
-  dec = F.decode(gen["fps30"])
+  dec = media.decode(gen["fps30"])
   assert dec.frames.shape == (30, 64, 64, 3)          # 1.2 s at 25 fps
   assert dec.source_fps == pytest.approx(30, abs=0.01)
   grey = dec.frames[:, 32, 32].mean(axis=1)
@@ -345,7 +346,7 @@ def test_other_containers(tmp_path, ext, vcodec, acodec, rate):
     container.mux(a_s.encode(frame))
   container.mux(a_s.encode())
   container.close()
-  dec = F.decode(path)
+  dec = media.decode(path)
   assert dec.frames.shape == (40, 96, 128, 3)
   assert dec.duration == pytest.approx(1.6, abs=1e-3) and dec.audio_missing < 0.05
   assert abs(dec.audio.size / SR - 1.6) < 0.05
@@ -366,7 +367,7 @@ def test_bad_files_raise_feature_error(gen, name, kind):
 
 def test_missing_file_and_bad_layout(tmp_path, gen):
   with pytest.raises(F.FeatureError) as info:
-    F.decode(str(tmp_path / "nope.mp4"))
+    media.decode(str(tmp_path / "nope.mp4"))
   assert info.value.kind == "corrupt"
   with pytest.raises(ValueError, match="layout"):
     crop_for_layout("lrs9")
@@ -391,7 +392,7 @@ def test_real_clips_decode(real_clips_dir, folder):
   assert len(files) == sum(1 for k in table if k.startswith(folder + "/")) > 0
   for path in files:
     row = table[f"{folder}/{path.name}"]
-    dec = F.decode(str(path))
+    dec = media.decode(str(path))
     n = dec.frames.shape[0]
     assert dec.frames.dtype == np.uint8 and dec.frames.shape[3] == 3
     # The table's duration is the container's (the longer stream); video may be 0.1 s less.
@@ -425,12 +426,12 @@ def test_real_rate_conversion(real_clips_dir):
       pairs = [(fr.time, fr.to_ndarray(format="rgb24")[::16, ::16]) for fr in c.decode(video=0)]
     times = np.array([p[0] for p in pairs])
     thumbs = np.stack([p[1] for p in pairs])
-    dec = F.decode(str(path))
+    dec = media.decode(str(path))
     span = times[-1] - times[0] + np.median(np.diff(times))
     assert dec.duration == pytest.approx(span, abs=1e-3)
     assert dec.frames.shape[0] == int(np.floor(span * 25 + 1e-3))
     # Output frame t is the source frame nearest to t/25 s after the first frame.
-    idx = F.frame_indices_for_timestamps(times - times[0], 25, span)
+    idx = media.frame_indices_for_timestamps(times - times[0], 25, span)
     np.testing.assert_array_equal(dec.frames[:, ::16, ::16], thumbs[idx])
     if fps == 30.0:
       np.testing.assert_array_equal(idx, (12 * np.arange(idx.size) + 5) // 10)
@@ -462,6 +463,6 @@ def test_grid_clip_face_detection(grid_dir):
   path = str(grid_dir / "video" / "bbaf2n.mp4")
   clip = F.extract_clip(path, crop_for_layout("raw"))
   assert clip.lips.shape == (75, 48, 96, 3) and clip.mel.shape == (80, 240)
-  dec = F.decode(path)
+  dec = media.decode(path)
   indices, candidates = crops.detect_faces(dec.frames)
   assert np.mean([len(c) > 0 for c in candidates]) > 0.8

@@ -73,9 +73,9 @@ def test_plain_and_qc_read_the_base_offset_plus_the_shift(kind, plain, qc):
 
 
 def test_pictures_are_decoded_as_a_player_shows_them(suite):
-  base = features.decode(suite["base"]).frames.astype(np.float32)
+  base = media.decode(suite["base"]).frames.astype(np.float32)
   for kind in ("rotate90", "anamorphic", "mxf_interlaced", "late_audio", "surround51"):
-    frames = features.decode(suite[kind]).frames
+    frames = media.decode(suite[kind]).frames
     assert frames.shape == base.shape, kind
     assert np.abs(frames - base).mean() < 4, kind     # only coding differences
   # The stored pixels really are turned and squeezed: ignoring the container would not do.
@@ -84,24 +84,24 @@ def test_pictures_are_decoded_as_a_player_shows_them(suite):
     assert raw.rotation == -90
     stored = raw.to_ndarray(format="rgb24").astype(np.float32)
   assert np.abs(stored - base[0]).mean() > 4 * np.abs(
-      features.decode(suite["rotate90"]).frames[0] - base[0]).mean()
+      media.decode(suite["rotate90"]).frames[0] - base[0]).mean()
   info = media.probe(suite["anamorphic"])
   assert (info.stored_width, info.width, info.sample_aspect) == (120, 160, Fraction(4, 3))
 
 
 def test_the_speech_channels_are_chosen_and_said(suite):
-  ref = features.shift_audio(features.decode(suite["base"]).audio, SHIFT)
+  ref = features.shift_audio(media.decode(suite["base"]).audio, SHIFT)
   chosen = {"surround51": ["#1:FC"], "mono_tracks": ["#3:mono"],
             "mxf_interlaced": ["#1:mono", "#2:mono"], "rotate90": ["#1:FL", "#1:FR"]}
   for kind, labels in chosen.items():
-    dec = features.decode(suite[kind])
+    dec = media.decode(suite[kind])
     assert [c.label for c in dec.audio_source.channels] == labels, kind
     assert _lag(ref, dec.audio) == 0, kind        # and on the picture's clock
   assert "FC of 5.1" in media.choose_audio(suite["surround51"]).describe()
   assert "left out" in media.choose_audio(suite["mono_tracks"]).note
   assert media.choose_audio(suite["base"]).note == ""      # nothing to say for plain mono
   # The late audio start is silence in front, not a shift.
-  late = features.decode(suite["late_audio"])
+  late = media.decode(suite["late_audio"])
   assert _lag(ref, late.audio) == 0 and 0.1 < late.audio_missing < 0.2
 
 
@@ -147,13 +147,13 @@ def test_bad_inputs_give_one_line_errors_and_exit_1(suite, tmp_path, capsys):
 
 
 def test_fix_keeps_rotation_and_every_audio_track(suite, tmp_path):
-  base = features.decode(suite["base"])
+  base = media.decode(suite["base"])
   for kind in ("rotate90", "mono_tracks"):
     fixed = str(tmp_path / ("fixed_" + pathlib.Path(suite[kind]).name))
     media.fix_offset(suite[kind], fixed, 40 * SHIFT)
     with av.open(suite[kind]) as a, av.open(fixed) as b:
       assert len(b.streams.audio) == len(a.streams.audio)
-    dec = features.decode(fixed)
+    dec = media.decode(fixed)
     assert np.abs(dec.frames.astype(np.float32) - base.frames).mean() < 4, kind
     assert abs(_lag(base.audio, dec.audio)) <= 1, kind      # back in sync, to a sample
 

@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import synthetic
 from data_prep.synthetic import long as longmat
-from modeformer_jax.media.features import decode
+from modeformer_jax.media import decode
 
 SPF = synthetic.SAMPLES_PER_FRAME
 

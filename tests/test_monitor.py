@@ -320,7 +320,7 @@ def test_monitor_follows_offset_changes_on_a_real_clip(real_clips_dir, tmp_path)
   frames: its own sync is unknown, so the changes are checked against the first part."""
   from data_prep.synthetic.encode import write_mp4
   from modeformer_jax.media import features
-  dec = features.decode(str(real_clips_dir / "hdtf" / "WDA_KatieHill_000.mp4"))
+  dec = media.decode(str(real_clips_dir / "hdtf" / "WDA_KatieHill_000.mp4"))
   n = 200                                           # 8 s
   frames, audio = dec.frames[:n], dec.audio[:n * 640]
   shifts = (0, 4, -3)
@@ -397,14 +397,13 @@ def test_a_file_played_live_gets_the_files_reasons_and_offsets(tmp_path):
   from data_prep.synthetic import long as long_mat
   from data_prep.synthetic.encode import write_mp4
   from modeformer_jax import analysis
-  from modeformer_jax.media import features
   spec = {"seed": 1, "drift_ppm": 0.0, "pieces": [
       {"seconds": 9, "speaker": 3, "offset_ms": 60.0, "kind": "speech"},
       {"seconds": 7, "offset_ms": 60.0, "kind": "silence"},
       {"seconds": 7, "offset_ms": 60.0, "kind": "silence"},
       {"seconds": 6, "offset_ms": 60.0, "kind": "noface"}]}
   long_mat.make_long_video(tmp_path / "long.mp4", spec, progress=False)
-  dec = features.decode(str(tmp_path / "long.mp4"))
+  dec = media.decode(str(tmp_path / "long.mp4"))
   audio = dec.audio.copy()
   t = np.arange(7 * 16000) / 16000                      # seconds 9-16: a held A-major chord
   audio[9 * 16000:16 * 16000] = 0.1 * sum(np.sin(2 * np.pi * f * t) for f in (220, 277, 330))

@@ -130,7 +130,7 @@ def test_tolerance_signs_follow_the_standards():
 
 
 def test_stream_matches_whole_file_decode(synthetic_mp4):
-  dec = features.decode(synthetic_mp4)
+  dec = media.decode(synthetic_mp4)
   chunks = list(media.Reader(synthetic_mp4, chunk_frames=20).chunks())
   assert [c.start for c in chunks] == list(range(0, dec.frames.shape[0], 20))
   np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), dec.frames)
@@ -148,7 +148,7 @@ def test_stream_matches_whole_file_decode(synthetic_mp4):
 @pytest.mark.skipif(not (SHARED / "real_clips").exists(), reason="../shared/data absent")
 def test_stream_matches_decode_on_variable_frame_rate_video():
   path = next((SHARED / "real_clips" / "raw").glob("*vfr*.mp4"))
-  dec = features.decode(str(path))
+  dec = media.decode(str(path))
   chunks = list(media.Reader(str(path), chunk_frames=33).chunks())
   np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), dec.frames)
   np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), dec.audio, atol=1e-6)
@@ -401,7 +401,7 @@ def test_fix_restores_sync_to_within_one_mel_hop(analyzer, tmp_path):
   rc = detect.main(["--qc", late, "--fix", str(tmp_path / "fixed.mp4"), "--out",
                     str(tmp_path / "qc"), "--json", "--no_report"])
   assert rc == 0
-  fixed = features.decode(str(tmp_path / "fixed.mp4")).audio
+  fixed = media.decode(str(tmp_path / "fixed.mp4")).audio
   # Lag of the fixed audio against the in-sync rendering: GCC-PHAT (plain cross-correlation
   # of voiced speech can pick a neighbouring pitch period).
   n = 16000 * 7

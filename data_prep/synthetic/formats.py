@@ -377,8 +377,9 @@ def _from_source(path: str, size: tuple[int, int] | None, shift: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A real clip's frames (fitted into ``size`` = (W, H) on black) and audio, and the audio
   delayed by ``shift`` frames (silence in front)."""
+  from modeformer_jax import media
   from modeformer_jax.media import features
-  dec = features.decode(path)
+  dec = media.decode(path)
   frames = dec.frames
   if size is not None:
     w, h = size

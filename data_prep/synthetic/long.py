@@ -612,7 +612,7 @@ def make_real_concat(out_path: str | os.PathLike, clip_paths: Sequence[str | os.
   records those stretches (``fill_s``). The offsets are injected ones: the clips' own sync
   is not known exactly (the shared README: most within +-2 frames).
   """
-  from modeformer_jax.media.features import decode  # the project's decoder; JAX-free import
+  from modeformer_jax.media import decode  # the project's decoder; JAX-free import
 
   if edge not in ("silence", "hold"):
     raise ValueError(f"edge must be 'silence' or 'hold', got {edge!r}")

@@ -51,16 +51,10 @@ import numpy as np
 
 from modeformer_jax.errors import FeatureError, NoFaceError
 from modeformer_jax.media import crops
+from modeformer_jax.media.decode import Decoded, decode
 from modeformer_jax.model import windows
 from modeformer_jax.model.input_spec import CropSpec, MEL_CONFIG, SAMPLE_RATE
 
-# The decoding contract lives in ``media``; these names are part of this module's API too.
-from modeformer_jax.media import (  # noqa: F401
-  Decoded,
-  decode,
-  frame_indices_for_timestamps,
-  num_output_frames,
-)
 from modeformer_jax.model.windows import FPS
 
 MIN_FRAMES = 35              # 5-frame window + 2 x 15 frames of offset search

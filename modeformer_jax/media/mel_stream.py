@@ -1,6 +1,6 @@
 """Log-mel frames as audio arrives, for files of any length.
 
-``media.Reader`` decodes a file in chunks (the one decoding path; ``features.decode`` collects
+``media.Reader`` decodes a file in chunks (the one decoding path; ``media.decode`` collects
 the same chunks for a short clip). ``MelStream`` turns its audio pieces into the log-mel
 frames of ``features.log_mel`` exactly (the same pre-emphasis, window, filterbank and
 scaling), frame by frame, holding only the last few hundred samples.
