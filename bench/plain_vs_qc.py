@@ -4,6 +4,13 @@
   python -m bench.plain_vs_qc /tmp/formats /tmp/formats_hd --work /tmp/pvq_fmt
   python -m bench.plain_vs_qc --vfr /tmp/vfr --work /tmp/pvq_vfr     # the hard VFR cases
 
+``--against OLD_WORK`` compares this run's raw outputs (every plain answer and every ``--qc``
+result, field by field: offsets, confidences, verdicts, segments, refusals) with an earlier
+run's ``--work`` folder, e.g. one made on the code before a refactor; only timings, plot
+paths and ``--ignore``d keys may differ::
+
+  python -m bench.plain_vs_qc ../shared/data/real_clips --work /tmp/after --against /tmp/before
+
 ``--vfr DIR`` adds the hard variable-rate suites (``formats.VFR_SUITES``: drops, bursts,
 jittered and whole-ms timestamps, 29.97 to 25 fps conversions, audio 2 frames late, on the
 synthetic speaker and on real faces at 1080p and 720p), written into ``DIR`` once.
@@ -75,6 +82,57 @@ def compare(plain: dict | None, qc: dict | None, path: pathlib.Path) -> dict:
   return row
 
 
+VOLATILE = ("timing", "plot", "path", "model")
+
+
+def _raw(work: pathlib.Path) -> dict[str, dict]:
+  """A run's raw outputs per file: ``{path: {"plain": answer, "qc": result}}``."""
+  out: dict[str, dict] = {}
+  for r in json.loads((work / "plain.json").read_text()):
+    if "name" in r:
+      out.setdefault(str(pathlib.Path(r["name"]).resolve()), {})["plain"] = r
+  for line in (work / "qc" / "results.jsonl").read_text().splitlines():
+    if line.strip():
+      e = json.loads(line)
+      out.setdefault(str(pathlib.Path(e["path"]).resolve()), {})["qc"] = e
+  return out
+
+
+def differences(old, new, where: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+  """Every place where ``new`` differs from ``old`` (nested dicts and lists, floats exactly),
+  skipping ``VOLATILE`` keys and ``ignore``."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for k in sorted(set(old) | set(new)):
+      if k in VOLATILE or k in ignore:
+        continue
+      if k not in old or k not in new:
+        out.append(f"{where}.{k}: only {'after' if k in new else 'before'}")
+      else:
+        out += differences(old[k], new[k], f"{where}.{k}", ignore)
+    return out
+  if isinstance(old, list) and isinstance(new, list):
+    if len(old) != len(new):
+      return [f"{where}: {len(old)} -> {len(new)} items"]
+    return [d for i, (a, b) in enumerate(zip(old, new))
+            for d in differences(a, b, f"{where}[{i}]", ignore)]
+  return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+def against(old_work: pathlib.Path, work: pathlib.Path, ignore: tuple[str, ...]) -> int:
+  """Prints the files whose raw outputs differ from ``old_work``'s; returns their count."""
+  old, new = _raw(old_work), _raw(work)
+  changed = 0
+  for f in sorted(set(old) | set(new)):
+    d = differences(old.get(f), new.get(f), "", ignore)
+    if d:
+      changed += 1
+      print(f"CHANGED   {f}: " + "; ".join(d[:8]) + (f"; ... ({len(d)} in all)" if len(d) > 8 else ""))
+  print(f"against {old_work}: {len(set(old) | set(new)) - changed} of {len(set(old) | set(new))} "
+        f"files with identical outputs (ignoring {', '.join(VOLATILE + ignore)})")
+  return changed
+
+
 def main(argv: list[str] | None = None) -> int:
   p = cli.parser(__name__, __doc__.split("\n\n")[0])
   p.add_argument("inputs", nargs="*", help="videos or folders")
@@ -83,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--work", required=True, help="scratch folder for both runs' outputs")
   p.add_argument("--checkpoint", default=None)
   p.add_argument("--out", default=None, help="JSON of every row and figure")
+  p.add_argument("--against", default=None, metavar="OLD_WORK",
+                 help="an earlier run's --work folder: list every file whose outputs differ")
+  p.add_argument("--ignore", default="", help="with --against: comma-separated keys that may "
+                 "differ (e.g. a field the new code adds)")
   a = p.parse_args(argv)
   inputs = list(a.inputs)
   if a.vfr:
@@ -134,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     pathlib.Path(a.out).write_text(json.dumps(
         {"machine": machine(), "files": len(rows), "same": same, "plain_wall_s": round(plain_s, 2),
          "qc_wall_s": round(qc_s, 2), "rows": rows}, indent=1))
-  return 0 if same == len(rows) else 1
+  changed = 0
+  if a.against:
+    changed = against(pathlib.Path(a.against), work,
+                      tuple(k for k in a.ignore.split(",") if k))
+  return 0 if same == len(rows) and not changed else 1
 
 
 if __name__ == "__main__":

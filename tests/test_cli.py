@@ -153,3 +153,13 @@ def test_each_layer_imports_only_the_layers_above_it():
           if name not in LAYERS or LAYERS.index(name) > rank:
             bad.append(f"{path.relative_to(pkg)} imports {name}")
   assert not bad, bad
+
+
+def test_plain_vs_qc_against_lists_every_difference_but_timings():
+  """``bench.plain_vs_qc --against``: the before/after check of a refactor."""
+  from bench import plain_vs_qc
+  old = {"a": 1, "timing": {"wall_s": 2}, "b": [1.0, 2.0], "s": [{"r": None}]}
+  new = {"a": 1, "timing": {"wall_s": 3}, "b": [1.0, 2.5], "s": [{"r": "silence"}], "c": 0}
+  assert plain_vs_qc.differences(old, new) == [
+      ".b[1]: 2.0 -> 2.5", ".c: only after", ".s[0].r: None -> 'silence'"]
+  assert plain_vs_qc.differences(old, new, ignore=("b", "c", "s")) == []
