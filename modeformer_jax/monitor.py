@@ -11,8 +11,8 @@ is still being written) or - for MPEG-TS on stdin.
 
 Every --every seconds (of the stream) it reports the offset over the last --window seconds:
 ms (**positive = audio late**), confidence, the face it follows, or "unmeasurable" with the
-reason (no face, silence, music or steady sound, no speech, uncertain, no signal), with the
-latency from the arrival of the oldest frame the report adds to the report itself. The
+reason (no face, silence, music or steady sound, no speech, uncertain, behind, no signal),
+with the latency from the arrival of the oldest frame the report adds to the report itself. The
 analysis is the one engine's (``analysis.Evidence``, fed chunk by chunk; a report is its
 ``latest_window``, sound character and reasons included). Outputs: a line per report for a
 person (stdout; stderr
@@ -365,6 +365,11 @@ class Monitor:
     f0, f1, hop = seg["start_frame"], seg["end_frame"], ev.hop_frames
     b0, b1 = f0 // hop, f1 // hop
     reason = seg["reason"]         # the engine's, sound character included
+    share = sum(run.analysed.get(b, 0) for b in range(b0, b1)) / max(1, f1 - f0)
+    if reason == "no face" and (seg["face_fraction"] or 0.0) + (1 - share) >= o.analysis.min_face:
+      # The monitor fell behind and dropped pictures: had the dropped ones held the face,
+      # it would have been seen often enough, so "no face" cannot be said.
+      reason = "behind"
     measurable = reason is None
     # Latency: every frame the report adds, from its arrival to now.
     now = time.monotonic()
@@ -378,7 +383,6 @@ class Monitor:
       worst = max(worst or 0.0, float(lat.max()))
       if k < arr.size:
         run.arrivals.appendleft((start + k, arr[k:]))
-    share = sum(run.analysed.get(b, 0) for b in range(b0, b1)) / max(1, f1 - f0)
     t_s = run.t0_s + f1 / FPS
     new_s = seg["new_frames"] / FPS
     offset = seg["offset_ms"] if measurable else None

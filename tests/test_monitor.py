@@ -370,6 +370,14 @@ def test_a_source_faster_than_the_analysis_loses_pictures_not_frames(changing_mp
   partial = [e for e in ev if e["event"] == "report" and e["analysed_share"] < 1]
   assert partial and all(e["uncertainty_factor"] is None or e["uncertainty_factor"] > 1
                          for e in partial)
+  # A window whose pictures were mostly dropped is "behind", never "no face" (a face is
+  # in every frame of this stream).
+  sparse = [e for e in partial if e["analysed_share"] < 0.5]
+  assert all(e["reason"] == "behind" for e in sparse), [(e["analysed_share"], e["reason"])
+                                                        for e in sparse]
+  assert not [e for e in ev if e["event"] == "report" and e["reason"] == "no face"], [
+      (e["window_s"], e["analysed_share"], e["face_fraction"]) for e in ev
+      if e["event"] == "report" and e["reason"] == "no face"]
 
 
 def test_monitor_uses_only_the_engines_public_api():
