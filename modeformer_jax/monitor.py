@@ -526,6 +526,7 @@ class Monitor:
         "source_frames": rc["source_frames"], "held_frames": rc["held_frames"],
         "audio_gaps": rc["audio_gaps"], "corrupt_packets": self.reader.corrupt_packets,
         "reconnects": self.reader.reconnects, "discontinuities": self.reader.discontinuities,
+        "replayed_packets_skipped": self.reader.replayed_packets,
         "ended": self.ended or None, "error": str(self.error) if self.error else None,
         "rss_mb": _rss_mb(), "peak_rss_mb": round(resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

@@ -449,3 +449,106 @@ def test_a_file_played_live_gets_the_files_reasons_and_offsets(tmp_path):
       assert abs(r["offset_ms"] - seg["offset_ms"]) <= 1.0, (r["window_s"], r, seg)
   assert {None, "music or steady sound", "silence", "no face"} <= reasons, (
       reasons, [(s["start_s"], s["reason"], s["sound"]) for s in result["segments"]])
+
+
+def _free_tcp_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _http_server(root: pathlib.Path, port: int) -> subprocess.Popen:
+  """Python's http.server on 127.0.0.1:``port`` serving ``root`` (the test stops it)."""
+  return subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                           "127.0.0.1", "--directory", str(root)], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_an_hls_playlist_that_ends_is_one_end_and_never_replayed(changing_mp4, tmp_path):
+  """A live HLS playlist (2-s segments, 6 listed, old ones deleted) written in real time and
+  served by Python's http.server, as a packager and a web server would: the monitor follows
+  it, and when the playlist gets #EXT-X-ENDLIST it reports one end and stops, with about as
+  much stream time as the file has (reopening it would replay its listed segments)."""
+  www = tmp_path / "www"
+  www.mkdir()
+  port = _free_tcp_port()
+  server = _http_server(www, port)
+  jsonl = tmp_path / "m.jsonl"
+  mon = None
+  try:
+    sender = _sender(changing_mp4, str(www / "live.m3u8"))
+    t0 = time.monotonic()
+    while not (www / "live.m3u8").exists():       # the first segment is written
+      assert time.monotonic() - t0 < 30
+      time.sleep(0.2)
+    mon = _start_monitor(f"http://127.0.0.1:{port}/live.m3u8", jsonl, "--window",
+                         str(WINDOW), "--every", str(EVERY), "--stall", "5")
+    sender.wait(timeout=120)
+    code = mon.wait(timeout=90)                   # ends by itself at #EXT-X-ENDLIST
+    wall = time.monotonic() - t0
+  finally:
+    if mon is not None and mon.poll() is None:
+      mon.kill()
+    server.kill()
+    server.wait()
+  assert code == monitor.EXIT_STOPPED
+  ev = _events(jsonl)
+  kinds = [e["event"] for e in ev]
+  assert kinds.count("ended") == 1 and "ENDLIST" in next(
+      e for e in ev if e["event"] == "ended")["reason"], kinds
+  summary = ev[-1]
+  length = len(OFFSETS) * SEGMENT_S
+  # The monitor joins up to 3 segments (6 s) behind live; it never counts more than the file.
+  assert length - 8 <= summary["stream_s"] <= length + 0.5, summary
+  assert summary["stream_s"] <= wall, (summary, wall)
+  assert summary["reconnects"] == 0, summary
+  reports = [e for e in ev if e["event"] == "report"]
+  assert reports and not [r for r in reports if r["reason"] == "no face"], reports
+  good = [r for r in reports if r["measurable"]]
+  assert len(good) >= len(reports) // 2, [(r["t_s"], r["reason"]) for r in reports]
+
+
+@pytest.mark.slow
+def test_reopening_an_hls_playlist_replays_nothing(changing_mp4, tmp_path):
+  """A live playlist whose packager stopped without #EXT-X-ENDLIST (6 segments of 2 s
+  listed): the monitor reads the segments FFmpeg starts from, stalls, and reopens the
+  playlist again and again. Each reopening lists the same segments; they are skipped by
+  their timestamps, so the stream time stays what was read once (it used to grow by the
+  listed segments at every reconnection)."""
+  www = tmp_path / "www"
+  www.mkdir()
+  with av.open(str(changing_mp4)) as src, av.open(
+      str(www / "live.m3u8"), "w", format="hls",
+      options={"hls_time": "2", "hls_list_size": "6", "hls_flags": "omit_endlist"}) as dst:
+    out = {st.index: dst.add_stream_from_template(st) for st in (*src.streams.video,
+                                                                  *src.streams.audio)}
+    for pkt in src.demux():
+      if pkt.dts is not None:
+        pkt.stream = out[pkt.stream.index]
+        dst.mux(pkt)
+  assert "#EXT-X-ENDLIST" not in (www / "live.m3u8").read_text()
+  port = _free_tcp_port()
+  server = _http_server(www, port)
+  jsonl = tmp_path / "m.jsonl"
+  mon = None
+  try:
+    mon = _start_monitor(f"http://127.0.0.1:{port}/live.m3u8", jsonl, "--window",
+                         str(WINDOW), "--every", str(EVERY), "--stall", "2")
+    deadline = time.monotonic() + 90
+    while sum(e["event"] == "lost" for e in _events(jsonl)) < 3:
+      assert mon.poll() is None and time.monotonic() < deadline, [
+          e["event"] for e in _events(jsonl) if e["event"] != "report"]
+      time.sleep(0.5)
+    mon.send_signal(signal.SIGTERM)
+    assert mon.wait(timeout=60) == monitor.EXIT_STOPPED
+  finally:
+    if mon is not None and mon.poll() is None:
+      mon.kill()
+    server.kill()
+    server.wait()
+  summary = _events(jsonl)[-1]
+  listed = 6 * 2.0
+  assert summary["reconnects"] >= 2, summary
+  assert summary["stream_s"] <= listed + 0.5, (summary["stream_s"], summary["reconnects"])
+  assert summary["replayed_packets_skipped"] > 0, summary

@@ -1,7 +1,13 @@
-"""A file played as a live stream: MPEG-TS over UDP, TCP or a pipe, at the file's own pace.
+"""A file played as a live stream: MPEG-TS over UDP, TCP or a pipe, or a live HLS playlist,
+at the file's own pace.
 
   python -m data_prep.synthetic.live clip.mp4 udp://127.0.0.1:5000        # real time, once
   python -m data_prep.synthetic.live clip.mp4 - --loop | python -m modeformer_jax.monitor -
+  python -m data_prep.synthetic.live clip.mp4 www/live.m3u8   # serve www/ over HTTP
+
+A ``.m3u8`` path is written as a live HLS playlist (``HLS_OPTIONS``: 2-s segments, the last 6
+listed, older ones deleted) that ends with ``#EXT-X-ENDLIST`` when the file does, as a
+broadcaster's packager writes one; serve its folder with ``python -m http.server``.
 
 Packets are copied (no re-encoding, so it costs almost no CPU) into MPEG-TS and sent when
 the wall clock reaches their timestamp (``speed`` times real time). ``start_s`` starts at
@@ -27,6 +33,17 @@ def _url(url: str) -> str:
   return url
 
 
+HLS_OPTIONS = {"hls_time": "2", "hls_list_size": "6", "hls_flags": "delete_segments"}
+
+
+def _open_out(url: str):
+  if url == "-":
+    return av.open(sys.stdout.buffer, "w", format="mpegts")
+  if url.lower().endswith(".m3u8"):
+    return av.open(url, "w", format="hls", options=dict(HLS_OPTIONS))
+  return av.open(_url(url), "w", format="mpegts")
+
+
 def loop_s(path: str) -> float:
   """Seconds one loop of ``path`` takes in ``send(..., loop=True)``: from its first packet
   to where its longer stream ends (stream time ``t`` of a loop shows the file at
@@ -44,10 +61,11 @@ def loop_s(path: str) -> float:
 
 def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bool = False,
          stop: threading.Event | None = None) -> float:
-  """Streams ``path`` to ``url`` (``udp://``, ``tcp://``, a file, or ``-`` for stdout) as
-  MPEG-TS, paced at ``speed`` x real time (0: as fast as possible). Returns seconds sent."""
+  """Streams ``path`` to ``url`` (``udp://``, ``tcp://``, a file, ``-`` for stdout: MPEG-TS;
+  a ``.m3u8`` path: live HLS), paced at ``speed`` x real time (0: as fast as possible).
+  Returns seconds sent."""
   stop = stop or threading.Event()
-  out = av.open(sys.stdout.buffer if url == "-" else _url(url), "w", format="mpegts")
+  out = _open_out(url)
   sent, shift = 0.0, 0.0
   t_wall = time.monotonic()
   try:
@@ -98,7 +116,8 @@ def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bo
 def main(argv: list[str] | None = None) -> None:
   p = cli.parser(__name__, __doc__)
   p.add_argument("path", help="an mp4 (h264 + AAC) or any file FFmpeg reads")
-  p.add_argument("url", help="udp://host:port, tcp://host:port, a .ts file, or - (stdout)")
+  p.add_argument("url", help="udp://host:port, tcp://host:port, a .ts file, - (stdout), or "
+                 "a .m3u8 path (a live HLS playlist)")
   p.add_argument("--speed", type=float, default=1.0, help="x real time (0: no pacing)")
   p.add_argument("--start", type=float, default=0.0, help="start at this second")
   p.add_argument("--loop", action="store_true", help="play the file again and again")

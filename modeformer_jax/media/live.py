@@ -16,6 +16,7 @@ import av
 from modeformer_jax.errors import FeatureError
 from modeformer_jax.media.channels import AudioChoice, live_audio
 from modeformer_jax.media.decode import (
+    TS_TOLERANCE_S,
     Chunk,
     Discontinuity,
     FrameDecoder,
@@ -57,6 +58,36 @@ class _Growing:
     self.f.close()
 
 
+def _is_hls(source: str) -> bool:
+  """An HLS playlist over http(s)."""
+  return source.startswith(("http://", "https://")) and \
+      source.split("?", 1)[0].lower().endswith((".m3u8", ".m3u"))
+
+
+def _playlist_ended(source: str, timeout_s: float = 5.0) -> bool:
+  """Whether the HLS playlist at ``source`` now carries ``#EXT-X-ENDLIST`` (the stream is
+  over: FFmpeg read it to the end, and reopening it would replay its last segments)."""
+  import urllib.request
+  try:
+    with urllib.request.urlopen(source, timeout=timeout_s) as r:
+      return b"#EXT-X-ENDLIST" in r.read(1 << 20)
+  except (OSError, ValueError):
+    return False        # gone or unreadable: it may come back
+
+
+def _final_end(source: str, reason: str) -> str | None:
+  """Why a connection that ended cleanly is the end of the stream (None: it may come back):
+  an HLS playlist with ``#EXT-X-ENDLIST``, or an RTMP / RTSP server that closed the
+  session."""
+  if reason != "the source ended":
+    return None
+  if _is_hls(source):
+    return "the playlist ended (#EXT-X-ENDLIST)" if _playlist_ended(source) else None
+  if source.startswith(("rtmp://", "rtmps://", "rtsp://", "rtsps://")):
+    return "the server closed the session"
+  return None
+
+
 def _is_network(source: str) -> bool:
   """Sources worth reopening: URLs and SDP descriptions of RTP streams."""
   return ("://" in source and not source.startswith("file:")) or source.endswith(".sdp")
@@ -80,7 +111,10 @@ class LiveReader:
   Network sources that fail, end or stall for ``stall_s`` are reopened with backoff
   (``backoff_s`` doubling up to ``max_backoff_s``); ``give_up_s`` (None: never) ends the
   attempts with ``FeatureError``. Stdin and files end at their end (a file after ``stall_s``
-  without growing). Packets that fail to decode are skipped and counted
+  without growing); so does an HLS playlist that carries ``#EXT-X-ENDLIST`` and an RTMP or
+  RTSP server that closes the session: one ``ended`` event, no reconnection. Reopening an
+  HLS playlist skips the segments already read (by their timestamps), so a replay is never
+  new stream time (``replayed_packets`` counts what was skipped). Packets that fail to decode are skipped and counted
   (``corrupt_packets``).
   """
 
@@ -102,6 +136,11 @@ class LiveReader:
     self._done = {"source_frames": 0, "held_frames": 0, "unused_frames": 0, "audio_gaps": 0}
     self._dec: FrameDecoder | None = None
     self._stop = threading.Event()
+    # Source time (s) of the first and last video packet delivered: a reconnection to an
+    # HLS playlist skips what falls inside (the segments it still lists), so that nothing
+    # is counted as new stream time twice.
+    self._seen: tuple[float, float] | None = None
+    self.replayed_packets = 0
 
   def stop(self) -> None:
     """Asks ``chunks()`` to end (from another thread); a blocked read ends within
@@ -172,6 +211,11 @@ class LiveReader:
     """Chunks of one connection; the reason it ended is the return value."""
     self._dec = self._decoder(container)
     packets = container.demux(*self._dec.streams)
+    # What earlier connections delivered (this clock). Only HLS replays by design (a
+    # reopened playlist lists segments already read); a restarted UDP or RTMP sender may
+    # reuse its old timestamps for new pictures, so nothing is skipped there.
+    seen = self._seen if _is_hls(self.source) else None
+    video = self._dec.streams[0]
     while not self._stop.is_set():
       try:
         packet = next(packets)
@@ -179,6 +223,19 @@ class LiveReader:
         return "the source ended"
       except (av.FFmpegError, OSError) as e:
         return f"read failed: {e}"
+      t = (float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base
+           else None)
+      if t is not None and packet.stream is video:
+        if seen is not None and t < seen[0] - 1.0:
+          seen = self._seen = None     # the source restarted its clock: nothing seen on it
+        elif seen is not None and t > seen[1] + TS_TOLERANCE_S:
+          seen = None                  # past everything seen: new content from here
+      if seen is not None and t is not None and seen[0] - 1.0 <= t <= seen[1] + TS_TOLERANCE_S:
+        self.replayed_packets += 1     # seen before this reconnection: never new time
+        continue
+      if t is not None and packet.stream is video:
+        self._seen = (t, t) if self._seen is None else (min(self._seen[0], t),
+                                                         max(self._seen[1], t))
       if packet.is_corrupt:
         self.corrupt_packets += 1
       try:
@@ -246,8 +303,14 @@ class LiveReader:
         container.close()
       if self._stop.is_set():
         break
-      if not self.reconnects_allowed:
-        yield LiveEvent("ended", reason, run=self.run)
+      final = _final_end(self.source, reason) if self.reconnects_allowed else reason
+      if final is not None:
+        yield LiveEvent("ended", final, run=self.run)
         return
       lost_at = time.monotonic()
       yield LiveEvent("lost", reason, run=self.run)
+      if first:
+        # The connection opened but brought nothing new (an HLS playlist listing only what
+        # was read): wait before asking again, as after a failed open.
+        self._stop.wait(backoff)
+        backoff = min(2 * backoff, self.max_backoff_s)
