@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 
+import modeformer_jax  # noqa: F401 - before numpy, as in the CLI (its OpenBLAS setting)
 import numpy as np
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -29,3 +29,17 @@ def _cpu_unless_accelerator() -> None:
 
 
 _cpu_unless_accelerator()
+
+
+def _short_blas_spin() -> None:
+  """OpenBLAS's idle worker threads wait for work spinning, not sleeping: ~40 ms of a core
+  after every threaded product (numpy's; ``OPENBLAS_THREAD_TIMEOUT``, default 2^28 cycles).
+  The analysis makes a few small ones a second (the mel filterbank, the similarity curves),
+  so its workers spun on the core the face landmarks, the towers and the decoder share. A
+  short wait (2^4 cycles, then sleep) computes the same numbers on the same threads.
+  OpenBLAS reads it when numpy loads it: a process that imported numpy first keeps its own
+  setting, as does a user who set it."""
+  _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+_short_blas_spin()

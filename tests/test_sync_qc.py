@@ -174,13 +174,17 @@ def _audio_embeddings(audio_every: int, mel: np.ndarray, steps: list[int]) -> np
   ev = object.__new__(analysis.Evidence)
   ev.options = analysis.AnalysisOptions(audio_every=audio_every)
   ev.stage_s = collections.defaultdict(float)
-  ev.embedder = SimpleNamespace(chunk=8, audio=lambda w: w[:, :6, :].mean(axis=2) + 0.1)
+  ev.in_flight, ev.pushes = [], 0
+  ev.embedder = SimpleNamespace(chunk=8, audio_async=lambda w: SimpleNamespace(
+      result=lambda: w[:, :6, :].mean(axis=2) + 0.1))
   lane = lane_lib.Lane(0, 1, 1, 25)
   for upto in steps:
     lane.mel_buf = mel[:, lane.mel_base:upto]
-    analysis.Evidence._embed_audio(ev, lane, final=False)
+    ev._embed_audio(lane, final=False)
+    ev._collect()
   lane.mel_buf = mel[:, lane.mel_base:]
-  analysis.Evidence._embed_audio(ev, lane, final=True)
+  ev._embed_audio(lane, final=True)
+  ev._collect()
   assert lane.a_base == 0
   return lane.a_buf
 

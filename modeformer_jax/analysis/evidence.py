@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import time
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -47,6 +48,7 @@ import numpy as np
 from modeformer_jax import media
 from modeformer_jax.analysis import estimate, sound, tracking
 from modeformer_jax.analysis.lane import Lane
+from modeformer_jax.evaluation import embedding
 from modeformer_jax.media import features
 from modeformer_jax.model import windows
 
@@ -54,6 +56,20 @@ if TYPE_CHECKING:   # annotations only: files imports this module
   from modeformer_jax.analysis import files
 
 FPS = windows.FPS
+
+
+@dataclasses.dataclass
+class _Job:
+  """Embeddings the towers are computing (``Evidence._collect`` files them): lip windows
+  (``owners``: their track and position) or a lane's audio windows (mel frames ``start ..
+  stop - 1``, computed at ``todo``)."""
+  push: int                              # the push that started it
+  result: embedding.Pending
+  owners: list[tuple[int, int]] | None = None
+  lane: Lane | None = None
+  start: int = 0
+  stop: int = 0
+  todo: np.ndarray | None = None
 
 
 class Evidence:
@@ -91,12 +107,16 @@ class Evidence:
     self.tails: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}  # track -> (next, crops, held)
     self.pending: list[tuple[int, int, np.ndarray]] = []   # (track, position, video embedding)
     self.vid_queue: list[tuple[list, np.ndarray]] = []     # windows waiting for a full chunk
+    self.in_flight: list[_Job] = []    # embeddings being computed, in the order started
+    self.pushes = 0                    # chunks pushed so far
     self.cuts: list[int] = []
     self.num_frames = 0
     self.held_frames = 0
     self.windows_held = 0              # lip windows skipped for held frames
     self.finished = False
-    # Seconds spent per stage (where the time goes; bench.decode_floor prints it).
+    # Seconds spent per stage (where the time goes; bench.decode_floor prints it), in the
+    # caller's thread: "video model" and "audio model" only start the towers, which compute
+    # in the background; "waiting for models" is what the caller still waits for them.
     self.stage_s: dict[str, float] = collections.defaultdict(float)
 
   @contextlib.contextmanager
@@ -109,9 +129,12 @@ class Evidence:
 
   # --- audio -------------------------------------------------------------------------------
   def _embed_audio(self, lane: Lane, final: bool, partial: bool = False) -> None:
+    """Starts embedding the lane's audio windows that are complete (``_collect`` takes
+    them)."""
     chunk = self.embedder.chunk
     n = self.options.audio_every
-    start = lane.a_base + lane.a_buf.shape[0]
+    started = [job.stop for job in self.in_flight if job.lane is lane]
+    start = started[-1] if started else lane.a_base + lane.a_buf.shape[0]
     stop = lane.mel_base + lane.mel_buf.shape[1] - windows.MEL_WINDOW + 1
     if final:                                  # windows past the end read silence
       stop = lane.mel_base + lane.mel_buf.shape[1]
@@ -136,8 +159,14 @@ class Evidence:
     idx = todo - lane.mel_base
     win = mel[:, idx[:, None] + np.arange(windows.MEL_WINDOW)].transpose(1, 0, 2)
     with self._timed("audio model"):
-      a = unit(self.embedder.audio(np.ascontiguousarray(win, np.float32)))
-    if n > 1:
+      job = self.embedder.audio_async(np.ascontiguousarray(win, np.float32))
+    self.in_flight.append(_Job(self.pushes, job, lane=lane, start=start, stop=stop, todo=todo))
+
+  def _audio_done(self, lane: Lane, start: int, stop: int, todo: np.ndarray,
+                  a: np.ndarray) -> None:
+    """Audio embeddings of mel frames ``todo`` (started by ``_embed_audio``) into the lane."""
+    a = unit(a)
+    if self.options.audio_every > 1:
       a = self._between(lane, start, stop, todo, a)
     lane.a_buf = a if lane.a_buf.size == 0 else np.concatenate([lane.a_buf, a])
 
@@ -188,6 +217,7 @@ class Evidence:
 
   # --- pictures ------------------------------------------------------------------------------
   def _embed_video(self, final: bool, partial: bool = False) -> None:
+    """Starts embedding the queued lip windows (``_collect`` takes them)."""
     # Whole embedder chunks only (as _embed_audio), the rest waits for the next call.
     n = sum(len(ow) for ow, _ in self.vid_queue)
     take = n if final or partial else n // self.embedder.chunk * self.embedder.chunk
@@ -196,8 +226,8 @@ class Evidence:
     owners = [x for ow, _ in self.vid_queue for x in ow]
     wins = np.concatenate([w for _, w in self.vid_queue])
     with self._timed("video model"):
-      v = unit(self.embedder.video(wins[:take]))
-    self.pending.extend((tid, p, v[i]) for i, (tid, p) in enumerate(owners[:take]))
+      job = self.embedder.video_async(wins[:take])
+    self.in_flight.append(_Job(self.pushes, job, owners=owners[:take]))
     self.vid_queue.clear()
     if take < n:
       self.vid_queue.append((owners[take:], wins[take:]))
@@ -241,6 +271,39 @@ class Evidence:
     self.buf_base += drop
     self.lips.prune(self.cropped)
 
+  def _collect(self, wait_before: int | None = None) -> None:
+    """Files the embeddings ``_embed_video`` and ``_embed_audio`` started (lip windows to
+    score, the lanes' audio embeddings), in the order they were started: all of them, or
+    with ``wait_before`` those of earlier pushes and then those that are ready."""
+    with self._timed("waiting for models"):
+      while self.in_flight:
+        job = self.in_flight[0]
+        if wait_before is not None and job.push >= wait_before and not job.result.ready():
+          break
+        del self.in_flight[0]
+        if job.owners is not None:
+          v = unit(job.result.result())
+          self.pending.extend((tid, p, v[i]) for i, (tid, p) in enumerate(job.owners))
+        else:
+          self._audio_done(job.lane, job.start, job.stop, job.todo, job.result.result())
+
+  def _settle(self, wait_before: int | None = None) -> None:
+    """Files the embeddings started (``_collect``), scores the windows they complete and
+    forgets what no window needs any more: what the end of a push did before the towers ran
+    in the background. A window is scored once all its audio is embedded, with the same
+    numbers whenever that is, and each (track, block) sum adds its windows in the same
+    order; so filing some embeddings a push later changes no result."""
+    self._collect(wait_before)
+    with self._timed("scoring"):
+      self._score(final=False)
+    self._forget_audio()
+
+  def _waiting(self) -> list[int]:
+    """Positions of the lip windows not scored yet: embedded, being embedded or queued."""
+    return ([p for _, p, _ in self.pending]
+            + [p for job in self.in_flight if job.owners is not None for _, p in job.owners]
+            + [p for ow, _ in self.vid_queue for _, p in ow])
+
   # --- the stream ----------------------------------------------------------------------------
   def push(self, ch: media.Chunk, landmarks_every: int | None = None) -> None:
     """Adds one chunk of frames and audio; analyses what became complete.
@@ -248,6 +311,13 @@ class Evidence:
     options' ``detect_every``; a live monitor that falls behind runs them more sparsely)."""
     o = self.options
     every = o.detect_every if landmarks_every is None else int(landmarks_every)
+    self.pushes += 1
+    # The towers may still be embedding the last pushes' windows (``_collect``): the work
+    # below runs beside them, and ``_settle`` scores them after it. A lane's first sound
+    # must wait for that scoring: it fixes where the lane's real sound starts
+    # (``Lane.start``), which the scoring reads.
+    if ch.audio.size and any(lane.raw == 0 for lane in self.lanes):
+      self._settle()
     for lane in self.lanes:
       if ch.audio.size and lane.raw == 0:
         lane.lead = int(ch.audio_lead)
@@ -271,18 +341,18 @@ class Evidence:
       self.held_buf.append(bool(held[i]))
     self.held_frames += int(held.sum())
     self.num_frames = ch.start + len(ch.frames)
+    # The last push's embeddings only if ready: the towers go on computing them while the
+    # next chunk's landmarks run (two pushes in flight at most).
+    self._settle(wait_before=self.pushes - 1)
+    # Started, not waited for: the next push's landmarks run while the towers compute.
     if self.lips.lookahead is not None:
       self._cut_lips(max(self.cropped, self.num_frames - self.lips.lookahead))
     for lane in self.lanes:
       self._embed_audio(lane, final=False)
-    with self._timed("scoring"):
-      self._score(final=False)
-    self._forget_audio()
 
   def _forget_audio(self) -> None:
     """Forgets audio embeddings and mel that no pending or future window needs."""
-    oldest = min([p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
-                 + [max(0, self.cropped - windows.WINDOW_FRAMES)])
+    oldest = min(self._waiting() + [max(0, self.cropped - windows.WINDOW_FRAMES)])
     need = windows.mel_start(oldest) - self.max_s
     for lane in self.lanes:
       if need > lane.a_base:
@@ -300,6 +370,7 @@ class Evidence:
       return
     self.finished = True
     try:
+      self._settle()       # the last push's windows, scored before the end is known
       for lane in self.lanes:
         # Real sound ends where the source's samples end, moved by the lane's shift.
         lane.end = lane.raw + lane.delay
@@ -309,6 +380,7 @@ class Evidence:
       for lane in self.lanes:
         lane.hear_end(self.num_frames)
         self._embed_audio(lane, final=True)
+      self._collect()
       self._score(final=True)
     finally:
       self.close()
@@ -345,18 +417,16 @@ class Evidence:
     """Embeds and scores every window complete now, without waiting for whole embedder
     chunks (``push`` waits: a padded chunk costs a full one). A live monitor calls it when
     a report is due, so the report does not wait seconds for a chunk to fill."""
+    self._settle()
     self._embed_video(final=False, partial=True)
     for lane in self.lanes:
       self._embed_audio(lane, final=False, partial=True)
-    with self._timed("scoring"):
-      self._score(final=False)
-    self._forget_audio()
+    self._settle()
 
   def scored_until(self) -> int:
     """Lip windows starting before this frame are scored (or skipped): blocks before
     ``scored_until() // hop_frames`` are complete, later pushes add nothing to them."""
-    waiting = [p for _, p, _ in self.pending] + [p for ow, _ in self.vid_queue for _, p in ow]
-    return max(0, min(waiting + [self.cropped - windows.WINDOW_FRAMES + 1]))
+    return max(0, min(self._waiting() + [self.cropped - windows.WINDOW_FRAMES + 1]))
 
   def forget(self, before_block: int) -> None:
     """Drops the evidence of blocks before ``before_block`` and what ended face tracks

@@ -43,21 +43,49 @@ class Embedder:
     """Swaps in new parameters (e.g. during training) without recompiling."""
     self.params = jax.device_put(params, self._rep)
 
-  def _run(self, fn, x: np.ndarray) -> np.ndarray:
-    out = []
+  def _submit(self, fn, x: np.ndarray) -> "Pending":
+    parts = []
     for s in range(0, x.shape[0], self.chunk):
       part = x[s:s + self.chunk]
       n = part.shape[0]
       if n < self.chunk:  # pad to the fixed chunk: one compiled shape, no retrace
         part = np.concatenate([part, np.repeat(part[-1:], self.chunk - n, axis=0)])
-      out.append(np.asarray(fn(self.params, jax.device_put(part, self.sharding)))[:n])
-    return np.concatenate(out) if out else np.zeros((0, self.model.config.embed_dim))
+      parts.append((fn(self.params, jax.device_put(part, self.sharding)), n))
+    return Pending(parts, self.model.config.embed_dim)
 
   def video(self, windows: np.ndarray) -> np.ndarray:
-    return self._run(self._video, windows)
+    """Embeddings ``[N, D]`` of video windows ``[N, 5, H, W, 3]``."""
+    return self._submit(self._video, windows).result()
 
   def audio(self, windows: np.ndarray) -> np.ndarray:
-    return self._run(self._audio, windows)
+    """Embeddings ``[N, D]`` of audio windows ``[N, 80, MEL_WINDOW]``."""
+    return self._submit(self._audio, windows).result()
+
+  def video_async(self, windows: np.ndarray) -> "Pending":
+    """``video``, started and not waited for: JAX dispatches asynchronously, so the tower
+    computes in XLA's threads while the caller does other work until ``result()``. The same
+    chunks and programs as ``video``: the same numbers."""
+    return self._submit(self._video, windows)
+
+  def audio_async(self, windows: np.ndarray) -> "Pending":
+    """``audio``, started and not waited for (see ``video_async``)."""
+    return self._submit(self._audio, windows)
+
+
+class Pending:
+  """Embeddings being computed (``Embedder.video_async``): ``result()`` waits for them."""
+
+  def __init__(self, parts: list[tuple[jax.Array, int]], dim: int):
+    self._parts, self._dim = parts, dim
+
+  def ready(self) -> bool:
+    """Whether ``result()`` would return without waiting."""
+    return all(y.is_ready() for y, _ in self._parts)
+
+  def result(self) -> np.ndarray:
+    """The embeddings ``[N, D]`` (blocks until the tower is done)."""
+    out = [np.asarray(y)[:n] for y, n in self._parts]
+    return np.concatenate(out) if out else np.zeros((0, self._dim))
 
 
 def embedded_scores(v: np.ndarray, a: np.ndarray, lengths: list[int], *, audio_shift: int = 0,

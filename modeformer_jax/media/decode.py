@@ -265,7 +265,9 @@ def _orient(img: np.ndarray, sar: fractions.Fraction, rotation: int) -> np.ndarr
 class Chunk:
   """Consecutive output frames ``start .. start + len(frames) - 1`` and new audio samples."""
   start: int
-  frames: np.ndarray          # uint8 [n, H, W, 3] RGB at 25 fps, as displayed
+  # uint8 [n, H, W, 3] RGB at 25 fps, as displayed; from ``Reader(stack=False)`` a list of
+  # the n pictures (a held frame is the same array again).
+  frames: np.ndarray | list[np.ndarray]
   audio: np.ndarray           # float32 mono 16 kHz samples that follow the previous chunk's
   # True where an output frame repeats the picture of the frame before it (``_NearestFrames``).
   held: np.ndarray | None = None
@@ -414,8 +416,10 @@ class FrameDecoder:
   """
 
   def __init__(self, info: StreamInfo, vstream, astreams: list, audio: AudioChoice,
-               chunk_frames: int, live: bool = False, run: int = 0, near: float | None = None):
+               chunk_frames: int, live: bool = False, run: int = 0, near: float | None = None,
+               stack: bool = True):
     self.info, self.chunk_frames, self.live, self.run = info, int(chunk_frames), live, run
+    self.stack = stack
     # After a discontinuity at timestamp ``near``: frames of each stream are dropped until
     # one lands within JUMP_S of it (the other stream's frames from before the jump, still
     # coming out of its decoder).
@@ -463,8 +467,11 @@ class FrameDecoder:
     # Several tracks: sound exists from the earliest real start.
     lead = min((t.lead for t in self.tracks.values() if t.aligned), default=0)
     info = self.info
-    ch = Chunk(self.start, np.stack(self.frames) if self.frames else
-               np.zeros((0, info.height, info.width, 3), np.uint8), audio,
+    if not self.frames:
+      frames = np.zeros((0, info.height, info.width, 3), np.uint8)
+    else:
+      frames = np.stack(self.frames) if self.stack else self.frames
+    ch = Chunk(self.start, frames, audio,
                np.array(self.held, bool), lead, self.run,
                np.array(self.arrival) if self.live else None)
     self.start += len(self.frames)
@@ -544,8 +551,12 @@ class Reader:
   ``unused_frames`` (``_NearestFrames``).
   """
 
-  def __init__(self, path: str, chunk_frames: int = 25, audio: AudioChoice | None = None):
+  def __init__(self, path: str, chunk_frames: int = 25, audio: AudioChoice | None = None,
+               stack: bool = True):
+    """``stack=False``: each chunk's ``frames`` is the list of its pictures, not one array (a
+    consumer that reads them one by one is spared a copy of every picture)."""
     self.path = str(path)
+    self.stack = stack
     self.info = probe(self.path)
     self.audio = audio if audio is not None else choose_audio(self.path)
     self.chunk_frames = int(chunk_frames)
@@ -568,7 +579,7 @@ class Reader:
       vstream = container.streams.video[0]
       vstream.thread_type = "AUTO"
       dec = FrameDecoder(self.info, vstream, list(container.streams.audio), self.audio,
-                     self.chunk_frames)
+                         self.chunk_frames, stack=self.stack)
       try:
         for packet in container.demux(*dec.streams):
           for ch in dec.decode(packet):

@@ -45,7 +45,9 @@ class MelStream:
       y = np.pad(y, (0, need - y.size))
     view = np.lib.stride_tricks.sliding_window_view(y[first:need], self.n_fft)[::self.hop]
     spec = np.abs(np.fft.rfft(view * features.stft_window(), axis=1))
-    m = features.mel_basis() @ spec.T.astype(np.float32)
+    # C order: OpenBLAS took ~20 ms for this product with the spectrum's transpose as it
+    # lies (F order), 0.1-2 ms on a copy; the same sums either way (checked bit for bit).
+    m = features.mel_basis() @ np.ascontiguousarray(spec.T, np.float32)
     db = 20.0 * np.log10(np.maximum(m, c["amin"])) - c["ref_level_db"]
     top, min_db = c["max_abs_value"], c["min_level_db"]
     out = np.clip(2 * top * (db - min_db) / -min_db - top, -top, top).astype(np.float32)
