@@ -144,6 +144,32 @@ def test_stream_matches_whole_file_decode(synthetic_mp4):
   np.testing.assert_allclose(mel[:, :ref.shape[1]], ref, atol=1e-5)
 
 
+def test_unstacked_chunks_hold_the_same_pictures(synthetic_mp4):
+  stacked = list(media.Reader(synthetic_mp4, chunk_frames=20).chunks())
+  listed = list(media.Reader(synthetic_mp4, chunk_frames=20, stack=False).chunks())
+  assert [c.start for c in listed] == [c.start for c in stacked]
+  for a, b in zip(stacked, listed):
+    assert isinstance(b.frames, list)
+    np.testing.assert_array_equal(np.stack(b.frames), a.frames)
+    np.testing.assert_array_equal(b.audio, a.audio)
+
+
+def test_results_do_not_depend_on_when_the_towers_finish(synthetic_mp4, monkeypatch):
+  """Embeddings filed at the next push or a push later (``Evidence._collect``): the same
+  numbers, bit for bit, for every shift."""
+  from modeformer_jax.evaluation import embedding
+  analyzer = analysis.Analyzer(None, analysis.AnalysisOptions())
+
+  def run(ready):
+    monkeypatch.setattr(embedding.Pending, "ready", lambda self: ready)
+    out = analyzer.analyze_shifts(synthetic_mp4, [0, 3])
+    for r in out:
+      del r["timing"]
+    return json.dumps(out, sort_keys=True, default=repr)
+
+  assert run(True) == run(False)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "real_clips").exists(), reason="../shared/data absent")
 def test_stream_matches_decode_on_variable_frame_rate_video():
