@@ -552,3 +552,60 @@ def test_reopening_an_hls_playlist_replays_nothing(changing_mp4, tmp_path):
   assert summary["reconnects"] >= 2, summary
   assert summary["stream_s"] <= listed + 0.5, (summary["stream_s"], summary["reconnects"])
   assert summary["replayed_packets_skipped"] > 0, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tcp", "growing file"])
+def test_tcp_and_a_growing_file_are_followed_in_real_time(kind, changing_mp4, tmp_path):
+  """MPEG-TS from a TCP server (the sender listens, the monitor connects) and from a file
+  still being written: the offsets the file carries, the file's stream time (no faster than
+  real time), no "no face" on a face that is there. A growing file ends once it stops
+  growing; a TCP server that goes away may come back, so the monitor keeps trying."""
+  jsonl = tmp_path / "m.jsonl"
+  t0 = time.monotonic()                # stream time may not run ahead of the sender's clock
+  if kind == "tcp":
+    port = _free_tcp_port()
+    sender = _sender(changing_mp4, f"tcp://127.0.0.1:{port}?listen=1")
+    source = f"tcp://127.0.0.1:{port}"
+  else:
+    source = str(tmp_path / "growing.ts")
+    sender = _sender(changing_mp4, source)
+    # The recording has begun (the muxer writes in 32-KB blocks: a few seconds here).
+    while not pathlib.Path(source).exists() or pathlib.Path(source).stat().st_size < 65536:
+      time.sleep(0.1)
+  # A file's writer flushes 32-KB blocks, seconds apart at this bitrate: it has stopped
+  # growing only after a longer wait.
+  stall = "2" if kind == "tcp" else "8"
+  mon = _start_monitor(source, jsonl, "--window", str(WINDOW), "--every", str(EVERY),
+                       "--stall", stall)
+  try:
+    sender.wait(timeout=120)
+    if kind == "tcp":
+      deadline = time.monotonic() + 30
+      while not any(e["event"] == "lost" for e in _events(jsonl)):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+      mon.send_signal(signal.SIGTERM)
+    code = mon.wait(timeout=60)
+    wall = time.monotonic() - t0
+  finally:
+    if mon.poll() is None:
+      mon.kill()
+  assert code == monitor.EXIT_STOPPED
+  ev = _events(jsonl)
+  summary = ev[-1]
+  length = len(OFFSETS) * SEGMENT_S
+  assert length - 3 <= summary["stream_s"] <= min(length + 0.5, wall), (summary, wall)
+  if kind == "growing file":
+    assert [e["event"] for e in ev].count("ended") == 1
+  reports = [e for e in ev if e["event"] == "report"]
+  assert not [r for r in reports if r["reason"] == "no face"]
+  checked = 0
+  for r in reports:
+    lo, hi = r["run_t_s"] - WINDOW, r["run_t_s"]
+    if r["measurable"] and lo >= 1 and int((lo - 1) // SEGMENT_S) == int((hi + 0.5) // SEGMENT_S):
+      assert abs(r["offset_ms"] - _segment_at(hi)) <= 25, r
+      checked += 1
+  # Each window wholly inside one offset's stretch that could be measured reads it (a busy
+  # machine drops pictures: fewer measurable windows, never wrong ones).
+  assert checked >= 4, (kind, [(r["run_t_s"], r["offset_ms"], r["reason"]) for r in reports])
