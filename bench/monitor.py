@@ -2,6 +2,7 @@
 
   python -m bench.monitor --minutes 10 --out bench/monitor.json     # the recorded run
   python -m bench.monitor --minutes 1                               # a quick check
+  python -m bench.monitor --minutes 2 --protocol hls                # a live HLS playlist
 
 A 1-minute 1280x720 talking-head video (``data_prep.synthetic.long.make_benchmark_video``,
 offsets changing every 15 s) is played in a loop as MPEG-TS over UDP in real time
@@ -13,12 +14,19 @@ the share of frames whose pictures were analysed, the monitor's CPU use (% of on
 end, and the error of the reports whose window lies inside one 15-s piece against the
 offset injected there. The goal: keep up with 720p25 on 2 cores with p95 latency <=
 window + 3 s.
+
+``--protocol hls`` writes the stream as a live HLS playlist (2-s segments, 6 listed) served
+by Python's http.server, and the monitor reads it over HTTP. The monitor's latency runs from
+a frame's arrival, so it does not see what HLS adds before that (a segment is listed once
+complete, and FFmpeg joins 3 segments behind live); ``behind_sender_s`` does: the sender's
+seconds sent minus the monitor's stream seconds when the run stops.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +72,7 @@ def errors(reports: list[dict], truth: dict, loop_s: float, window: float) -> li
 
 
 def run(minutes: float, size: tuple[int, int], work: pathlib.Path, port: int,
-        window: float = 10.0, every: float = 2.0) -> dict:
+        window: float = 10.0, every: float = 2.0, protocol: str = "udp") -> dict:
   """Streams for ``minutes`` and measures the monitor (module docstring)."""
   from data_prep.synthetic import long as long_mat
   work.mkdir(parents=True, exist_ok=True)
@@ -73,19 +81,35 @@ def run(minutes: float, size: tuple[int, int], work: pathlib.Path, port: int,
     long_mat.make_benchmark_video(material, minutes=1.0, size=size, progress=False)
   jsonl = work / "monitor.jsonl"
   jsonl.unlink(missing_ok=True)
-  url = f"udp://127.0.0.1:{port}"
+  sender = server = None
+  if protocol == "hls":
+    www = work / "hls"
+    shutil.rmtree(www, ignore_errors=True)
+    www.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(www)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sender = subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live",
+                               str(material), str(www / "live.m3u8"), "--loop"])
+    t_send = time.monotonic()
+    while not (www / "live.m3u8").exists():
+      time.sleep(0.2)
+    url = f"http://127.0.0.1:{port}/live.m3u8"
+  else:
+    url = f"udp://127.0.0.1:{port}"
   mon = subprocess.Popen([sys.executable, "-m", "modeformer_jax.monitor", url, "--jsonl",
                           str(jsonl), "--window", str(window), "--every", str(every),
                           "--stall", "30"], stdout=subprocess.DEVNULL)
-  sender = None
   try:
     deadline = time.monotonic() + 300
     while not any(e["event"] == "started" for e in _events(jsonl)):
       if mon.poll() is not None or time.monotonic() > deadline:
         raise RuntimeError("the monitor did not start")
       time.sleep(0.5)
-    sender = subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live",
-                               str(material), url, "--loop"])
+    if sender is None:
+      sender = subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live",
+                                 str(material), url, "--loop"])
+      t_send = time.monotonic()
     t0 = time.monotonic()
     samples = []
     while time.monotonic() - t0 < minutes * 60:
@@ -93,12 +117,16 @@ def run(minutes: float, size: tuple[int, int], work: pathlib.Path, port: int,
       cpu, rss = _proc(mon.pid)
       samples.append({"t_s": round(time.monotonic() - t0, 1), "cpu_s": cpu, "rss_mb": rss})
     sender_cpu, _ = _proc(sender.pid)
+    sent_s = time.monotonic() - t_send
   finally:
     if sender is not None:
       sender.terminate()
       sender.wait()
     mon.send_signal(signal.SIGTERM)
     code = mon.wait(timeout=120)
+    if server is not None:
+      server.terminate()
+      server.wait()
   from data_prep.synthetic import live
   truth = json.loads(material.with_suffix(".truth.json").read_text())
   events = _events(jsonl)
@@ -110,7 +138,8 @@ def run(minutes: float, size: tuple[int, int], work: pathlib.Path, port: int,
   last = samples[-1]
   cpu_pct = 100 * (last["cpu_s"] - first["cpu_s"]) / max(1e-9, last["t_s"] - first["t_s"])
   return {
-      "machine": common.machine(), "minutes": minutes, "size": list(size),
+      "machine": common.machine(), "protocol": protocol, "minutes": minutes,
+      "size": list(size), "behind_sender_s": round(sent_s - summary["stream_s"], 1),
       "window_s": window, "every_s": every, "exit_code": code,
       "latency_p50_s": summary["latency_p50_s"], "latency_p95_s": summary["latency_p95_s"],
       "goal_p95_s": window + 3, "analysed_share": summary["analysed_share"],
@@ -136,10 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--size", default="1280x720")
   p.add_argument("--work", default="/tmp/bench_monitor")
   p.add_argument("--port", type=int, default=5640)
+  p.add_argument("--protocol", choices=("udp", "hls"), default="udp",
+                 help="MPEG-TS over UDP, or a live HLS playlist over HTTP")
   p.add_argument("--out", default=None, help="write the result as JSON here")
   args = p.parse_args(argv)
   w, h = (int(v) for v in args.size.split("x"))
-  out = run(args.minutes, (w, h), pathlib.Path(args.work), args.port)
+  out = run(args.minutes, (w, h), pathlib.Path(args.work), args.port, protocol=args.protocol)
   text = json.dumps({k: v for k, v in out.items() if k != "samples"}, indent=1)
   print(text)
   if args.out:
