@@ -6,11 +6,13 @@ For each length, a 720p25 H.264 + AAC file of a real talking head (``--source``,
 of ``../shared/data/real_clips`` by default, looped and centred on a 1280x720 canvas) is
 written once; then, in one process and one run, on the same file:
 
-* decode only: ``media.Reader`` to RGB frames and 16 kHz audio (what any file tool must do);
+* decode only: ``media.Reader`` to RGB frames and 16 kHz audio (what any file tool must do),
+  timed in every round;
 * plain ``detect`` (``analysis.detect_file``) and ``--qc`` (``Analyzer.analyze``), warm (model
   loaded and compiled), with the time per stage of the analysis (``timing.stages_s``) and
-  the CPU seconds (both cores); files of a minute or less twice, in the order plain, qc,
-  qc, plain, the fastest of each;
+  the CPU seconds (both cores); files of a minute or less in three rounds of decode only,
+  plain, qc (then decode only, qc, plain), the fastest of each, so the machine's load
+  weighs on both sides of the ratio (longer files: one round);
 * cold start: ``python -m modeformer_jax.detect FILE`` and ``--qc`` as a person runs them,
   wall time, on the shortest file; the start-up cost is that minus the warm analysis.
 
@@ -81,12 +83,16 @@ def decode_only(path: pathlib.Path) -> dict:
 
 
 def warm(analyzer, path: pathlib.Path, rounds: int = 1) -> dict:
-  """Plain ``detect`` and ``--qc`` on ``path``, each ``rounds`` times in the order plain, qc,
-  qc, plain, ... (neither always first); the fastest of each."""
+  """Decode only, plain ``detect`` and ``--qc`` on ``path``, ``rounds`` times, each round
+  decode first and then plain, qc or qc, plain (neither always first); the fastest of each.
+  The decoder is timed in every round beside the analysis, so a shared machine's load
+  moves numerator and denominator alike."""
   from modeformer_jax import analysis
   runs = {"plain": [], "qc": []}
+  decodes = []
   order = [("plain", "qc"), ("qc", "plain")]
   for i in range(rounds):
+    decodes.append(decode_only(path))
     for name in order[i % 2]:
       t0, c0 = time.perf_counter(), _cpu_s()
       if name == "plain":
@@ -101,7 +107,9 @@ def warm(analyzer, path: pathlib.Path, rounds: int = 1) -> dict:
           "plain_x_realtime": round(video_s / pw, 2),
           "qc_x_realtime": round(video_s / qw, 2),
           "plain_offset_ms": plain["offset_ms"], "qc_offset_ms": qc["global"]["offset_ms"],
-          "stages_s": qc["timing"]["stages_s"]}
+          "stages_s": qc["timing"]["stages_s"],
+          "decode": min(decodes, key=lambda d: d["wall_s"]),
+          "decode_walls_s": [d["wall_s"] for d in decodes]}
 
 
 def cold(path: pathlib.Path, work: pathlib.Path) -> dict:
@@ -142,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     path = make_file(pathlib.Path(a.source), work, minutes)
     if not rows:   # compile and start MediaPipe before anything is timed
       analysis.detect_file(analyzer, make_file(pathlib.Path(a.source), work, 0.2))
-    row = {"minutes": minutes, "file": path.name, "decode": decode_only(path)}
-    row["analysis"] = warm(analyzer, path, rounds=2 if minutes <= 1 else 1)
+    row = {"minutes": minutes, "file": path.name}
+    row["analysis"] = warm(analyzer, path, rounds=3 if minutes <= 1 else 1)
+    row["decode"] = row["analysis"].pop("decode")
     row["analysis_share_of_decode_rate"] = round(
         row["analysis"]["qc_x_realtime"] / row["decode"]["x_realtime"], 3)
     if not a.no_cold and minutes == min(lengths):
