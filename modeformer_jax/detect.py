@@ -15,6 +15,8 @@ ms (5 s segments every 1 s), drift, every face, broadcast tolerances, HTML repor
 
 A folder or list (or ``--qc``) writes ``OUT/results.jsonl`` (one line per file, a rerun
 skips finished files), ``OUT/summary.csv``, ``OUT/reports/*.html`` and ``OUT/index.html``.
+Plain ``detect`` runs through the same loop over files (``qc.qc_batch``): it appends its
+files' lines to ``OUT/results.jsonl`` and rewrites ``OUT/summary.csv`` too, beside its PNGs.
 
 Without ``--qc``: prints each file's whole-file audio offset in frames and ms (**positive =
 audio late**) with a confidence, and writes a PNG of the per-frame histogram and averaged
@@ -152,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--max_clips", type=int, default=None)
   parser.add_argument("--out", default="detect_out", help="folder for the PNGs")
   parser.add_argument("--json", action="store_true", help="print JSON only")
+  parser.add_argument("--workers", type=int, default=1, help="files analysed in parallel "
+                      "(processes, each with its own model; plain detect and --qc alike)")
   parser.add_argument("--fix", default=None, help="write a copy with the audio re-aligned "
                       "(one input video only; with --qc by the sub-frame offset in ms)")
   qc = parser.add_argument_group("sync QC (--qc, folders, lists)")
   an = parser.add_argument_group("the analysis (plain detect and --qc alike)")
   qc.add_argument("--qc", action="store_true", help="offset over time, drift, faces, "
                   "tolerances and an HTML report per file")
-  qc.add_argument("--workers", type=int, default=1, help="files analysed in parallel")
   qc.add_argument("--retry_errors", action="store_true", help="re-analyse files that failed "
                   "in an earlier run (finished files are always skipped)")
   qc.add_argument("--no_report", action="store_true", help="skip the HTML reports")
