@@ -128,11 +128,8 @@ def _run_plain(args: argparse.Namespace, parser: argparse.ArgumentParser
       if not args.json:
         print(f"wrote {args.fix} with the audio moved by {-r['offset_ms']:+.0f} ms")
 
-  if args.workers > 1:      # each worker loads the model itself (picklable)
-    make = functools.partial(analysis.Analyzer, args.checkpoint, options, args.layout)
-  else:
-    def make() -> analysis.Analyzer:
-      return analysis.Analyzer(args.checkpoint, options, args.layout)
+  # Picklable: with --workers each process loads the model itself.
+  make = functools.partial(analysis.Analyzer, args.checkpoint, options, args.layout)
   qc_batch.run_batch(args.videos, out, make, workers=args.workers, resume=False,
                      report=False, progress=False, on_entry=render)
   results = [answers[k] for k in dict.fromkeys(names) if k in answers]

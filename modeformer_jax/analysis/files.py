@@ -26,8 +26,6 @@ from modeformer_jax.model import windows
 from modeformer_jax.qc import tolerances
 
 FPS = windows.FPS
-
-
 MISMATCH_NOTE_S = 0.1            # stream ends further apart than this are reported
 
 

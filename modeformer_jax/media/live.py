@@ -66,7 +66,11 @@ def _is_hls(source: str) -> bool:
 
 def _playlist_ended(source: str, timeout_s: float = 5.0) -> bool:
   """Whether the HLS playlist at ``source`` now carries ``#EXT-X-ENDLIST`` (the stream is
-  over: FFmpeg read it to the end, and reopening it would replay its last segments)."""
+  over: FFmpeg read it to the end, and reopening it would replay its last segments).
+
+  This reads the monitored source itself, the playlist FFmpeg was reading, once when a
+  connection ends cleanly: FFmpeg's demuxer ends the same way at ``ENDLIST`` and when a
+  live playlist stops growing, and does not say which. Nothing else is fetched."""
   import urllib.request
   try:
     with urllib.request.urlopen(source, timeout=timeout_s) as r:
@@ -213,8 +217,9 @@ class LiveReader:
     packets = container.demux(*self._dec.streams)
     # What earlier connections delivered (this clock). Only HLS replays by design (a
     # reopened playlist lists segments already read); a restarted UDP or RTMP sender may
-    # reuse its old timestamps for new pictures, so nothing is skipped there.
-    seen = self._seen if _is_hls(self.source) else None
+    # reuse its old timestamps for new pictures, so nothing is tracked or skipped there.
+    hls = _is_hls(self.source)
+    seen = self._seen
     video = self._dec.streams[0]
     while not self._stop.is_set():
       try:
@@ -223,19 +228,18 @@ class LiveReader:
         return "the source ended"
       except (av.FFmpegError, OSError) as e:
         return f"read failed: {e}"
-      t = (float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base
-           else None)
-      if t is not None and packet.stream is video:
-        if seen is not None and t < seen[0] - 1.0:
+      if hls and packet.pts is not None and packet.time_base:
+        t = float(packet.pts * packet.time_base)
+        if packet.stream is video and seen is not None and t < seen[0] - 1.0:
           seen = self._seen = None     # the source restarted its clock: nothing seen on it
-        elif seen is not None and t > seen[1] + TS_TOLERANCE_S:
+        elif packet.stream is video and seen is not None and t > seen[1] + TS_TOLERANCE_S:
           seen = None                  # past everything seen: new content from here
-      if seen is not None and t is not None and seen[0] - 1.0 <= t <= seen[1] + TS_TOLERANCE_S:
-        self.replayed_packets += 1     # seen before this reconnection: never new time
-        continue
-      if t is not None and packet.stream is video:
-        self._seen = (t, t) if self._seen is None else (min(self._seen[0], t),
-                                                         max(self._seen[1], t))
+        if seen is not None and seen[0] - 1.0 <= t <= seen[1] + TS_TOLERANCE_S:
+          self.replayed_packets += 1   # read before this reconnection: never new time
+          continue
+        if packet.stream is video:
+          self._seen = (t, t) if self._seen is None else (min(self._seen[0], t),
+                                                           max(self._seen[1], t))
       if packet.is_corrupt:
         self.corrupt_packets += 1
       try:
