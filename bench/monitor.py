@@ -3,6 +3,7 @@
   python -m bench.monitor --minutes 10 --out bench/monitor.json     # the recorded run
   python -m bench.monitor --minutes 1                               # a quick check
   python -m bench.monitor --minutes 2 --protocol hls                # a live HLS playlist
+  python -m bench.monitor --minutes 1 --protocol udp rtp tcp rtmp rtsp hls   # one after another
 
 A 1-minute 1280x720 talking-head video (``data_prep.synthetic.long.make_benchmark_video``,
 offsets changing every 15 s) is played in a loop as MPEG-TS over UDP in real time
@@ -19,7 +20,9 @@ window + 3 s.
 by Python's http.server, and the monitor reads it over HTTP. The monitor's latency runs from
 a frame's arrival, so it does not see what HLS adds before that (a segment is listed once
 complete, and FFmpeg joins 3 segments behind live); ``behind_sender_s`` does: the sender's
-seconds sent minus the monitor's stream seconds when the run stops.
+seconds sent minus the monitor's stream seconds when the run stops. ``rtp``: MPEG-TS in RTP;
+``tcp``, ``rtmp``, ``rtsp``: the monitor listens (``--listen``) and the sender publishes
+(MPEG-TS over TCP, RTMP publish, RTSP ANNOUNCE / RECORD over TCP).
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ import numpy as np
 from bench import common
 
 from modeformer_jax import cli
+
+PROTOCOLS = ("udp", "rtp", "tcp", "rtmp", "rtsp", "hls")
+# Protocols where the monitor is the server (--listen) and the sender connects to it.
+LISTEN_URLS = {"tcp": "tcp://127.0.0.1:{port}", "rtmp": "rtmp://127.0.0.1:{port}/live/bench",
+               "rtsp": "rtsp://127.0.0.1:{port}/live"}
 
 
 def _proc(pid: int) -> tuple[float, float]:
@@ -95,17 +103,23 @@ def run(minutes: float, size: tuple[int, int], work: pathlib.Path, port: int,
     while not (www / "live.m3u8").exists():
       time.sleep(0.2)
     url = f"http://127.0.0.1:{port}/live.m3u8"
+  elif protocol in LISTEN_URLS:
+    url = LISTEN_URLS[protocol].format(port=port)
   else:
-    url = f"udp://127.0.0.1:{port}"
+    url = f"{protocol}://127.0.0.1:{port}"
+  listen = ["--listen"] if protocol in LISTEN_URLS else []
   mon = subprocess.Popen([sys.executable, "-m", "modeformer_jax.monitor", url, "--jsonl",
                           str(jsonl), "--window", str(window), "--every", str(every),
-                          "--stall", "30"], stdout=subprocess.DEVNULL)
+                          "--stall", "30", *listen], stdout=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 300
-    while not any(e["event"] == "started" for e in _events(jsonl)):
+    ready = "listening" if listen else "started"
+    while not any(e["event"] == ready for e in _events(jsonl)):
       if mon.poll() is not None or time.monotonic() > deadline:
         raise RuntimeError("the monitor did not start")
       time.sleep(0.5)
+    if listen:
+      time.sleep(1.0)                # the event comes just before FFmpeg listens
     if sender is None:
       sender = subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live",
                                  str(material), url, "--loop"])
@@ -165,14 +179,24 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--size", default="1280x720")
   p.add_argument("--work", default="/tmp/bench_monitor")
   p.add_argument("--port", type=int, default=5640)
-  p.add_argument("--protocol", choices=("udp", "hls"), default="udp",
-                 help="MPEG-TS over UDP, or a live HLS playlist over HTTP")
+  p.add_argument("--protocol", choices=PROTOCOLS, nargs="+", default=["udp"],
+                 help="one or more, run one after another (module docstring)")
   p.add_argument("--out", default=None, help="write the result as JSON here")
   args = p.parse_args(argv)
   w, h = (int(v) for v in args.size.split("x"))
-  out = run(args.minutes, (w, h), pathlib.Path(args.work), args.port, protocol=args.protocol)
-  text = json.dumps({k: v for k, v in out.items() if k != "samples"}, indent=1)
-  print(text)
+  outs = []
+  for i, protocol in enumerate(args.protocol):
+    outs.append(run(args.minutes, (w, h), pathlib.Path(args.work), args.port + i,
+                    protocol=protocol))
+    print(json.dumps({k: v for k, v in outs[-1].items() if k != "samples"}, indent=1),
+          flush=True)
+  if len(outs) > 1:
+    print(f"\n{'protocol':9} {'behind sender s':>15} {'latency p50 s':>13} {'p95 s':>6} "
+          f"{'analysed':>8} {'median err ms':>13}")
+    for o in outs:
+      print(f"{o['protocol']:9} {o['behind_sender_s']:>15} {o['latency_p50_s']:>13} "
+            f"{o['latency_p95_s']:>6} {o['analysed_share']:>8} {o['median_abs_error_ms']!s:>13}")
+  out = outs[0] if len(outs) == 1 else {"runs": outs}
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
   return out

@@ -4,6 +4,7 @@
   python -m modeformer_jax.monitor rtsp://camera/stream --tolerance ebu_r37 --hold 10
   ffmpeg -re -i programme.mp4 -f mpegts - | python -m modeformer_jax.monitor -
   python -m modeformer_jax.monitor stream.sdp --jsonl sync.jsonl --metrics_port 9109
+  python -m modeformer_jax.monitor rtmp://0.0.0.0:1935/live/key --listen   # encoders push here
 
 SOURCE is anything FFmpeg opens as a live input (udp://, rtp:// or an SDP file, rtsp://,
 rtmp://, tcp://, an HLS playlist over http(s), a capture device with --format, a file that
@@ -30,8 +31,17 @@ under 0.5 s. Reports give the share of frames analysed and how much that widens 
 uncertainty (1/sqrt(share)). Memory stays flat: the evidence older than the window is
 dropped.
 
-One module (600-odd lines) because keeping up, reporting, alarms and the outputs share one
-state (the backlog, the run, the alarm); the analysis itself is ``modeformer_jax.analysis``.
+One module (750 lines) because keeping up, reporting, alarms, stream time and the outputs
+share one state (the backlog, the run, the alarm); the analysis itself is
+``modeformer_jax.analysis``.
+
+With --listen the monitor is the RTMP, RTSP or TCP server an encoder publishes to; when
+the publisher leaves, it listens for the next.
+
+Stream time follows the source's timestamps across reconnections: what a reconnection
+replays (an HLS playlist's listed segments, a server's cached pictures) is skipped, and the
+stream time that never came is reported as a gap (by the source's clock, or by the wall
+clock where the source restarted its clock).
 
 Faults: network sources that fail, end or stall for --stall seconds are reopened with
 backoff (1 s doubling to 30 s; --give_up ends the attempts); the gap is reported. Packets
@@ -92,6 +102,7 @@ class MonitorOptions:
   open_timeout_s: float = 10.0
   give_up_s: float | None = None  # stop reopening after this long (None: never)
   format: str | None = None      # the input format (v4l2, mpegts, ...); None: FFmpeg guesses
+  listen: bool = False           # be the rtmp:// / rtsp:// / tcp:// server an encoder publishes to
 
   def check(self) -> None:
     qc = self.analysis
@@ -131,6 +142,11 @@ class Alarm:
         self.raised += 1
         return "raised"
     return None
+
+  def skip(self, seconds: float) -> None:
+    """Stream time that never came (a gap) counts neither as out nor as in tolerance."""
+    self.out_since = None if self.out_since is None else self.out_since + seconds
+    self.in_since = None if self.in_since is None else self.in_since + seconds
 
 
 # Report field -> (metric name, help). Gauges show the last report, counters its totals.
@@ -216,6 +232,8 @@ class _Run:
   evidence: analysis.Evidence
   t0_s: float                                    # stream time of its frame 0
   next_due: float                                # stream seconds (in the run) of the next report
+  origin: float | None = None                    # source timestamp (s) of its frame 0
+  last_arrival: float | None = None              # monotonic arrival of its last frame
   arrivals: collections.deque = dataclasses.field(default_factory=collections.deque)
   analysed: dict = dataclasses.field(default_factory=dict)   # block -> frames analysed
 
@@ -243,7 +261,7 @@ class Monitor:
     self._children: list[subprocess.Popen] = []
     self.reader = media.LiveReader(source, o.chunk_frames, format=o.format,
                                    open_timeout_s=o.open_timeout_s, stall_s=o.stall_s,
-                                   give_up_s=o.give_up_s)
+                                   give_up_s=o.give_up_s, listen=o.listen)
     self._queue: queue.Queue = queue.Queue()
     self._queued = 0                 # frames waiting in the queue
     self._lock = threading.Lock()
@@ -256,7 +274,9 @@ class Monitor:
     self.error: FeatureError | None = None
     self.ended = ""
     self._run: _Run | None = None
-    self._t_end = 0.0                # stream seconds of the runs that ended
+    self._received = 0.0             # stream seconds received in the runs that ended
+    self._missed = 0.0               # stream seconds between runs that never came
+    self._reconnected = False        # the next run follows a reconnection
     self._dropping = False
     self._last_data = time.monotonic()
     self._stalled = False
@@ -309,13 +329,21 @@ class Monitor:
       ev.close()
 
   def _new_run(self, ch: media.Chunk) -> _Run:
-    if self._run is not None:
-      self._run.evidence.close()
-      self._t_end += self._run.evidence.num_frames / FPS
+    prev = self._run
+    t0, missed, clock = _place_run(prev, ch, self._reconnected)
+    self._reconnected = False
+    if prev is not None:
+      prev.evidence.close()
+      self._received += prev.evidence.num_frames / FPS
+      self._missed += missed
+      self.alarm.skip(missed)
+      if missed >= MIN_GAP_S:
+        self._emit({"event": "gap", "time": _now(), "source": self.source, "run": ch.run,
+                    "t_s": round(t0, 3), "missed_s": round(missed, 3), "measured_by": clock})
     info = self.reader.info or media.StreamInfo(self.source, ch.frames.shape[2],
                                                 ch.frames.shape[1], FPS, None)
     ev = analysis.Evidence(self.analyzer, info, name=self.source)
-    self._run = _Run(ch.run, ev, self._t_end, self.options.every_s)
+    self._run = _Run(ch.run, ev, t0, self.options.every_s, origin=ch.origin)
     return self._run
 
   def _push(self, ch: media.Chunk) -> None:
@@ -348,6 +376,7 @@ class Monitor:
         run.analysed[t // hop] = run.analysed.get(t // hop, 0) + 1
     if ch.arrival is not None and n:
       run.arrivals.append((ch.start, ch.arrival))
+      run.last_arrival = float(ch.arrival[-1])
     run.evidence.push(ch, landmarks_every=self._landmarks_every)
     self._last_data = time.monotonic()
     self._stalled = False
@@ -485,6 +514,7 @@ class Monitor:
         self._event(item)
         if item.kind == "ended":
           self.ended = item.reason
+        self._reconnected = self._reconnected or item.kind == "reconnected"
         continue
       try:
         self._push(item)
@@ -509,13 +539,15 @@ class Monitor:
 
   def summary(self) -> dict:
     """Time monitored, time in and out of tolerance, alarms, latency, what was dropped."""
-    stream_s = self._t_end + (self._run.evidence.num_frames / FPS if self._run else 0.0)
+    now = self._run.evidence.num_frames / FPS if self._run else 0.0
+    stream_s = self._run.t0_s + now if self._run else 0.0
     frames = self.counts["frames"]
     rc = self.reader.counts()
     return {
         "event": "summary", "time": _now(), "source": self.source,
         "monitored_s": round(time.monotonic() - self.started, 1),
-        "stream_s": round(stream_s, 1), "tolerance": self.tolerance.name,
+        "stream_s": round(stream_s, 1), "received_s": round(self._received + now, 1),
+        "missed_s": round(self._missed, 1), "tolerance": self.tolerance.name,
         "in_tolerance_s": round(self.time_in, 1), "out_of_tolerance_s": round(self.time_out, 1),
         "unmeasurable_s": round(self.time_unmeasurable, 1),
         "alarms": self.alarm.raised, "alarm_active": self.alarm.active,
@@ -530,6 +562,35 @@ class Monitor:
         "ended": self.ended or None, "error": str(self.error) if self.error else None,
         "rss_mb": _rss_mb(), "peak_rss_mb": round(resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+MIN_GAP_S = 0.1          # a new run this far past the last one's end is a reported gap
+# How much more source time than wall time may pass between two runs on one clock: after a
+# reconnection an HLS reader joins the live edge again (a playlist's length); within a
+# connection, only what the buffers hold.
+CLOCK_SLACK_S, JUMP_SLACK_S = 30.0, 2.0
+
+
+def _place_run(prev: _Run | None, ch: media.Chunk,
+               reconnected: bool = False) -> tuple[float, float, str]:
+  """Where a new run starts in stream time, the stream seconds missed before it, and what
+  measured them. Stream time follows the source's timestamps: a run whose first picture
+  continues the previous run's clock (at most ``CLOCK_SLACK_S`` after a reconnection, else
+  ``JUMP_SLACK_S``, more source time than wall time went by) starts where that clock puts
+  it, so a gap is the source time that never came. A clock that went back (a restarted
+  sender) or jumped ahead of the wall clock (a splice) says nothing about the gap: the wall
+  time between the two runs' pictures measures it."""
+  if prev is None:
+    return 0.0, 0.0, "source timestamps"
+  end = prev.t0_s + prev.evidence.num_frames / FPS
+  wall = 0.0
+  if ch.arrival is not None and len(ch.arrival) and prev.last_arrival is not None:
+    wall = max(0.0, float(ch.arrival[0]) - prev.last_arrival - 1 / FPS)
+  if ch.origin is not None and prev.origin is not None:
+    missed = ch.origin - (prev.origin + prev.evidence.num_frames / FPS)
+    if -1.0 / FPS <= missed <= wall + (CLOCK_SLACK_S if reconnected else JUMP_SLACK_S):
+      return end + max(0.0, missed), max(0.0, missed), "source timestamps"
+  return end + wall, wall, "wall clock"
 
 
 def _now() -> str:
@@ -576,7 +637,10 @@ def describe(d: dict) -> str | None:
     return f"{clock} source opened: {d['source']}"
   if kind == "reconnected":
     return f"{clock} reconnected after a {d['gap_s']:.1f} s gap"
-  if kind in ("lost", "reconnecting", "ended", "discontinuity", "skipped"):
+  if kind == "gap":
+    return (f"{clock} gap: {d['missed_s']:.1f} s of stream never came (measured by the "
+            f"{d['measured_by']}); t={d['t_s']:.0f}s")
+  if kind in ("listening", "lost", "reconnecting", "ended", "discontinuity", "skipped"):
     return f"{clock} {kind}: {d.get('reason', '')}"
   if kind == "no_signal":
     return f"{clock} no signal for {d['quiet_s']:.0f} s"
@@ -585,7 +649,9 @@ def describe(d: dict) -> str | None:
            f"; latency p50 {d['latency_p50_s']:.1f} s, p95 {d['latency_p95_s']:.1f} s")
     share = "" if d["analysed_share"] is None else f"; pictures analysed {d['analysed_share']:.1%}"
     err = f"; error: {d['error']}" if d["error"] else ""
-    return (f"summary: monitored {d['monitored_s']:.0f} s ({d['stream_s']:.0f} s of stream); "
+    gaps = f", {d['missed_s']:.0f} s of it missed" if d.get("missed_s") else ""
+    return (f"summary: monitored {d['monitored_s']:.0f} s ({d['stream_s']:.0f} s of stream"
+            f"{gaps}); "
             f"{d['tolerance']}: in {d['in_tolerance_s']:.0f} s, out "
             f"{d['out_of_tolerance_s']:.0f} s, unmeasurable {d['unmeasurable_s']:.0f} s; "
             f"alarms {d['alarms']}; reconnects {d['reconnects']}; corrupt packets "
@@ -635,6 +701,9 @@ def build_parser():
                  help="input format when FFmpeg cannot guess it (v4l2, mpegts, ...)")
   p.add_argument("--stall", type=float, default=d.stall_s,
                  help="seconds without data after which a network source is reopened")
+  p.add_argument("--listen", action="store_true",
+                 help="be the server at SOURCE (rtmp://, rtsp:// or tcp://HOST:PORT) and take "
+                 "the stream an encoder publishes to it; listen again when it leaves")
   p.add_argument("--give_up", type=float, default=None,
                  help="stop reopening a lost source after this many seconds (exit 1); "
                  "default: never")
@@ -647,8 +716,11 @@ def main(argv: list[str] | None = None) -> int:
   try:
     options = MonitorOptions(analysis=analysis.options_from_flags(args), every_s=args.every,
                              tolerance=args.tolerance, hold_s=args.hold, stall_s=args.stall,
-                             give_up_s=args.give_up, format=args.format)
+                             give_up_s=args.give_up, format=args.format, listen=args.listen)
     options.check()
+    if args.listen and not args.source.startswith(media.LISTEN_SCHEMES):
+      raise ValueError(f"--listen needs an rtmp://, rtsp:// or tcp:// source, not "
+                       f"{args.source}")
   except ValueError as e:
     parser.error(str(e))          # exit code 2
   person = sys.stderr if args.jsonl == "-" else sys.stdout

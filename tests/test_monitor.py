@@ -108,6 +108,48 @@ def test_alarm_is_raised_once_after_hold_and_cleared_after_hold():
   assert got[14] == "cleared" and not a.active
 
 
+def test_alarm_hold_does_not_count_a_gap():
+  a = monitor.Alarm(tolerances.STANDARDS["EBU R37"], hold_s=3.0)
+  assert a.update(1, 100.0) is None and a.update(2, 100.0) is None
+  a.skip(20.0)                       # 20 s of stream never came
+  assert a.update(23, 100.0) is None and a.update(24, 100.0) == "raised"
+
+
+class _Ev:
+  def __init__(self, num_frames):
+    self.num_frames = num_frames
+
+
+def _run(t0, origin, frames, last_arrival):
+  return monitor._Run(0, _Ev(frames), t0, 1.0, origin=origin, last_arrival=last_arrival)
+
+
+def _chunk(origin, arrival):
+  return media.Chunk(0, np.zeros((1, 2, 2, 3), np.uint8), np.zeros(0, np.float32),
+                     run=1, arrival=np.array([arrival]), origin=origin)
+
+
+def test_stream_time_follows_the_source_clock_across_runs():
+  """A run 10 s long (source 101.4 .. 111.4 s, its last picture at wall 50 s)."""
+  prev = _run(t0=5.0, origin=101.4, frames=250, last_arrival=50.0)
+  # The same clock 3 s later, 3 s of wall time later: a 3-s gap by the source's clock.
+  t0, missed, by = monitor._place_run(prev, _chunk(114.4, 53.04), reconnected=True)
+  assert (round(t0, 3), round(missed, 3), by) == (18.0, 3.0, "source timestamps")
+  # Continuing straight on (a discontinuity that lost nothing): no gap.
+  t0, missed, by = monitor._place_run(prev, _chunk(111.4, 50.04))
+  assert (round(t0, 3), missed) == (15.0, 0.0)
+  # A restarted sender (its clock back at 1.4 s), 4 s of wall time later.
+  t0, missed, by = monitor._place_run(prev, _chunk(1.4, 54.04), reconnected=True)
+  assert (round(t0, 3), round(missed, 3), by) == (19.0, 4.0, "wall clock")
+  # A clock 60 s ahead with no wall time between (a splice): the wall clock, no gap.
+  t0, missed, by = monitor._place_run(prev, _chunk(171.4, 50.04))
+  assert (round(t0, 3), round(missed, 3), by) == (15.0, 0.0, "wall clock")
+  # After a reconnection an HLS reader may land up to CLOCK_SLACK_S past the wall time.
+  t0, missed, by = monitor._place_run(prev, _chunk(131.4, 52.04), reconnected=True)
+  assert (round(t0, 3), round(missed, 3), by) == (35.0, 20.0, "source timestamps")
+  assert monitor._place_run(None, _chunk(1.4, 0.0)) == (0.0, 0.0, "source timestamps")
+
+
 def test_prometheus_metrics_are_served():
   m = monitor.Metrics(0, "udp://x")
   try:
@@ -177,9 +219,10 @@ def _events(path):
   return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]  # noqa: E741
 
 
-def _start_monitor(url, jsonl, *extra):
+def _start_monitor(url, jsonl, *extra, stdin=None):
   proc = subprocess.Popen([sys.executable, "-m", "modeformer_jax.monitor", url, "--jsonl",
-                           str(jsonl), *extra], cwd=ROOT, stdout=subprocess.DEVNULL)
+                           str(jsonl), *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stdin=stdin)
   deadline = time.monotonic() + 180
   while not any(e["event"] == "started" for e in _events(jsonl)):
     assert proc.poll() is None and time.monotonic() < deadline, "the monitor did not start"
@@ -555,15 +598,21 @@ def test_reopening_an_hls_playlist_replays_nothing(changing_mp4, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["tcp", "growing file"])
+@pytest.mark.parametrize("kind", ["tcp", "growing file", "stdin"])
 def test_tcp_and_a_growing_file_are_followed_in_real_time(kind, changing_mp4, tmp_path):
-  """MPEG-TS from a TCP server (the sender listens, the monitor connects) and from a file
-  still being written: the offsets the file carries, the file's stream time (no faster than
-  real time), no "no face" on a face that is there. A growing file ends once it stops
-  growing; a TCP server that goes away may come back, so the monitor keeps trying."""
+  """MPEG-TS from a TCP server (the sender listens, the monitor connects), from a file
+  still being written and on stdin, in real time: the offsets the file carries, the file's
+  stream time (no faster than real time), no "no face" on a face that is there. A growing
+  file ends once it stops growing and stdin when it closes (one end each); a TCP server
+  that goes away may come back, so the monitor keeps trying."""
   jsonl = tmp_path / "m.jsonl"
   t0 = time.monotonic()                # stream time may not run ahead of the sender's clock
-  if kind == "tcp":
+  stdin = None
+  if kind == "stdin":
+    sender = subprocess.Popen([sys.executable, "-m", "data_prep.synthetic.live",
+                               str(changing_mp4), "-"], cwd=ROOT, stdout=subprocess.PIPE)
+    source, stdin = "-", sender.stdout
+  elif kind == "tcp":
     port = _free_tcp_port()
     sender = _sender(changing_mp4, f"tcp://127.0.0.1:{port}?listen=1")
     source = f"tcp://127.0.0.1:{port}"
@@ -577,7 +626,9 @@ def test_tcp_and_a_growing_file_are_followed_in_real_time(kind, changing_mp4, tm
   # growing only after a longer wait.
   stall = "2" if kind == "tcp" else "8"
   mon = _start_monitor(source, jsonl, "--window", str(WINDOW), "--every", str(EVERY),
-                       "--stall", stall)
+                       "--stall", stall, stdin=stdin)
+  if stdin is not None:
+    stdin.close()                      # the monitor holds the pipe now
   try:
     sender.wait(timeout=120)
     if kind == "tcp":
@@ -596,16 +647,158 @@ def test_tcp_and_a_growing_file_are_followed_in_real_time(kind, changing_mp4, tm
   summary = ev[-1]
   length = len(OFFSETS) * SEGMENT_S
   assert length - 3 <= summary["stream_s"] <= min(length + 0.5, wall), (summary, wall)
-  if kind == "growing file":
-    assert [e["event"] for e in ev].count("ended") == 1
+  kinds = [e["event"] for e in ev]
+  if kind == "tcp":
+    assert "ended" not in kinds and summary["reconnects"] == 0, kinds
+  else:
+    assert kinds.count("ended") == 1 and summary["reconnects"] == 0, kinds
   reports = [e for e in ev if e["event"] == "report"]
   assert not [r for r in reports if r["reason"] == "no face"]
-  checked = 0
-  for r in reports:
-    lo, hi = r["run_t_s"] - WINDOW, r["run_t_s"]
-    if r["measurable"] and lo >= 1 and int((lo - 1) // SEGMENT_S) == int((hi + 0.5) // SEGMENT_S):
-      assert abs(r["offset_ms"] - _segment_at(hi)) <= 25, r
-      checked += 1
+  checked = sum(_offsets_read(reports, lambda r: r["run_t_s"]).values())
   # Each window wholly inside one offset's stretch that could be measured reads it (a busy
   # machine drops pictures: fewer measurable windows, never wrong ones).
   assert checked >= 4, (kind, [(r["run_t_s"], r["offset_ms"], r["reason"]) for r in reports])
+
+
+def _finish(mon, sender) -> int:
+  """Kills the sender if it still runs, stops the monitor; its exit code."""
+  if sender is not None and sender.poll() is None:
+    sender.kill()
+  mon.send_signal(signal.SIGTERM)
+  return mon.wait(timeout=60)
+
+
+def _offsets_read(reports, file_s) -> dict:
+  """Checks each measurable report whose window lies wholly inside one offset's stretch of
+  the file (``file_s(r)``: the file's time at the window's end): it reads that offset
+  within 25 ms. Returns how many were checked, per run."""
+  checked = {r["run"]: 0 for r in reports}
+  for r in reports:
+    hi = file_s(r)
+    lo = hi - WINDOW
+    if r["measurable"] and lo >= 1 and int((lo - 1) // SEGMENT_S) == int((hi + 0.5) // SEGMENT_S):
+      assert abs(r["offset_ms"] - _segment_at(hi)) <= 25, r
+      checked[r["run"]] += 1
+  return checked
+
+
+def _send_then_kill(path, url, jsonl, mon, after_s=10.0):
+  """Starts a sender, kills it ``after_s`` after the monitor opened the source, and waits
+  until the monitor saw it go."""
+  sender = _sender(path, url)
+  try:
+    _wait_for(jsonl, "opened", proc=mon)
+    time.sleep(after_s)
+  finally:
+    sender.kill()
+    sender.wait()
+  _wait_for(jsonl, "lost", proc=mon)
+
+
+def _wait_for(jsonl, kind, count=1, timeout=60.0, proc=None):
+  """Waits until the monitor's JSONL holds ``count`` events of ``kind``."""
+  deadline = time.monotonic() + timeout
+  while sum(e["event"] == kind for e in _events(jsonl)) < count:
+    assert proc is None or proc.poll() is None, "the monitor exited"
+    assert time.monotonic() < deadline, (kind, [e["event"] for e in _events(jsonl)
+                                                if e["event"] != "report"])
+    time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rtmp", "rtsp", "rtp"])
+def test_a_publisher_killed_and_restarted_leaves_a_gap_and_no_replay(kind, changing_mp4,
+                                                                      tmp_path):
+  """RTMP and RTSP through FFmpeg's listen modes (the monitor is the server, ``--listen``;
+  the test's sender publishes: RTMP publish, RTSP ANNOUNCE / RECORD) and MPEG-TS over RTP.
+  The sender is killed (SIGKILL) about 10 s in and, 3 s after the monitor saw it go, a new
+  one sends the file from its 14th second with a new clock. The monitor follows the offsets
+  the file carries in both runs, counts one reconnection, reports the gap (by the wall
+  clock: the new sender's clock started again), replays nothing, and its stream time is
+  what it received plus the gap, never ahead of the wall clock."""
+  if kind == "rtp":
+    url, extra = f"rtp://127.0.0.1:{_free_udp_port()}", ()
+  else:
+    path = "/live/key" if kind == "rtmp" else "/live"
+    url, extra = f"{kind}://127.0.0.1:{_free_tcp_port()}{path}", ("--listen",)
+  jsonl = tmp_path / "m.jsonl"
+  mon = _start_monitor(url, jsonl, "--window", str(WINDOW), "--every", str(EVERY), "--stall",
+                       "2", *extra)
+  sender = None
+  try:
+    if extra:
+      _wait_for(jsonl, "listening", proc=mon)
+      time.sleep(1.0)                  # the event comes just before FFmpeg listens
+    t0 = time.monotonic()
+    _send_then_kill(changing_mp4, url, jsonl, mon)
+    killed_at = time.monotonic() - t0
+    if extra:
+      _wait_for(jsonl, "listening", count=2, proc=mon)
+    time.sleep(3.0)
+    sender = _sender(changing_mp4, url, "--start", "14")
+    assert sender.wait(timeout=120) == 0
+    _wait_for(jsonl, "lost", count=2, proc=mon)
+    wall = time.monotonic() - t0
+  finally:
+    code = _finish(mon, sender)
+  assert code == monitor.EXIT_STOPPED
+  ev = _events(jsonl)
+  kinds = [e["event"] for e in ev]
+  assert kinds.count("opened") == 1 and kinds.count("reconnected") == 1, kinds
+  assert "ended" not in kinds, kinds              # a publisher may always come back
+  summary = ev[-1]
+  assert summary["reconnects"] == 1 and summary["replayed_packets_skipped"] == 0, summary
+  gaps = [e for e in ev if e["event"] == "gap"]
+  assert len(gaps) == 1 and gaps[0]["measured_by"] == "wall clock", gaps
+  assert 2.5 <= gaps[0]["missed_s"] <= 15, gaps
+  # What came: up to the kill, then the file from 14 s (SEGMENT_S * len(OFFSETS) long).
+  length = len(OFFSETS) * SEGMENT_S
+  assert summary["received_s"] <= killed_at + (length - 14) + 1, (summary, killed_at)
+  assert abs(summary["stream_s"] - summary["received_s"] - summary["missed_s"]) <= 0.2, summary
+  # The gap is wall time between pictures, so stream time tracks the wall clock; a replay
+  # would put it seconds ahead (1 s: a frame's arrival jitter and the first buffer).
+  assert summary["stream_s"] <= wall + 1.0, (summary, wall)
+  reports = [e for e in ev if e["event"] == "report"]
+  assert not [r for r in reports if r["reason"] == "no face"]
+  runs = sorted({r["run"] for r in reports})
+  assert len(runs) == 2, runs
+  second = [r for r in reports if r["run"] == runs[1]]
+  assert second[0]["t_s"] >= gaps[0]["t_s"], (second[0], gaps)
+  file_start = {runs[0]: 0.0, runs[1]: 14.0}
+  checked = _offsets_read(reports, lambda r: file_start[r["run"]] + r["run_t_s"])
+  assert min(checked.values()) >= 1 and sum(checked.values()) >= 4, (
+      checked, [(r["run"], r["run_t_s"], r["offset_ms"], r["reason"]) for r in reports])
+
+
+@pytest.mark.slow
+def test_a_resent_stretch_is_skipped_and_stream_time_is_the_sources(changing_mp4, tmp_path):
+  """UDP: the sender is killed about 10 s in and, once the monitor reopened the source, a
+  new one resends the file from its 6th second with the file's own timestamps (as a server
+  resends the pictures it cached). What was already read is skipped (counted), the rest
+  continues the same clock: stream time is the file's time (no gap, nothing counted twice)
+  and each report's window reads the offset the file carries there."""
+  url = f"udp://127.0.0.1:{_free_udp_port()}"
+  jsonl = tmp_path / "m.jsonl"
+  mon = _start_monitor(url, jsonl, "--window", str(WINDOW), "--every", str(EVERY), "--stall",
+                       "2")
+  sender = None
+  try:
+    _send_then_kill(changing_mp4, url, jsonl, mon)
+    sender = _sender(changing_mp4, url, "--start", "6", "--keep_clock")
+    assert sender.wait(timeout=120) == 0
+    _wait_for(jsonl, "lost", count=2, proc=mon)
+  finally:
+    code = _finish(mon, sender)
+  assert code == monitor.EXIT_STOPPED
+  ev = _events(jsonl)
+  summary = ev[-1]
+  length = len(OFFSETS) * SEGMENT_S
+  assert summary["reconnects"] == 1 and summary["replayed_packets_skipped"] > 0, summary
+  assert summary["missed_s"] <= 0.5 and length - 2 <= summary["stream_s"] <= length + 0.5, (
+      summary)
+  reports = [e for e in ev if e["event"] == "report"]
+  runs = sorted({r["run"] for r in reports})
+  assert len(runs) == 2, runs
+  checked = _offsets_read(reports, lambda r: r["t_s"])    # stream time is the file's time
+  assert min(checked.values()) >= 1 and sum(checked.values()) >= 4, (
+      checked, [(r["run"], r["t_s"], r["offset_ms"], r["reason"]) for r in reports])

@@ -1,9 +1,10 @@
-"""A file played as a live stream: MPEG-TS over UDP, TCP or a pipe, or a live HLS playlist,
-at the file's own pace.
+"""A file played as a live stream, at the file's own pace: MPEG-TS over UDP, TCP, RTP or a
+pipe, a live HLS playlist, or published to an RTMP or RTSP server.
 
   python -m data_prep.synthetic.live clip.mp4 udp://127.0.0.1:5000        # real time, once
   python -m data_prep.synthetic.live clip.mp4 - --loop | python -m modeformer_jax.monitor -
   python -m data_prep.synthetic.live clip.mp4 www/live.m3u8   # serve www/ over HTTP
+  python -m data_prep.synthetic.live clip.mp4 rtmp://127.0.0.1:1935/live/key   # publish
 
 A ``.m3u8`` path is written as a live HLS playlist (``HLS_OPTIONS``: 2-s segments, the last 6
 listed, older ones deleted) that ends with ``#EXT-X-ENDLIST`` when the file does, as a
@@ -11,7 +12,8 @@ broadcaster's packager writes one; serve its folder with ``python -m http.server
 
 Packets are copied (no re-encoding, so it costs almost no CPU) into MPEG-TS and sent when
 the wall clock reaches their timestamp (``speed`` times real time). ``start_s`` starts at
-the last keyframe at or before it (a restarted sender, as a receiver sees one). ``loop``
+the last keyframe at or before it (a restarted sender, as a receiver sees one; with
+``keep_clock`` its timestamps stay the file's: a server resending what it sent). ``loop``
 plays the file again and again with timestamps that keep increasing. What the monitor's
 tests and ``bench.monitor`` stream.
 """
@@ -41,6 +43,13 @@ def _open_out(url: str):
     return av.open(sys.stdout.buffer, "w", format="mpegts")
   if url.lower().endswith(".m3u8"):
     return av.open(url, "w", format="hls", options=dict(HLS_OPTIONS))
+  if url.startswith("rtmp://"):
+    return av.open(url, "w", format="flv")                  # RTMP publish (h264 + AAC)
+  if url.startswith("rtsp://"):
+    # ANNOUNCE and RECORD, interleaved over the RTSP connection.
+    return av.open(url, "w", format="rtsp", options={"rtsp_transport": "tcp"})
+  if url.startswith("rtp://"):
+    return av.open(url, "w", format="rtp_mpegts")           # MPEG-TS in RTP (payload 33)
   return av.open(_url(url), "w", format="mpegts")
 
 
@@ -60,10 +69,14 @@ def loop_s(path: str) -> float:
 
 
 def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bool = False,
-         stop: threading.Event | None = None) -> float:
-  """Streams ``path`` to ``url`` (``udp://``, ``tcp://``, a file, ``-`` for stdout: MPEG-TS;
-  a ``.m3u8`` path: live HLS), paced at ``speed`` x real time (0: as fast as possible).
-  Returns seconds sent."""
+         stop: threading.Event | None = None, keep_clock: bool = False) -> float:
+  """Streams ``path`` to ``url`` (``udp://``, ``tcp://``, ``rtp://``, a file, ``-`` for
+  stdout: MPEG-TS; a ``.m3u8`` path: live HLS; ``rtmp://``, ``rtsp://``: published), paced
+  at ``speed`` x real time (0: as fast as possible). ``keep_clock``: the file's own
+  timestamps, also after ``start_s`` (a server resending pictures it sent before), instead
+  of a clock that starts at 0. Returns seconds sent."""
+  if keep_clock and loop:
+    raise ValueError("keep_clock plays the file once")
   stop = stop or threading.Event()
   out = _open_out(url)
   sent, shift = 0.0, 0.0
@@ -92,7 +105,7 @@ def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bo
             wait = t_wall + rel / speed - time.monotonic()
             if wait > 0:
               time.sleep(wait)
-          delta = int(round((shift - first) / pkt.time_base))
+          delta = 0 if keep_clock else int(round((shift - first) / pkt.time_base))
           pkt.dts += delta
           if pkt.pts is not None:
             pkt.pts += delta
@@ -116,13 +129,18 @@ def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bo
 def main(argv: list[str] | None = None) -> None:
   p = cli.parser(__name__, __doc__)
   p.add_argument("path", help="an mp4 (h264 + AAC) or any file FFmpeg reads")
-  p.add_argument("url", help="udp://host:port, tcp://host:port, a .ts file, - (stdout), or "
-                 "a .m3u8 path (a live HLS playlist)")
+  p.add_argument("url", help="udp://host:port, tcp://host:port, rtp://host:port, a .ts file, "
+                 "- (stdout), a .m3u8 path (a live HLS playlist), or rtmp:// / rtsp:// (publish "
+                 "to that server)")
   p.add_argument("--speed", type=float, default=1.0, help="x real time (0: no pacing)")
   p.add_argument("--start", type=float, default=0.0, help="start at this second")
   p.add_argument("--loop", action="store_true", help="play the file again and again")
+  p.add_argument("--keep_clock", action="store_true",
+                 help="keep the file's timestamps after --start (a resent stretch)")
   args = p.parse_args(argv)
-  send(args.path, args.url, args.speed, args.start, args.loop)
+  if args.keep_clock and args.loop:
+    p.error("--keep_clock plays the file once (no --loop)")
+  send(args.path, args.url, args.speed, args.start, args.loop, keep_clock=args.keep_clock)
 
 
 if __name__ == "__main__":

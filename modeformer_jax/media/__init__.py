@@ -32,12 +32,12 @@ from modeformer_jax.media.decode import (
     num_output_frames,
     probe,
 )
-from modeformer_jax.media.live import LiveEvent, LiveReader
+from modeformer_jax.media.live import LISTEN_SCHEMES, LiveEvent, LiveReader
 from modeformer_jax.media.remux import fix_offset
 
 __all__ = [
     "LIVE_REASON", "SILENT_DBFS", "SPEECH_SPREAD_DB", "AudioChannel", "AudioChoice",
     "channel_stats", "frame_levels", "sound_stats", "choose_audio", "choose_by_layout", "Chunk", "Decoded", "Reader",
     "StreamInfo", "decode", "frame_indices_for_timestamps", "num_output_frames", "probe",
-    "LiveEvent", "LiveReader", "fix_offset",
+    "LISTEN_SCHEMES", "LiveEvent", "LiveReader", "fix_offset",
 ]

@@ -279,6 +279,9 @@ class Chunk:
   # ``time.monotonic()`` at which each output frame was decided (its arrival).
   run: int = 0
   arrival: np.ndarray | None = None
+  # Live sources: the source timestamp (s) of the run's frame 0, the run's place on the
+  # source's own clock (None until a picture has come).
+  origin: float | None = None
 
 
 class _Track:
@@ -473,7 +476,8 @@ class FrameDecoder:
       frames = np.stack(self.frames) if self.stack else self.frames
     ch = Chunk(self.start, frames, audio,
                np.array(self.held, bool), lead, self.run,
-               np.array(self.arrival) if self.live else None)
+               np.array(self.arrival) if self.live else None,
+               self.origin if self.live else None)
     self.start += len(self.frames)
     self.frames, self.held, self.arrival = [], [], []
     return ch
