@@ -3,7 +3,7 @@
   python -m bench.monitor --minutes 10 --out bench/monitor.json     # the recorded run
   python -m bench.monitor --minutes 1                               # a quick check
   python -m bench.monitor --minutes 2 --protocol hls                # a live HLS playlist
-  python -m bench.monitor --minutes 1 --protocol udp rtp tcp rtmp rtsp hls   # one after another
+  python -m bench.monitor --minutes 1 --protocol udp sdp tcp rtmp rtsp hls   # one after another
 
 A 1-minute 1280x720 talking-head video (``data_prep.synthetic.long.make_benchmark_video``,
 offsets changing every 15 s) is played in a loop as MPEG-TS over UDP in real time
@@ -20,8 +20,11 @@ window + 3 s.
 by Python's http.server, and the monitor reads it over HTTP. The monitor's latency runs from
 a frame's arrival, so it does not see what HLS adds before that (a segment is listed once
 complete, and FFmpeg joins 3 segments behind live); ``behind_sender_s`` does: the sender's
-seconds sent minus the monitor's stream seconds when the run stops. ``rtp``: MPEG-TS in RTP;
-``tcp``, ``rtmp``, ``rtsp``: the monitor listens (``--listen``) and the sender publishes
+seconds sent minus the monitor's stream seconds when the run stops. ``rtp``: MPEG-TS in RTP,
+the monitor given the ``rtp://`` URL (FFmpeg then starts at the next keyframe: the error
+column assumes the stream starts at the file's start, so it is not comparable); ``sdp``:
+the same stream described by an SDP file the monitor opens; ``tcp``, ``rtmp``, ``rtsp``:
+the monitor listens (``--listen``) and the sender publishes
 (MPEG-TS over TCP, RTMP publish, RTSP ANNOUNCE / RECORD over TCP).
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ from bench import common
 
 from modeformer_jax import cli
 
-PROTOCOLS = ("udp", "rtp", "tcp", "rtmp", "rtsp", "hls")
+PROTOCOLS = ("udp", "rtp", "sdp", "tcp", "rtmp", "rtsp", "hls")
 # Protocols where the monitor is the server (--listen) and the sender connects to it.
 LISTEN_URLS = {"tcp": "tcp://127.0.0.1:{port}", "rtmp": "rtmp://127.0.0.1:{port}/live/bench",
                "rtsp": "rtsp://127.0.0.1:{port}/live"}
@@ -106,9 +109,14 @@ def run(minutes: float, size: tuple[int, int], work: pathlib.Path, port: int,
   elif protocol in LISTEN_URLS:
     url = LISTEN_URLS[protocol].format(port=port)
   else:
-    url = f"{protocol}://127.0.0.1:{port}"
+    url = f"{'rtp' if protocol == 'sdp' else protocol}://127.0.0.1:{port}"
+  source = url
+  if protocol == "sdp":
+    from data_prep.synthetic.live import write_sdp
+    source = str(work / "stream.sdp")
+    write_sdp(source, url)
   listen = ["--listen"] if protocol in LISTEN_URLS else []
-  mon = subprocess.Popen([sys.executable, "-m", "modeformer_jax.monitor", url, "--jsonl",
+  mon = subprocess.Popen([sys.executable, "-m", "modeformer_jax.monitor", source, "--jsonl",
                           str(jsonl), "--window", str(window), "--every", str(every),
                           "--stall", "30", *listen], stdout=subprocess.DEVNULL)
   try:

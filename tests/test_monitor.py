@@ -710,20 +710,24 @@ def _wait_for(jsonl, kind, count=1, timeout=60.0, proc=None):
 def test_a_publisher_killed_and_restarted_leaves_a_gap_and_no_replay(kind, changing_mp4,
                                                                       tmp_path):
   """RTMP and RTSP through FFmpeg's listen modes (the monitor is the server, ``--listen``;
-  the test's sender publishes: RTMP publish, RTSP ANNOUNCE / RECORD) and MPEG-TS over RTP.
+  the test's sender publishes: RTMP publish, RTSP ANNOUNCE / RECORD) and MPEG-TS over RTP
+  described by an SDP file (given the bare rtp:// URL, FFmpeg starts at the next keyframe).
   The sender is killed (SIGKILL) about 10 s in and, 3 s after the monitor saw it go, a new
   one sends the file from its 14th second with a new clock. The monitor follows the offsets
   the file carries in both runs, counts one reconnection, reports the gap (by the wall
   clock: the new sender's clock started again), replays nothing, and its stream time is
   what it received plus the gap, never ahead of the wall clock."""
+  source = None
   if kind == "rtp":
-    url, extra = f"rtp://127.0.0.1:{_free_udp_port()}", ()
+    from data_prep.synthetic.live import write_sdp
+    url, extra, source = f"rtp://127.0.0.1:{_free_udp_port()}", (), str(tmp_path / "s.sdp")
+    write_sdp(source, url)
   else:
     path = "/live/key" if kind == "rtmp" else "/live"
     url, extra = f"{kind}://127.0.0.1:{_free_tcp_port()}{path}", ("--listen",)
   jsonl = tmp_path / "m.jsonl"
-  mon = _start_monitor(url, jsonl, "--window", str(WINDOW), "--every", str(EVERY), "--stall",
-                       "2", *extra)
+  mon = _start_monitor(source or url, jsonl, "--window", str(WINDOW), "--every", str(EVERY),
+                       "--stall", "2", *extra)
   sender = None
   try:
     if extra:

@@ -5,6 +5,7 @@ pipe, a live HLS playlist, or published to an RTMP or RTSP server.
   python -m data_prep.synthetic.live clip.mp4 - --loop | python -m modeformer_jax.monitor -
   python -m data_prep.synthetic.live clip.mp4 www/live.m3u8   # serve www/ over HTTP
   python -m data_prep.synthetic.live clip.mp4 rtmp://127.0.0.1:1935/live/key   # publish
+  python -m data_prep.synthetic.live clip.mp4 rtp://127.0.0.1:5004 --sdp stream.sdp
 
 A ``.m3u8`` path is written as a live HLS playlist (``HLS_OPTIONS``: 2-s segments, the last 6
 listed, older ones deleted) that ends with ``#EXT-X-ENDLIST`` when the file does, as a
@@ -19,6 +20,7 @@ tests and ``bench.monitor`` stream.
 """
 from __future__ import annotations
 
+import pathlib
 import sys
 import threading
 import time
@@ -36,6 +38,17 @@ def _url(url: str) -> str:
 
 
 HLS_OPTIONS = {"hls_time": "2", "hls_list_size": "6", "hls_flags": "delete_segments"}
+
+
+def write_sdp(path: str, url: str) -> None:
+  """An SDP file describing MPEG-TS in RTP (payload 33) sent to ``url`` (rtp://host:port):
+  a receiver that opens it listens at once, where FFmpeg given the bare ``rtp://`` URL
+  reads one packet to learn the payload type and reopens the port, so it starts at the next
+  keyframe."""
+  host, port = url.split("://", 1)[1].split("?", 1)[0].rsplit(":", 1)
+  pathlib.Path(path).write_text(
+      "v=0\no=- 0 0 IN IP4 {h}\ns=modeformer_jax live\nc=IN IP4 {h}\nt=0 0\n"
+      "m=video {p} RTP/AVP 33\na=rtpmap:33 MP2T/90000\n".format(h=host, p=int(port)))
 
 
 def _open_out(url: str):
@@ -135,11 +148,17 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--speed", type=float, default=1.0, help="x real time (0: no pacing)")
   p.add_argument("--start", type=float, default=0.0, help="start at this second")
   p.add_argument("--loop", action="store_true", help="play the file again and again")
+  p.add_argument("--sdp", default=None, metavar="FILE",
+                 help="with an rtp:// URL: first write an SDP file describing the stream")
   p.add_argument("--keep_clock", action="store_true",
                  help="keep the file's timestamps after --start (a resent stretch)")
   args = p.parse_args(argv)
   if args.keep_clock and args.loop:
     p.error("--keep_clock plays the file once (no --loop)")
+  if args.sdp:
+    if not args.url.startswith("rtp://"):
+      p.error("--sdp describes an rtp:// stream")
+    write_sdp(args.sdp, args.url)
   send(args.path, args.url, args.speed, args.start, args.loop, keep_clock=args.keep_clock)
 
 
