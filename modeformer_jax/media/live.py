@@ -201,7 +201,8 @@ class LiveReader:
     if self.listen:
       if self.source.startswith("rtsp:"):
         # In seconds; FFmpeg's default (-1, wait for ever) fails in its TCP layer (8.x).
-        opts |= {"rtsp_flags": "listen", "listen_timeout": str(max(1, round(self.open_timeout_s)))}
+        opts |= {"rtsp_flags": "listen",
+                 "listen_timeout": str(max(1, round(self.open_timeout_s)))}
       else:
         opts["listen"] = "1"
     if self.source.endswith(".sdp") or self.format == "sdp":
