@@ -26,6 +26,7 @@ import threading
 import time
 
 import av
+from av.bitstream import BitStreamFilterContext
 
 from modeformer_jax import cli
 
@@ -82,12 +83,15 @@ def loop_s(path: str) -> float:
 
 
 def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bool = False,
-         stop: threading.Event | None = None, keep_clock: bool = False) -> float:
+         stop: threading.Event | None = None, keep_clock: bool = False,
+         seconds: float | None = None) -> float:
   """Streams ``path`` to ``url`` (``udp://``, ``tcp://``, ``rtp://``, a file, ``-`` for
   stdout: MPEG-TS; a ``.m3u8`` path: live HLS; ``rtmp://``, ``rtsp://``: published), paced
   at ``speed`` x real time (0: as fast as possible). ``keep_clock``: the file's own
   timestamps, also after ``start_s`` (a server resending pictures it sent before), instead
-  of a clock that starts at 0. Returns seconds sent."""
+  of a clock that starts at 0. ``seconds``: stop after that much stream (with ``loop``: a
+  stream of that length that then ends, an HLS playlist with ``#EXT-X-ENDLIST``). Returns
+  seconds sent."""
   if keep_clock and loop:
     raise ValueError("keep_clock plays the file once")
   stop = stop or threading.Event()
@@ -104,6 +108,11 @@ def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bo
           aouts = {a.index: out.add_stream_from_template(a) for a in ains}
         if start_s > 0:
           inp.seek(int(start_s / vin.time_base), stream=vin, backward=True)
+        # MPEG-4 Part 2 from an mp4 keeps its headers (VOL) in the container: a stream
+        # carries them on each keyframe, or a receiver that joins can decode nothing.
+        # (H.264 and HEVC get theirs from the MPEG-TS muxer itself.)
+        headers = (BitStreamFilterContext("dump_extra=freq=keyframe", vin)
+                   if vin.codec_context.name == "mpeg4" else None)
         first: float | None = None
         last = 0.0
         for pkt in inp.demux(vin, *ains):
@@ -112,6 +121,9 @@ def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bo
           t = float(pkt.dts * pkt.time_base)
           first = t if first is None else first
           rel = t - first + shift
+          if seconds is not None and rel >= seconds:
+            stop.set()
+            break
           # The next loop starts where both streams have ended (no overlap, no hole).
           last = max(last, rel + float((pkt.duration or 0) * pkt.time_base))
           if speed > 0:
@@ -122,8 +134,10 @@ def send(path: str, url: str, speed: float = 1.0, start_s: float = 0.0, loop: bo
           pkt.dts += delta
           if pkt.pts is not None:
             pkt.pts += delta
-          pkt.stream = vout if pkt.stream.index == vin.index else aouts[pkt.stream.index]
-          out.mux(pkt)
+          video = pkt.stream.index == vin.index
+          for q in headers.filter(pkt) if headers is not None and video else [pkt]:
+            q.stream = vout if video else aouts[pkt.stream.index]
+            out.mux(q)
           sent = rel
         if not loop:
           break
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--speed", type=float, default=1.0, help="x real time (0: no pacing)")
   p.add_argument("--start", type=float, default=0.0, help="start at this second")
   p.add_argument("--loop", action="store_true", help="play the file again and again")
+  p.add_argument("--seconds", type=float, default=None,
+                 help="stop after this many seconds of stream (then end cleanly)")
   p.add_argument("--sdp", default=None, metavar="FILE",
                  help="with an rtp:// URL: first write an SDP file describing the stream")
   p.add_argument("--keep_clock", action="store_true",
@@ -159,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.url.startswith("rtp://"):
       p.error("--sdp describes an rtp:// stream")
     write_sdp(args.sdp, args.url)
-  send(args.path, args.url, args.speed, args.start, args.loop, keep_clock=args.keep_clock)
+  send(args.path, args.url, args.speed, args.start, args.loop, keep_clock=args.keep_clock,
+       seconds=args.seconds)
 
 
 if __name__ == "__main__":
