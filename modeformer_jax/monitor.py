@@ -275,7 +275,6 @@ class Monitor:
     self.ended = ""
     self._run: _Run | None = None
     self._received = 0.0             # stream seconds received in the runs that ended
-    self._missed = 0.0               # stream seconds between runs that never came
     self._reconnected = False        # the next run follows a reconnection
     self._dropping = False
     self._last_data = time.monotonic()
@@ -335,7 +334,6 @@ class Monitor:
     if prev is not None:
       prev.evidence.close()
       self._received += prev.evidence.num_frames / FPS
-      self._missed += missed
       self.alarm.skip(missed)
       if missed >= MIN_GAP_S:
         self._emit({"event": "gap", "time": _now(), "source": self.source, "run": ch.run,
@@ -541,13 +539,14 @@ class Monitor:
     """Time monitored, time in and out of tolerance, alarms, latency, what was dropped."""
     now = self._run.evidence.num_frames / FPS if self._run else 0.0
     stream_s = self._run.t0_s + now if self._run else 0.0
+    received_s = self._received + now          # the rest of stream_s never came (gaps)
     frames = self.counts["frames"]
     rc = self.reader.counts()
     return {
         "event": "summary", "time": _now(), "source": self.source,
         "monitored_s": round(time.monotonic() - self.started, 1),
-        "stream_s": round(stream_s, 1), "received_s": round(self._received + now, 1),
-        "missed_s": round(self._missed, 1), "tolerance": self.tolerance.name,
+        "stream_s": round(stream_s, 1), "received_s": round(received_s, 1),
+        "missed_s": round(stream_s - received_s, 1), "tolerance": self.tolerance.name,
         "in_tolerance_s": round(self.time_in, 1), "out_of_tolerance_s": round(self.time_out, 1),
         "unmeasurable_s": round(self.time_unmeasurable, 1),
         "alarms": self.alarm.raised, "alarm_active": self.alarm.active,

@@ -169,14 +169,15 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--keep_clock", action="store_true",
                  help="keep the file's timestamps after --start (a resent stretch)")
   args = p.parse_args(argv)
-  if args.keep_clock and args.loop:
-    p.error("--keep_clock plays the file once (no --loop)")
   if args.sdp:
     if not args.url.startswith("rtp://"):
       p.error("--sdp describes an rtp:// stream")
     write_sdp(args.sdp, args.url)
-  send(args.path, args.url, args.speed, args.start, args.loop, keep_clock=args.keep_clock,
-       seconds=args.seconds)
+  try:
+    send(args.path, args.url, args.speed, args.start, args.loop, keep_clock=args.keep_clock,
+         seconds=args.seconds)
+  except ValueError as e:     # options that do not go together: a usage error
+    p.error(str(e))
 
 
 if __name__ == "__main__":
